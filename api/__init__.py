@@ -1,0 +1,1 @@
+"""The chunkstore HTTP API (Litestar). Handlers parse, call one service method, encode."""

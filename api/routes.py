@@ -1,0 +1,146 @@
+"""Route handlers: parse, call one service method, encode. No storage details here."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+from litestar import Request, get, post, put
+from litestar.exceptions import InternalServerException
+from litestar.params import Parameter
+
+from api import problems
+from api.schemas import (
+    CancelBody,
+    ChunkBody,
+    InitAnswer,
+    InitBody,
+    StatusAnswer,
+    UploadRef,
+)
+from chunkstore.commands import InitRequest
+from chunkstore.errors import IncompleteBody, InvalidRequest, UnsupportedMediaType
+from chunkstore.service import Checksum, ChunkReceipt, Completion, UploadService, state_summary
+
+AnyRequest = Request[Any, Any, Any]
+UPLOAD = "/api/v1/upload"
+
+
+def owner_of(request: AnyRequest) -> str:
+    return str(request.user)
+
+
+@get("/healthz", exclude_from_auth=True, sync_to_thread=False)
+def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@get("/problems/{slug:str}", exclude_from_auth=True, sync_to_thread=False)
+def problem_type(slug: str) -> dict[str, Any]:
+    description = problems.describe(slug)
+    if description is None:
+        from litestar.exceptions import NotFoundException
+
+        raise NotFoundException(f"no problem type {slug!r}")
+    return description
+
+
+@post(f"{UPLOAD}/init", status_code=201, sync_to_thread=True)
+def init_upload(request: AnyRequest, data: InitBody, service: UploadService) -> InitAnswer:
+    state = service.init_upload(
+        owner_of(request), msgspec.convert(msgspec.to_builtins(data), InitRequest)
+    )
+    assert state.expires_at is not None
+    return InitAnswer(
+        upload_id=state.upload_id,
+        status=state.status,
+        filename=state.filename,
+        total_size=state.total_size,
+        chunk_size=state.chunk_size,
+        total_chunks=state.total_chunks,
+        expires_at=state.expires_at,
+        missing_chunks=state.missing_chunks,
+    )
+
+
+@post(f"{UPLOAD}/chunk", status_code=200, sync_to_thread=True)
+def upload_chunk_json(request: AnyRequest, data: ChunkBody, service: UploadService) -> ChunkReceipt:
+    """The seed's transport: base64 bytes in JSON with a SHA-256 checksum."""
+    try:
+        chunk = base64.b64decode(data.chunk_data, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidRequest("chunk_data is not valid base64") from None
+    return service.store_chunk(
+        owner_of(request),
+        data.upload_id,
+        data.chunk_index,
+        chunk,
+        Checksum.parse(f"sha256={data.checksum}"),
+    )
+
+
+@put(f"{UPLOAD}/{{upload_id:str}}/chunks/{{index:int}}", status_code=200)
+async def upload_chunk_raw(
+    request: AnyRequest,
+    upload_id: str,
+    index: int,
+    service: UploadService,
+    checksum: str | None = Parameter(header="X-Chunk-Checksum", default=None),
+) -> ChunkReceipt:
+    """The fast path: the chunk's raw bytes as the body, streamed to storage."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != "application/octet-stream":
+        raise UnsupportedMediaType(
+            "send the chunk's bytes as application/octet-stream", content_type=content_type
+        )
+    parsed = Checksum.parse(checksum) if checksum else None
+    content_length = request.headers.get("content-length")
+    return await service.store_chunk_stream(
+        owner_of(request),
+        upload_id,
+        index,
+        body_of(request),
+        int(content_length) if content_length and content_length.isdigit() else None,
+        parsed,
+    )
+
+
+async def body_of(request: AnyRequest) -> AsyncIterator[bytes]:
+    """The request body; a client that goes away midway is a 400, not a server error."""
+    try:
+        async for piece in request.stream():
+            yield piece
+    except InternalServerException as error:
+        raise IncompleteBody("the request body ended before it was complete") from error
+
+
+@post(f"{UPLOAD}/complete", status_code=200, sync_to_thread=True)
+def complete_upload(request: AnyRequest, data: UploadRef, service: UploadService) -> Completion:
+    return service.complete_upload(owner_of(request), data.upload_id)
+
+
+@post(f"{UPLOAD}/cancel", status_code=200, sync_to_thread=True)
+def cancel_upload(request: AnyRequest, data: CancelBody, service: UploadService) -> StatusAnswer:
+    state = service.cancel_upload(owner_of(request), data.upload_id, data.reason)
+    return StatusAnswer(**state_summary(state, service.clock()))
+
+
+@get(f"{UPLOAD}/status/{{upload_id:str}}", sync_to_thread=True)
+def upload_status(request: AnyRequest, upload_id: str, service: UploadService) -> StatusAnswer:
+    state = service.status(owner_of(request), upload_id)
+    return StatusAnswer(**state_summary(state, service.clock()))
+
+
+ROUTES = [
+    healthz,
+    problem_type,
+    init_upload,
+    upload_chunk_json,
+    upload_chunk_raw,
+    complete_upload,
+    cancel_upload,
+    upload_status,
+]

@@ -1,0 +1,66 @@
+"""Request and response bodies of the JSON API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import msgspec
+
+
+class InitBody(msgspec.Struct, forbid_unknown_fields=False):
+    filename: str
+    total_size: int
+    mime_type: str = "application/octet-stream"
+    file_hash: str | None = None
+    chunk_size: int | None = None
+    total_chunks: int | None = None
+
+
+class InitAnswer(msgspec.Struct):
+    upload_id: str
+    status: str
+    filename: str
+    total_size: int
+    chunk_size: int
+    total_chunks: int
+    expires_at: datetime
+    missing_chunks: list[int]
+
+
+class ChunkBody(msgspec.Struct):
+    upload_id: str
+    chunk_index: int
+    #: The chunk's bytes, base64.
+    chunk_data: str
+    #: SHA-256 hex of the decoded bytes.
+    checksum: str
+
+
+class UploadRef(msgspec.Struct):
+    upload_id: str
+
+
+class CancelBody(msgspec.Struct):
+    upload_id: str
+    reason: str = ""
+
+
+class StatusAnswer(msgspec.Struct):
+    upload_id: str
+    status: str
+    filename: str
+    mime_type: str
+    total_size: int
+    chunk_size: int
+    total_chunks: int
+    received_chunks: list[int]
+    missing_chunks: list[int]
+    bytes_received: int
+    progress: float
+    created_at: datetime | None
+    expires_at: datetime | None
+    file_path: str | None = None
+    sha256: str | None = None
+    detected_mime: str | None = None
+    failure_reason: str | None = None
+    failure_detail: str | None = None

@@ -1,0 +1,180 @@
+"""The default blob store: files under ``objects/ab/cd/<digest>`` in the data directory.
+
+Durability recipe (invariant 1): write to a temp file in ``tmp/`` on the same
+filesystem while hashing, fsync it, then hard-link it to its final name only if that
+name is absent, fsync the directory, and remove the temp name. A crash at any instant
+leaves either no blob or a whole one; stray temp files are swept when the store opens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+import blake3
+
+from chunkstore.blobs import BlobRef
+from chunkstore.errors import CorruptBlob
+
+DIGEST_LENGTH = 64
+_HEX = frozenset("0123456789abcdef")
+
+
+def is_digest(value: str) -> bool:
+    return len(value) == DIGEST_LENGTH and set(value) <= _HEX
+
+
+def fsync_directory(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def make_durable_dirs(path: Path) -> None:
+    """``mkdir -p`` that also fsyncs each parent whose entry it created."""
+    missing: list[Path] = []
+    current = path
+    while not current.exists():
+        missing.append(current)
+        current = current.parent
+    for directory in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            directory.mkdir()
+        fsync_directory(directory.parent)
+
+
+class FileBlobWriter:
+    def __init__(self, store: FileBlobStore) -> None:
+        self._store = store
+        self._hasher = blake3.blake3()
+        self._size = 0
+        self._path = store.tmp_dir / f"blob-{secrets.token_hex(12)}.tmp"
+        self._file: BinaryIO | None = open(self._path, "xb", buffering=0)  # noqa: SIM115
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def write(self, data: bytes) -> None:
+        assert self._file is not None, "writer already finished"
+        self._hasher.update(data)
+        view = memoryview(data)
+        while view:
+            written = self._file.write(view)
+            view = view[written:]
+        self._size += len(data)
+
+    def digest(self) -> str:
+        return self._hasher.hexdigest()
+
+    def commit(self) -> BlobRef:
+        assert self._file is not None, "writer already finished"
+        digest = self.digest()
+        target = self._store.path_for(digest)
+        try:
+            if target.exists():
+                # Already durable under its name: these bytes add nothing.
+                return BlobRef(digest, self._size, created=False)
+            os.fsync(self._file.fileno())
+            make_durable_dirs(target.parent)
+            try:
+                os.link(self._path, target)
+            except FileExistsError:
+                return BlobRef(digest, self._size, created=False)
+            fsync_directory(target.parent)
+            return BlobRef(digest, self._size, created=True)
+        finally:
+            self._discard()
+
+    def abort(self) -> None:
+        if self._file is not None:
+            self._discard()
+
+    def _discard(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        with contextlib.suppress(FileNotFoundError):
+            self._path.unlink()
+
+
+class FileBlobStore:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.objects_dir = self.root / "objects"
+        self.tmp_dir = self.root / "tmp"
+        make_durable_dirs(self.objects_dir)
+        make_durable_dirs(self.tmp_dir)
+
+    def sweep_temp_files(self, older_than: float = 0.0) -> int:
+        """Remove temp files left by a crash. With several processes sharing the
+        directory, pass ``older_than`` (seconds) so a live writer's file is spared."""
+        cutoff = time.time() - older_than
+        removed = 0
+        for entry in os.scandir(self.tmp_dir):
+            if entry.is_file() and entry.stat().st_mtime <= cutoff:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+                    removed += 1
+        return removed
+
+    def path_for(self, digest: str) -> Path:
+        if not is_digest(digest):
+            raise ValueError(f"not a BLAKE3 hex digest: {digest!r}")
+        return self.objects_dir / digest[:2] / digest[2:4] / digest
+
+    def writer(self) -> FileBlobWriter:
+        return FileBlobWriter(self)
+
+    def put_stream(self, chunks: Iterable[bytes]) -> BlobRef:
+        writer = self.writer()
+        try:
+            for chunk in chunks:
+                writer.write(chunk)
+        except BaseException:
+            writer.abort()
+            raise
+        return writer.commit()
+
+    def put(self, data: bytes) -> BlobRef:
+        return self.put_stream((data,))
+
+    def open(self, digest: str) -> BinaryIO:
+        try:
+            return open(self.path_for(digest), "rb")  # noqa: SIM115
+        except FileNotFoundError:
+            raise CorruptBlob(f"blob {digest} is missing", digest=digest) from None
+
+    def exists(self, digest: str) -> bool:
+        return self.path_for(digest).exists()
+
+    def size(self, digest: str) -> int | None:
+        try:
+            return self.path_for(digest).stat().st_size
+        except FileNotFoundError:
+            return None
+
+    def delete(self, digest: str) -> bool:
+        try:
+            self.path_for(digest).unlink()
+            return True
+        except FileNotFoundError:
+            return False
+
+    def digests(self) -> Iterator[str]:
+        for top in sorted(os.scandir(self.objects_dir), key=lambda e: e.name):
+            if not top.is_dir():
+                continue
+            for middle in sorted(os.scandir(top.path), key=lambda e: e.name):
+                if not middle.is_dir():
+                    continue
+                for entry in sorted(os.scandir(middle.path), key=lambda e: e.name):
+                    if is_digest(entry.name):
+                        yield entry.name

@@ -1,0 +1,185 @@
+"""Commands decide which events happen, given the current state. Pure: no I/O, no clock.
+
+The service does the I/O around them: it loads state, calls a ``decide_*`` function,
+and appends what it returns at the version it loaded (retrying on a conflict).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from datetime import datetime, timedelta
+
+import msgspec
+
+from chunkstore.config import Settings
+from chunkstore.errors import (
+    ChecksumMismatch,
+    ChunkConflict,
+    ChunkIndexOutOfRange,
+    ChunkSizeMismatch,
+    InvalidRequest,
+    SessionExpired,
+    TooLarge,
+    TooManySessions,
+    UploadIncomplete,
+    UploadNotActive,
+    UploadNotFound,
+    ValidationFailed,
+)
+from chunkstore.events import ChunkStored, KnownEvent, UploadCancelled, UploadInitiated
+from chunkstore.policy import check_declared_type, clean_filename
+from chunkstore.session import ACTIVE, CANCELLED, COMPLETED, FAILED, SessionState
+
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+class InitRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """What a client declares when it starts an upload."""
+
+    filename: str
+    total_size: int
+    mime_type: str = "application/octet-stream"
+    #: SHA-256 hex of the whole file, checked by the validator when given.
+    file_hash: str | None = None
+    chunk_size: int | None = None
+    #: Optional cross-check: must equal ceil(total_size / chunk_size).
+    total_chunks: int | None = None
+
+
+def decide_init(
+    upload_id: str,
+    owner: str,
+    request: InitRequest,
+    settings: Settings,
+    now: datetime,
+    open_sessions: int,
+) -> list[KnownEvent]:
+    filename = clean_filename(request.filename)
+    mime_type = check_declared_type(request.mime_type, settings)
+    if request.total_size < 0:
+        raise InvalidRequest("total_size must not be negative")
+    if request.total_size > settings.max_file_size:
+        raise TooLarge(
+            f"file of {request.total_size} bytes exceeds the limit of {settings.max_file_size}",
+            limit=settings.max_file_size,
+        )
+    chunk_size = request.chunk_size or settings.default_chunk_size
+    if chunk_size <= 0:
+        raise InvalidRequest("chunk_size must be positive")
+    if chunk_size > settings.max_chunk_size:
+        raise TooLarge(
+            f"chunk_size {chunk_size} exceeds the limit of {settings.max_chunk_size}",
+            limit=settings.max_chunk_size,
+        )
+    total_chunks = math.ceil(request.total_size / chunk_size)
+    if request.total_chunks is not None and request.total_chunks != total_chunks:
+        raise InvalidRequest(
+            f"total_chunks is {request.total_chunks}, but {request.total_size} bytes in chunks of"
+            f" {chunk_size} make {total_chunks}"
+        )
+    file_hash = request.file_hash.lower() if request.file_hash else None
+    if file_hash is not None and not _SHA256_HEX.fullmatch(file_hash):
+        raise InvalidRequest("file_hash must be a SHA-256 hex digest (64 hex characters)")
+    if open_sessions >= settings.max_open_sessions:
+        raise TooManySessions(
+            f"{open_sessions} upload sessions are open; the limit is {settings.max_open_sessions}."
+            " Complete or cancel one first.",
+            limit=settings.max_open_sessions,
+        )
+    return [
+        UploadInitiated(
+            owner=owner,
+            filename=filename,
+            total_size=request.total_size,
+            mime_type=mime_type,
+            chunk_size=chunk_size,
+            total_chunks=total_chunks,
+            created_at=now,
+            expires_at=now + timedelta(seconds=settings.session_ttl),
+            file_hash=file_hash,
+        )
+    ]
+
+
+def require_owned(state: SessionState, owner: str) -> SessionState:
+    """Another owner's upload is answered exactly like a missing one."""
+    if not state.exists or state.owner != owner:
+        raise UploadNotFound(f"no upload {state.upload_id}", upload_id=state.upload_id)
+    return state
+
+
+def check_chunk_target(state: SessionState, index: int, now: datetime) -> int:
+    """Whether chunk ``index`` may be sent now; returns the exact size it must have.
+
+    Run before any byte of the body is read (invariant 9).
+    """
+    if state.is_expired(now):
+        raise SessionExpired(
+            f"upload {state.upload_id} expired at {state.expires_at}", upload_id=state.upload_id
+        )
+    if state.status != ACTIVE:
+        raise UploadNotActive(
+            f"upload {state.upload_id} is {state.status} and takes no more chunks",
+            status=state.status,
+        )
+    if not 0 <= index < state.total_chunks:
+        raise ChunkIndexOutOfRange(
+            f"chunk index {index} is outside 0..{state.total_chunks - 1}",
+            total_chunks=state.total_chunks,
+        )
+    return state.expected_size(index)
+
+
+def decide_chunk(
+    state: SessionState, index: int, digest: str, size: int, now: datetime
+) -> list[KnownEvent]:
+    expected_size = check_chunk_target(state, index, now)
+    if size != expected_size:
+        raise ChunkSizeMismatch(
+            f"chunk {index} must be {expected_size} bytes, got {size}", expected=expected_size
+        )
+    expected_digest = state.expected_digest(index)
+    if expected_digest is not None and digest != expected_digest:
+        raise ChecksumMismatch(
+            f"chunk {index} does not hash to its declared digest", expected=expected_digest
+        )
+    existing = state.chunks.get(index)
+    if existing is not None:
+        if existing[0] == digest:
+            return []  # idempotent re-upload
+        raise ChunkConflict(
+            f"chunk {index} is already stored with other bytes", index=index, digest=existing[0]
+        )
+    return [ChunkStored(index=index, digest=digest, size=size)]
+
+
+def check_completable(state: SessionState, now: datetime) -> None:
+    """Refuse completion of a session that cannot become a file now."""
+    if state.status == FAILED:
+        raise ValidationFailed(
+            state.failure_detail or state.failure_reason or "validation failed",
+            reason=state.failure_reason,
+        )
+    if state.status == CANCELLED:
+        raise UploadNotActive(f"upload {state.upload_id} was cancelled", status=state.status)
+    if state.is_expired(now):
+        raise SessionExpired(f"upload {state.upload_id} expired", upload_id=state.upload_id)
+    missing = state.missing_chunks
+    if missing:
+        shown = ", ".join(map(str, missing[:20])) + (" ..." if len(missing) > 20 else "")
+        raise UploadIncomplete(
+            f"{len(missing)} of {state.total_chunks} chunks are missing: {shown}",
+            missing_chunks=missing,
+        )
+
+
+def decide_cancel(state: SessionState, reason: str) -> list[KnownEvent]:
+    if state.status == COMPLETED:
+        raise UploadNotActive(
+            f"upload {state.upload_id} is completed; it can no longer be cancelled",
+            status=state.status,
+        )
+    if state.status == CANCELLED:
+        return []
+    return [UploadCancelled(reason=reason)]

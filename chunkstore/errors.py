@@ -1,0 +1,124 @@
+"""Every failure the library reports, each a specific class.
+
+The HTTP layer maps each class to exactly one status code and problem type (see
+``api/problems.py``); the CLI prints ``detail``. ``slug`` is the stable, machine-readable
+name of the problem.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ChunkstoreError(Exception):
+    slug = "error"
+    title = "Request failed"
+
+    def __init__(self, detail: str, **extensions: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.extensions = extensions
+
+
+class InvalidRequest(ChunkstoreError):
+    slug = "invalid-request"
+    title = "Invalid request"
+
+
+class InvalidFilename(InvalidRequest):
+    slug = "invalid-filename"
+    title = "Filename not accepted"
+
+
+class DisallowedType(InvalidRequest):
+    slug = "disallowed-type"
+    title = "File type not allowed"
+
+
+class ChecksumMismatch(InvalidRequest):
+    slug = "checksum-mismatch"
+    title = "Checksum does not match the bytes received"
+
+
+class ChunkSizeMismatch(InvalidRequest):
+    slug = "chunk-size-mismatch"
+    title = "Chunk has the wrong size"
+
+
+class ChunkIndexOutOfRange(InvalidRequest):
+    slug = "chunk-index-out-of-range"
+    title = "Chunk index out of range"
+
+
+class IncompleteBody(InvalidRequest):
+    slug = "incomplete-body"
+    title = "Request body ended early"
+
+
+class Unauthorized(ChunkstoreError):
+    slug = "unauthorized"
+    title = "Authentication required"
+
+
+class UploadNotFound(ChunkstoreError):
+    slug = "upload-not-found"
+    title = "Upload not found"
+
+
+class ChunkConflict(ChunkstoreError):
+    slug = "chunk-conflict"
+    title = "Chunk already stored with other bytes"
+
+
+class UploadNotActive(ChunkstoreError):
+    slug = "upload-not-active"
+    title = "Upload no longer accepts this"
+
+
+class UploadIncomplete(ChunkstoreError):
+    slug = "upload-incomplete"
+    title = "Upload has missing chunks"
+
+
+class SessionExpired(ChunkstoreError):
+    slug = "upload-expired"
+    title = "Upload session expired"
+
+
+class TooLarge(ChunkstoreError):
+    slug = "too-large"
+    title = "Payload too large"
+
+
+class ChunkTooLarge(TooLarge):
+    slug = "chunk-too-large"
+    title = "Chunk larger than expected"
+
+
+class TooManySessions(ChunkstoreError):
+    slug = "too-many-sessions"
+    title = "Too many open upload sessions"
+
+
+class UnsupportedMediaType(ChunkstoreError):
+    slug = "unsupported-media-type"
+    title = "Unsupported media type"
+
+
+class ValidationFailed(ChunkstoreError):
+    slug = "validation-failed"
+    title = "File failed validation"
+
+
+class CorruptBlob(ChunkstoreError):
+    """A stored blob is missing or its bytes do not hash to its name."""
+
+    slug = "corrupt-blob"
+    title = "Stored chunk is damaged"
+
+
+class ConcurrencyConflict(ChunkstoreError):
+    """An append stated an expected version that is no longer current."""
+
+    slug = "concurrency-conflict"
+    title = "Concurrent update"

@@ -1,0 +1,117 @@
+"""Event stores: append-only logs of session events, plus the ``sessions`` projection.
+
+Invariant 2: an append states the version it expects the stream to be at and raises
+``ConcurrencyConflict`` when another writer got there first; the caller reloads and
+decides again. The projection row is written in the same transaction as the events,
+and ``session_row`` (a pure function of state) is the one definition of it, so a
+projection can always be rebuilt from, and checked against, the events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import msgspec
+
+from chunkstore.events import Event, KnownEvent
+from chunkstore.session import SessionState
+
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+
+
+def iso(moment: datetime | None) -> str | None:
+    """Fixed-width UTC text, so that string order is time order in SQL."""
+    if moment is None:
+        return None
+    return moment.astimezone(UTC).strftime(TIME_FORMAT)
+
+
+def parse_iso(text: str) -> datetime:
+    return datetime.strptime(text, TIME_FORMAT).replace(tzinfo=UTC)
+
+
+class RecordedEvent(msgspec.Struct, frozen=True):
+    stream_id: str
+    version: int
+    position: int
+    recorded_at: datetime
+    event: Event
+
+
+SESSION_COLUMNS = (
+    "upload_id",
+    "owner",
+    "filename",
+    "status",
+    "mode",
+    "mime_type",
+    "detected_mime",
+    "total_size",
+    "total_chunks",
+    "chunk_size",
+    "received_chunks",
+    "bytes_received",
+    "created_at",
+    "expires_at",
+    "file_path",
+    "sha256",
+    "manifest_digest",
+    "failure_reason",
+    "version",
+)
+
+
+def session_row(state: SessionState) -> dict[str, Any]:
+    """The ``sessions`` projection row of a state (stored status, not effective)."""
+    return {
+        "upload_id": state.upload_id,
+        "owner": state.owner,
+        "filename": state.filename,
+        "status": state.status,
+        "mode": state.mode,
+        "mime_type": state.mime_type,
+        "detected_mime": state.detected_mime,
+        "total_size": state.total_size,
+        "total_chunks": state.total_chunks,
+        "chunk_size": state.chunk_size,
+        "received_chunks": len(state.chunks),
+        "bytes_received": state.bytes_received,
+        "created_at": iso(state.created_at),
+        "expires_at": iso(state.expires_at),
+        "file_path": state.file_path,
+        "sha256": state.manifest.sha256 if state.manifest else None,
+        "manifest_digest": state.manifest.manifest_digest if state.manifest else None,
+        "failure_reason": state.failure_reason,
+        "version": state.version,
+    }
+
+
+class EventStore(Protocol):
+    def append(
+        self,
+        stream_id: str,
+        expected_version: int,
+        events: Sequence[KnownEvent],
+        projection: dict[str, Any],
+    ) -> list[RecordedEvent]:
+        """Append atomically with the new projection row, or raise ConcurrencyConflict."""
+
+    def read(self, stream_id: str, after_version: int = 0) -> list[RecordedEvent]: ...
+
+    def read_all(self, after_position: int = 0) -> Iterator[RecordedEvent]:
+        """Every event of every stream in global order."""
+
+    def stream_ids(self) -> Iterator[str]: ...
+
+    def session_row(self, upload_id: str) -> dict[str, Any] | None: ...
+
+    def session_rows(self) -> Iterator[dict[str, Any]]: ...
+
+    def count_open_sessions(self, owner: str, now: datetime) -> int: ...
+
+    def replace_session_rows(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Overwrite projection rows (projection rebuild)."""
+
+    def close(self) -> None: ...

@@ -1,0 +1,237 @@
+"""SQLite event store (the embedded default).
+
+WAL mode so readers never block the writer; ``synchronous=FULL`` because a committed
+append is an acknowledged chunk and must survive power loss, not just a crash. Each
+thread gets its own connection; several processes may share the file (appends take the
+write lock with ``BEGIN IMMEDIATE`` and wait up to ``busy_timeout``).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from chunkstore import events as ev
+from chunkstore.errors import ConcurrencyConflict
+from chunkstore.eventlog import SESSION_COLUMNS, RecordedEvent, iso, parse_iso
+
+_READ_BATCH = 2000
+
+
+class SQLiteEventStore:
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._create_schema()
+
+    # -- connections -------------------------------------------------------------------
+
+    def connection(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA busy_timeout=30000")
+            conn.execute("PRAGMA foreign_keys=ON")
+            self._local.conn = conn
+            with self._lock:
+                self._connections.append(conn)
+        return conn
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._connections:
+                conn.close()
+            self._connections.clear()
+        self._local = threading.local()
+
+    def _create_schema(self) -> None:
+        db = sqlite_utils.Database(self.connection())
+        if "events" not in db.table_names():
+            db.execute(
+                """
+                CREATE TABLE IF NOT EXISTS events (
+                    stream_id   TEXT    NOT NULL,
+                    version     INTEGER NOT NULL,
+                    position    INTEGER NOT NULL UNIQUE,
+                    type        TEXT    NOT NULL,
+                    data        TEXT    NOT NULL,
+                    recorded_at TEXT    NOT NULL,
+                    PRIMARY KEY (stream_id, version)
+                )
+                """
+            )
+        db["sessions"].create(
+            {
+                "upload_id": str,
+                "owner": str,
+                "filename": str,
+                "status": str,
+                "mode": str,
+                "mime_type": str,
+                "detected_mime": str,
+                "total_size": int,
+                "total_chunks": int,
+                "chunk_size": int,
+                "received_chunks": int,
+                "bytes_received": int,
+                "created_at": str,
+                "expires_at": str,
+                "file_path": str,
+                "sha256": str,
+                "manifest_digest": str,
+                "failure_reason": str,
+                "version": int,
+            },
+            pk="upload_id",
+            not_null={"owner", "status", "version"},
+            if_not_exists=True,
+        )
+        db["sessions"].create_index(["owner", "status"], if_not_exists=True)
+        db["sessions"].create_index(["status", "expires_at"], if_not_exists=True)
+
+    # -- writing -----------------------------------------------------------------------
+
+    def append(
+        self,
+        stream_id: str,
+        expected_version: int,
+        events: Sequence[ev.KnownEvent],
+        projection: dict[str, Any],
+    ) -> list[RecordedEvent]:
+        if not events:
+            return []
+        conn = self.connection()
+        now = datetime.now(UTC)
+        recorded_at = iso(now)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            (current,) = conn.execute(
+                "SELECT COALESCE(MAX(version), 0) FROM events WHERE stream_id = ?", (stream_id,)
+            ).fetchone()
+            if current != expected_version:
+                raise ConcurrencyConflict(
+                    f"stream {stream_id} is at version {current}, not {expected_version}",
+                    stream_id=stream_id,
+                    expected=expected_version,
+                    actual=current,
+                )
+            (position,) = conn.execute("SELECT COALESCE(MAX(position), 0) FROM events").fetchone()
+            rows = []
+            recorded = []
+            for offset, event in enumerate(events, start=1):
+                rows.append(
+                    (
+                        stream_id,
+                        expected_version + offset,
+                        position + offset,
+                        ev.event_type(event),
+                        ev.encode(event).decode(),
+                        recorded_at,
+                    )
+                )
+                recorded.append(
+                    RecordedEvent(
+                        stream_id, expected_version + offset, position + offset, now, event
+                    )
+                )
+            conn.executemany(
+                "INSERT INTO events (stream_id, version, position, type, data, recorded_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            self._upsert_session(conn, projection)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return recorded
+
+    _UPSERT = (
+        f"INSERT OR REPLACE INTO sessions ({', '.join(SESSION_COLUMNS)})"
+        f" VALUES ({', '.join('?' for _ in SESSION_COLUMNS)})"
+    )
+
+    def _upsert_session(self, conn: sqlite3.Connection, row: dict[str, Any]) -> None:
+        conn.execute(self._UPSERT, [row[column] for column in SESSION_COLUMNS])
+
+    def replace_session_rows(self, rows: Sequence[dict[str, Any]]) -> None:
+        conn = self.connection()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for row in rows:
+                self._upsert_session(conn, row)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    # -- reading -----------------------------------------------------------------------
+
+    @staticmethod
+    def _recorded(row: tuple[Any, ...]) -> RecordedEvent:
+        stream_id, version, position, data, recorded_at = row
+        return RecordedEvent(stream_id, version, position, parse_iso(recorded_at), ev.decode(data))
+
+    def read(self, stream_id: str, after_version: int = 0) -> list[RecordedEvent]:
+        rows = self.connection().execute(
+            "SELECT stream_id, version, position, data, recorded_at FROM events"
+            " WHERE stream_id = ? AND version > ? ORDER BY version",
+            (stream_id, after_version),
+        )
+        return [self._recorded(row) for row in rows]
+
+    def read_all(self, after_position: int = 0) -> Iterator[RecordedEvent]:
+        conn = self.connection()
+        while True:
+            rows = conn.execute(
+                "SELECT stream_id, version, position, data, recorded_at FROM events"
+                " WHERE position > ? ORDER BY position LIMIT ?",
+                (after_position, _READ_BATCH),
+            ).fetchall()
+            if not rows:
+                return
+            for row in rows:
+                yield self._recorded(row)
+            after_position = rows[-1][2]
+
+    def stream_ids(self) -> Iterator[str]:
+        rows = self.connection().execute("SELECT DISTINCT stream_id FROM events ORDER BY stream_id")
+        for (stream_id,) in rows.fetchall():
+            yield stream_id
+
+    def session_row(self, upload_id: str) -> dict[str, Any] | None:
+        conn = self.connection()
+        cursor = conn.execute(
+            f"SELECT {', '.join(SESSION_COLUMNS)} FROM sessions WHERE upload_id = ?", (upload_id,)
+        )
+        row = cursor.fetchone()
+        return dict(zip(SESSION_COLUMNS, row, strict=True)) if row else None
+
+    def session_rows(self) -> Iterator[dict[str, Any]]:
+        cursor = self.connection().execute(
+            f"SELECT {', '.join(SESSION_COLUMNS)} FROM sessions ORDER BY upload_id"
+        )
+        for row in cursor.fetchall():
+            yield dict(zip(SESSION_COLUMNS, row, strict=True))
+
+    def count_open_sessions(self, owner: str, now: datetime) -> int:
+        (count,) = (
+            self.connection()
+            .execute(
+                "SELECT COUNT(*) FROM sessions WHERE owner = ?"
+                " AND status IN ('active', 'assembling') AND expires_at > ?",
+                (owner, iso(now)),
+            )
+            .fetchone()
+        )
+        return int(count)

@@ -1,0 +1,114 @@
+"""Events: the only facts about an upload session.
+
+Each event is a frozen, tagged ``msgspec.Struct``; the tag is the event's ``type`` in
+the log. History is never rewritten: new facts get new event types, and new fields get
+defaults so that old records still decode. A reader that meets a type it does not know
+(written by a newer version) gets an ``UnknownEvent`` instead of a crash.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import msgspec
+
+
+class UploadInitiated(msgspec.Struct, frozen=True, tag=True):
+    owner: str
+    filename: str
+    total_size: int
+    mime_type: str
+    chunk_size: int
+    total_chunks: int
+    created_at: datetime
+    expires_at: datetime
+    #: "fixed": every chunk but the last is ``chunk_size`` bytes.
+    #: "manifest": the client declared each chunk's digest and size (see ``chunk_list``).
+    mode: str = "fixed"
+    file_hash: str | None = None
+    #: For mode "manifest": the declared chunk list as [digest, size] pairs.
+    chunk_list: list[tuple[str, int]] | None = None
+
+
+class ChunkStored(msgspec.Struct, frozen=True, tag=True):
+    index: int
+    digest: str
+    size: int
+
+
+class ManifestWritten(msgspec.Struct, frozen=True, tag=True):
+    manifest_digest: str
+    size: int
+    blake3: str
+    sha256: str
+
+
+class ValidationFailed(msgspec.Struct, frozen=True, tag=True):
+    #: Stable machine-readable reason, e.g. "mime-mismatch".
+    reason: str
+    detail: str = ""
+
+
+class UploadCompleted(msgspec.Struct, frozen=True, tag=True):
+    #: The final file, relative to the data directory.
+    path: str
+    detected_mime: str
+
+
+class UploadCancelled(msgspec.Struct, frozen=True, tag=True):
+    reason: str = ""
+
+
+class UploadExpired(msgspec.Struct, frozen=True, tag=True):
+    pass
+
+
+class UnknownEvent(msgspec.Struct, frozen=True):
+    """An event of a type this version does not know; kept, shown, otherwise ignored."""
+
+    type: str
+    data: dict[str, Any]
+
+
+KnownEvent = (
+    UploadInitiated
+    | ChunkStored
+    | ManifestWritten
+    | ValidationFailed
+    | UploadCompleted
+    | UploadCancelled
+    | UploadExpired
+)
+Event = KnownEvent | UnknownEvent
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(KnownEvent)
+
+
+def event_type(event: Event) -> str:
+    if isinstance(event, UnknownEvent):
+        return event.type
+    return type(event).__name__
+
+
+def encode(event: KnownEvent) -> bytes:
+    """The JSON record stored in the log; it carries its own ``type`` tag."""
+    return _encoder.encode(event)
+
+
+def decode(data: bytes | str) -> Event:
+    try:
+        return _decoder.decode(data)
+    except msgspec.ValidationError:
+        raw = msgspec.json.decode(data)
+        if isinstance(raw, dict):
+            return UnknownEvent(type=str(raw.pop("type", "?")), data=raw)
+        raise
+
+
+def to_dict(event: Event) -> dict[str, Any]:
+    """Plain fields for display (replay timelines, JSON lines)."""
+    if isinstance(event, UnknownEvent):
+        return dict(event.data)
+    return msgspec.to_builtins(event)  # type: ignore[no-any-return]

@@ -1,0 +1,483 @@
+"""The upload service: loads state, asks a command what happens, does the I/O around it.
+
+Every method takes the asking ``owner``; another owner's upload is "not found". Appends
+state the version they decided on and, on a conflict, reload and decide again, so any
+number of requests (threads or processes) may work on one session at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import secrets
+import threading
+import uuid
+from collections import OrderedDict
+from collections.abc import AsyncIterable, Callable, Iterable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from chunkstore import commands
+from chunkstore.blobs import BlobRef, BlobStore, BlobWriter
+from chunkstore.blobs.filesystem import FileBlobStore, fsync_directory, make_durable_dirs
+from chunkstore.config import Settings
+from chunkstore.errors import (
+    ChecksumMismatch,
+    ChunkSizeMismatch,
+    ChunkTooLarge,
+    ConcurrencyConflict,
+    CorruptBlob,
+    InvalidRequest,
+    UploadNotActive,
+    ValidationFailed,
+)
+from chunkstore.eventlog import EventStore, session_row
+from chunkstore.eventlog.sqlite import SQLiteEventStore
+from chunkstore.events import (
+    KnownEvent,
+    ManifestWritten,
+    UploadCompleted,
+)
+from chunkstore.events import (
+    ValidationFailed as ValidationFailedEvent,
+)
+from chunkstore.manifest import Manifest, assemble
+from chunkstore.session import COMPLETED, SessionState, replay
+from chunkstore.validator import detect_mime, find_problem
+
+#: How many bytes of a streamed body are gathered before they go to a writer thread.
+FLUSH_SIZE = 1024 * 1024
+#: Session states kept in memory; a cached state is caught up from the log on every load.
+STATE_CACHE_SIZE = 512
+_APPEND_ATTEMPTS = 1000
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Checksum(msgspec.Struct, frozen=True):
+    algorithm: str  # "sha256" or "blake3"
+    hex: str
+
+    @classmethod
+    def parse(cls, header: str) -> Checksum:
+        """``sha256=<hex>`` or ``blake3=<hex>`` (as sent in ``X-Chunk-Checksum``)."""
+        algorithm, sep, value = header.strip().partition("=")
+        algorithm = algorithm.strip().lower().replace("-", "")
+        value = value.strip().lower()
+        if not sep or algorithm not in ("sha256", "blake3"):
+            raise InvalidRequest("checksum must be 'sha256=<hex>' or 'blake3=<hex>'")
+        if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+            raise InvalidRequest(f"{algorithm} checksum must be 64 hex characters")
+        return cls(algorithm, value)
+
+
+class ChunkReceipt(msgspec.Struct, frozen=True, kw_only=True):
+    upload_id: str
+    chunk_index: int
+    digest: str
+    size: int
+    #: False when this index was already stored with these bytes (nothing appended).
+    stored: bool
+    received_chunks: int
+    total_chunks: int
+    bytes_received: int
+    progress: float
+
+
+class Completion(msgspec.Struct, frozen=True, kw_only=True):
+    upload_id: str
+    status: str
+    file_path: str
+    size: int
+    sha256: str
+    blake3: str
+    detected_mime: str
+    manifest_digest: str
+
+
+class ChunkIntake:
+    """One chunk's bytes on their way into the blob store, with size cap and checksum."""
+
+    def __init__(self, writer: BlobWriter, expected_size: int, checksum: Checksum | None) -> None:
+        self.writer = writer
+        self.expected_size = expected_size
+        self.checksum = checksum
+        self._sha256 = hashlib.sha256() if checksum and checksum.algorithm == "sha256" else None
+
+    def feed(self, pieces: Iterable[bytes]) -> None:
+        for piece in pieces:
+            if self.writer.size + len(piece) > self.expected_size:
+                raise ChunkTooLarge(
+                    f"chunk is larger than the expected {self.expected_size} bytes",
+                    expected=self.expected_size,
+                )
+            self.writer.write(piece)
+            if self._sha256 is not None:
+                self._sha256.update(piece)
+
+    def verified_digest(self) -> str:
+        if self.writer.size != self.expected_size:
+            raise ChunkSizeMismatch(
+                f"chunk must be {self.expected_size} bytes, got {self.writer.size}",
+                expected=self.expected_size,
+            )
+        digest = self.writer.digest()
+        if self.checksum is not None:
+            actual = self._sha256.hexdigest() if self._sha256 is not None else digest
+            if actual != self.checksum.hex:
+                raise ChecksumMismatch(
+                    f"{self.checksum.algorithm} of the chunk is {actual},"
+                    f" the request said {self.checksum.hex}",
+                    algorithm=self.checksum.algorithm,
+                )
+        return digest
+
+
+class UploadService:
+    def __init__(
+        self,
+        settings: Settings,
+        blobs: BlobStore,
+        events: EventStore,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.settings = settings
+        self.blobs = blobs
+        self.events = events
+        self.clock = clock
+        self.files_dir = settings.data_dir / "files"
+        self.tmp_dir = settings.data_dir / "tmp"
+        self._states: OrderedDict[str, SessionState] = OrderedDict()
+        self._states_lock = threading.Lock()
+        self._completion_locks: dict[str, threading.Lock] = {}
+
+    @classmethod
+    def open(cls, settings: Settings, clock: Callable[[], datetime] = utcnow) -> UploadService:
+        """The embedded default: filesystem blobs and SQLite events in ``data_dir``."""
+        make_durable_dirs(settings.data_dir)
+        blobs = FileBlobStore(settings.data_dir)
+        events = SQLiteEventStore(settings.database_path)
+        service = cls(settings, blobs, events, clock)
+        make_durable_dirs(service.files_dir)
+        return service
+
+    def close(self) -> None:
+        self.events.close()
+
+    # -- state ---------------------------------------------------------------------------
+
+    def load(self, upload_id: str) -> SessionState:
+        """Current state: the cached fold caught up with whatever the log has since."""
+        with self._states_lock:
+            cached = self._states.get(upload_id)
+        after = cached.version if cached else 0
+        new_events = [recorded.event for recorded in self.events.read(upload_id, after)]
+        if not new_events and cached is not None:
+            return cached
+        state = replay(new_events, cached or SessionState.empty(upload_id))
+        if state.exists:
+            with self._states_lock:
+                current = self._states.get(upload_id)
+                if current is None or current.version < state.version:
+                    self._states[upload_id] = state
+                    self._states.move_to_end(upload_id)
+                    while len(self._states) > STATE_CACHE_SIZE:
+                        self._states.popitem(last=False)
+        return state
+
+    def get(self, owner: str, upload_id: str) -> SessionState:
+        return commands.require_owned(self.load(upload_id), owner)
+
+    def _append(self, state: SessionState, new_events: Sequence[KnownEvent]) -> SessionState:
+        """Append at ``state.version``; raises ConcurrencyConflict if the log moved on."""
+        if not new_events:
+            return state
+        self.events.append(
+            state.upload_id, state.version, new_events, session_row(replay(new_events, state))
+        )
+        return self.load(state.upload_id)
+
+    def _decide_and_append(
+        self, owner: str, upload_id: str, decide: Callable[[SessionState], list[KnownEvent]]
+    ) -> SessionState:
+        for _ in range(_APPEND_ATTEMPTS):
+            state = self.get(owner, upload_id)
+            try:
+                return self._append(state, decide(state))
+            except ConcurrencyConflict:
+                continue
+        raise ConcurrencyConflict(f"upload {upload_id} is too busy; retry", upload_id=upload_id)
+
+    # -- commands ------------------------------------------------------------------------
+
+    def init_upload(self, owner: str, request: commands.InitRequest) -> SessionState:
+        upload_id = uuid.uuid4().hex
+        now = self.clock()
+        new_events = commands.decide_init(
+            upload_id,
+            owner,
+            request,
+            self.settings,
+            now,
+            self.events.count_open_sessions(owner, now),
+        )
+        return self._append(SessionState.empty(upload_id), new_events)
+
+    def chunk_target(
+        self, owner: str, upload_id: str, index: int, content_length: int | None = None
+    ) -> int:
+        """Checks made before a chunk's body is read; returns its exact expected size."""
+        expected = commands.check_chunk_target(self.get(owner, upload_id), index, self.clock())
+        if content_length is not None and content_length > expected:
+            raise ChunkTooLarge(
+                f"chunk {index} must be {expected} bytes, the request declares {content_length}",
+                expected=expected,
+            )
+        if content_length is not None and content_length < expected:
+            raise ChunkSizeMismatch(
+                f"chunk {index} must be {expected} bytes, the request declares {content_length}",
+                expected=expected,
+            )
+        return expected
+
+    def store_chunk(
+        self,
+        owner: str,
+        upload_id: str,
+        index: int,
+        data: bytes,
+        checksum: Checksum | None = None,
+    ) -> ChunkReceipt:
+        """Store one chunk whose bytes are already in memory (the JSON/base64 path)."""
+        expected = self.chunk_target(owner, upload_id, index)
+        intake = ChunkIntake(self.blobs.writer(), expected, checksum)
+        try:
+            intake.feed((data,))
+        except BaseException:
+            intake.writer.abort()
+            raise
+        return self.record_chunk(owner, upload_id, index, intake)
+
+    async def store_chunk_stream(
+        self,
+        owner: str,
+        upload_id: str,
+        index: int,
+        body: AsyncIterable[bytes],
+        content_length: int | None = None,
+        checksum: Checksum | None = None,
+    ) -> ChunkReceipt:
+        """Store one chunk from a streamed body.
+
+        The event loop keeps receiving while a worker thread hashes and writes what came
+        before (BLAKE3, SHA-256 and file writes release the GIL). At most two flushes of
+        the body are in memory at once.
+        """
+        expected = await asyncio.to_thread(
+            self.chunk_target, owner, upload_id, index, content_length
+        )
+        intake = ChunkIntake(await asyncio.to_thread(self.blobs.writer), expected, checksum)
+        job: asyncio.Future[None] | None = None
+        try:
+            pending: list[bytes] = []
+            pending_size = 0
+            async for piece in body:
+                if not piece:
+                    continue
+                pending.append(piece)
+                pending_size += len(piece)
+                if pending_size >= FLUSH_SIZE:
+                    if job is not None:
+                        await job
+                    job = asyncio.ensure_future(asyncio.to_thread(intake.feed, pending))
+                    pending, pending_size = [], 0
+            if job is not None:
+                await job
+                job = None
+            if pending:
+                await asyncio.to_thread(intake.feed, pending)
+        except BaseException:
+            if job is not None:
+                with contextlib.suppress(BaseException):
+                    await job
+            await asyncio.to_thread(intake.writer.abort)
+            raise
+        return await asyncio.to_thread(self.record_chunk, owner, upload_id, index, intake)
+
+    def record_chunk(
+        self, owner: str, upload_id: str, index: int, intake: ChunkIntake
+    ) -> ChunkReceipt:
+        """Verify a received chunk, make its blob durable, then append its event.
+
+        The blob is committed only once the chunk is known to be acceptable, so a
+        refused chunk stores no byte; the event is appended only after the blob is
+        durable, so an acknowledged chunk is never lost.
+        """
+        writer = intake.writer
+        try:
+            digest = intake.verified_digest()
+            state = self.get(owner, upload_id)
+            new_events = commands.decide_chunk(state, index, digest, writer.size, self.clock())
+        except BaseException:
+            writer.abort()
+            raise
+        size = writer.size
+        if not new_events:
+            writer.abort()
+            return self._receipt(state, index, digest, size, stored=False)
+        ref: BlobRef = writer.commit()
+        stored = True
+
+        def decide(current: SessionState) -> list[KnownEvent]:
+            nonlocal stored
+            events_now = commands.decide_chunk(current, index, ref.digest, ref.size, self.clock())
+            stored = bool(events_now)
+            return events_now
+
+        state = self._decide_and_append(owner, upload_id, decide)
+        return self._receipt(state, index, digest, size, stored=stored)
+
+    @staticmethod
+    def _receipt(
+        state: SessionState, index: int, digest: str, size: int, stored: bool
+    ) -> ChunkReceipt:
+        return ChunkReceipt(
+            upload_id=state.upload_id,
+            chunk_index=index,
+            digest=digest,
+            size=size,
+            stored=stored,
+            received_chunks=len(state.chunks),
+            total_chunks=state.total_chunks,
+            bytes_received=state.bytes_received,
+            progress=state.progress,
+        )
+
+    def cancel_upload(self, owner: str, upload_id: str, reason: str = "") -> SessionState:
+        return self._decide_and_append(
+            owner, upload_id, lambda state: commands.decide_cancel(state, reason)
+        )
+
+    def status(self, owner: str, upload_id: str) -> SessionState:
+        return self.get(owner, upload_id)
+
+    # -- completion ----------------------------------------------------------------------
+
+    def complete_upload(self, owner: str, upload_id: str) -> Completion:
+        """Write the manifest, validate, and materialize the final file (idempotent)."""
+        with self._completion_lock(upload_id):
+            state = self.get(owner, upload_id)
+            if state.status == COMPLETED:
+                return completion_of(state)
+            commands.check_completable(state, self.clock())
+            part = self.tmp_dir / f"assemble-{upload_id}-{secrets.token_hex(6)}.part"
+            try:
+                return self._complete(state, part)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    part.unlink()
+
+    def _complete(self, state: SessionState, part: Path) -> Completion:
+        chunks = state.ordered_chunks()
+        try:
+            with open(part, "xb") as out:
+                assembled = assemble(self.blobs, chunks, out)
+                out.flush()
+                os.fsync(out.fileno())
+        except CorruptBlob as error:
+            self._fail(state, "corrupt-chunk", error.detail)
+        if state.manifest is None:
+            manifest = Manifest(
+                upload_id=state.upload_id,
+                filename=state.filename,
+                size=assembled.size,
+                blake3=assembled.blake3,
+                sha256=assembled.sha256,
+                chunks=chunks,
+            )
+            ref = self.blobs.put(manifest.encode())
+            state = self._append_or_settle(
+                state,
+                [ManifestWritten(ref.digest, assembled.size, assembled.blake3, assembled.sha256)],
+            )
+        elif (state.manifest.blake3, state.manifest.size) != (assembled.blake3, assembled.size):
+            self._fail(state, "corrupt-chunk", "stored chunks no longer match the manifest")
+        detected = detect_mime(part)
+        problem = find_problem(state, assembled, detected, self.settings)
+        if problem is not None:
+            self._fail(state, *problem)
+        relative = Path("files") / state.upload_id / state.filename
+        publish(part, self.settings.data_dir / relative)
+        state = self._append_or_settle(state, [UploadCompleted(str(relative), detected)])
+        return completion_of(state)
+
+    def _fail(self, state: SessionState, reason: str, detail: str) -> None:
+        self._append_or_settle(state, [ValidationFailedEvent(reason=reason, detail=detail)])
+        raise ValidationFailed(detail, reason=reason)
+
+    def _append_or_settle(self, state: SessionState, new_events: list[KnownEvent]) -> SessionState:
+        try:
+            return self._append(state, new_events)
+        except ConcurrencyConflict:
+            # Only another process completing or cancelling the same upload gets here.
+            current = self.load(state.upload_id)
+            raise UploadNotActive(
+                f"upload {state.upload_id} changed during completion (now {current.status})",
+                status=current.status,
+            ) from None
+
+    def _completion_lock(self, upload_id: str) -> threading.Lock:
+        with self._states_lock:
+            return self._completion_locks.setdefault(upload_id, threading.Lock())
+
+
+def completion_of(state: SessionState) -> Completion:
+    assert state.manifest is not None and state.file_path is not None
+    return Completion(
+        upload_id=state.upload_id,
+        status=state.status,
+        file_path=state.file_path,
+        size=state.manifest.size,
+        sha256=state.manifest.sha256,
+        blake3=state.manifest.blake3,
+        detected_mime=state.detected_mime or "",
+        manifest_digest=state.manifest.manifest_digest,
+    )
+
+
+def publish(part: Path, final: Path) -> None:
+    """Move a fully written, fsynced file into place atomically and durably."""
+    make_durable_dirs(final.parent)
+    os.replace(part, final)
+    fsync_directory(final.parent)
+
+
+def state_summary(state: SessionState, now: datetime) -> dict[str, Any]:
+    """Everything a status answer reports, as plain values."""
+    return {
+        "upload_id": state.upload_id,
+        "status": state.effective_status(now),
+        "filename": state.filename,
+        "mime_type": state.mime_type,
+        "total_size": state.total_size,
+        "chunk_size": state.chunk_size,
+        "total_chunks": state.total_chunks,
+        "received_chunks": state.received_chunks,
+        "missing_chunks": state.missing_chunks,
+        "bytes_received": state.bytes_received,
+        "progress": state.progress,
+        "created_at": state.created_at,
+        "expires_at": state.expires_at,
+        "file_path": state.file_path,
+        "sha256": state.manifest.sha256 if state.manifest else None,
+        "detected_mime": state.detected_mime,
+        "failure_reason": state.failure_reason,
+        "failure_detail": state.failure_detail,
+    }

@@ -1,0 +1,176 @@
+"""Session state: a pure fold of a session's events.
+
+``replay(events)`` is the only way a ``SessionState`` comes to be; nothing is updated
+in place. ``apply(state, event)`` is the single-step form. Internally a fold copies the
+chunk map once and then applies every event of the batch to the copy, so replaying a
+long stream stays linear while each state a caller holds stays unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from chunkstore.events import (
+    ChunkStored,
+    Event,
+    ManifestWritten,
+    UnknownEvent,
+    UploadCancelled,
+    UploadCompleted,
+    UploadExpired,
+    UploadInitiated,
+    ValidationFailed,
+)
+
+ACTIVE = "active"
+ASSEMBLING = "assembling"
+COMPLETED = "completed"
+FAILED = "failed"
+CANCELLED = "cancelled"
+EXPIRED = "expired"
+NEW = "new"
+#: Statuses after which a session takes no more chunks.
+FINAL_STATUSES = frozenset({COMPLETED, FAILED, CANCELLED, EXPIRED})
+
+
+@dataclass(frozen=True, slots=True)
+class SessionState:
+    upload_id: str = ""
+    version: int = 0
+    status: str = NEW
+    owner: str = ""
+    filename: str = ""
+    total_size: int = 0
+    mime_type: str = ""
+    file_hash: str | None = None
+    chunk_size: int = 0
+    total_chunks: int = 0
+    mode: str = "fixed"
+    created_at: datetime | None = None
+    expires_at: datetime | None = None
+    #: For mode "manifest": the declared (digest, size) of every index.
+    chunk_list: tuple[tuple[str, int], ...] = ()
+    #: index -> (digest, size) of every chunk stored so far.
+    chunks: Mapping[int, tuple[str, int]] = field(default_factory=dict)
+    bytes_received: int = 0
+    manifest: ManifestWritten | None = None
+    file_path: str | None = None
+    detected_mime: str | None = None
+    failure_reason: str | None = None
+    failure_detail: str | None = None
+    cancel_reason: str | None = None
+
+    @classmethod
+    def empty(cls, upload_id: str = "") -> SessionState:
+        return cls(upload_id=upload_id)
+
+    @property
+    def exists(self) -> bool:
+        return self.version > 0
+
+    def is_expired(self, now: datetime) -> bool:
+        if self.status == EXPIRED:
+            return True
+        return (
+            self.status in (ACTIVE, ASSEMBLING)
+            and self.expires_at is not None
+            and now >= self.expires_at
+        )
+
+    def effective_status(self, now: datetime) -> str:
+        """The status as a client sees it: an active session past its TTL is expired
+        even before ``gc`` records ``UploadExpired``."""
+        return EXPIRED if self.is_expired(now) else self.status
+
+    def expected_size(self, index: int) -> int:
+        """The exact size chunk ``index`` must have."""
+        if self.mode == "manifest":
+            return self.chunk_list[index][1]
+        if index < self.total_chunks - 1:
+            return self.chunk_size
+        return self.total_size - self.chunk_size * (self.total_chunks - 1)
+
+    def expected_digest(self, index: int) -> str | None:
+        return self.chunk_list[index][0] if self.mode == "manifest" else None
+
+    @property
+    def missing_chunks(self) -> list[int]:
+        return [i for i in range(self.total_chunks) if i not in self.chunks]
+
+    @property
+    def received_chunks(self) -> list[int]:
+        return sorted(self.chunks)
+
+    @property
+    def progress(self) -> float:
+        """Percentage of the file's bytes stored, 0-100."""
+        if self.total_size == 0:
+            return 100.0 if self.total_chunks == len(self.chunks) else 0.0
+        return round(100.0 * self.bytes_received / self.total_size, 2)
+
+    def ordered_chunks(self) -> list[tuple[str, int]]:
+        """(digest, size) of every index in order; only meaningful when none is missing."""
+        return [self.chunks[i] for i in range(self.total_chunks)]
+
+
+class _Fold:
+    """Mutable accumulator used by ``replay``; never escapes this module."""
+
+    def __init__(self, state: SessionState) -> None:
+        self.values = {name: getattr(state, name) for name in SessionState.__dataclass_fields__}
+        self.chunks = dict(state.chunks)
+
+    def apply(self, event: Event) -> None:
+        v = self.values
+        v["version"] += 1
+        match event:
+            case UploadInitiated():
+                v.update(
+                    status=ACTIVE,
+                    owner=event.owner,
+                    filename=event.filename,
+                    total_size=event.total_size,
+                    mime_type=event.mime_type,
+                    file_hash=event.file_hash,
+                    chunk_size=event.chunk_size,
+                    total_chunks=event.total_chunks,
+                    mode=event.mode,
+                    created_at=event.created_at,
+                    expires_at=event.expires_at,
+                    chunk_list=tuple(tuple(pair) for pair in event.chunk_list or ()),
+                )
+            case ChunkStored(index=index, digest=digest, size=size):
+                previous = self.chunks.get(index)
+                if previous is not None:
+                    v["bytes_received"] -= previous[1]
+                self.chunks[index] = (digest, size)
+                v["bytes_received"] += size
+            case ManifestWritten():
+                v.update(status=ASSEMBLING, manifest=event)
+            case ValidationFailed(reason=reason, detail=detail):
+                v.update(status=FAILED, failure_reason=reason, failure_detail=detail)
+            case UploadCompleted(path=path, detected_mime=mime):
+                v.update(status=COMPLETED, file_path=path, detected_mime=mime)
+            case UploadCancelled(reason=reason):
+                v.update(status=CANCELLED, cancel_reason=reason)
+            case UploadExpired():
+                v.update(status=EXPIRED)
+            case UnknownEvent():
+                pass  # written by a newer version; counted, otherwise ignored
+
+    def result(self) -> SessionState:
+        return SessionState(**{**self.values, "chunks": self.chunks})
+
+
+def replay(events: Iterable[Event], state: SessionState | None = None) -> SessionState:
+    """Fold ``events`` onto ``state`` (an empty session by default)."""
+    fold = _Fold(state if state is not None else SessionState.empty())
+    for event in events:
+        fold.apply(event)
+    return fold.result()
+
+
+def apply(state: SessionState, event: Event) -> SessionState:
+    return replay((event,), state)

@@ -1,0 +1,47 @@
+"""The validator: checks an assembled upload against what init declared and the policy.
+
+It trusts nothing the client said: the size and hashes come from re-reading the stored
+chunks, the type from the file's magic bytes (libmagic via python-magic).
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import magic
+
+from chunkstore.config import Settings
+from chunkstore.errors import InvalidFilename
+from chunkstore.manifest import Assembled
+from chunkstore.policy import clean_filename, type_problem
+from chunkstore.session import SessionState
+
+# A libmagic handle is not safe to share between threads.
+_magic_lock = threading.Lock()
+_magic = magic.Magic(mime=True)
+
+
+def detect_mime(path: Path) -> str:
+    with _magic_lock:
+        return str(_magic.from_file(str(path)))
+
+
+def detect_mime_bytes(data: bytes) -> str:
+    with _magic_lock:
+        return str(_magic.from_buffer(data))
+
+
+def find_problem(
+    state: SessionState, assembled: Assembled, detected_mime: str, settings: Settings
+) -> tuple[str, str] | None:
+    """(reason, detail) for the first check the upload fails, or None when it passes."""
+    if assembled.size != state.total_size:
+        return "size-mismatch", f"declared {state.total_size} bytes, assembled {assembled.size}"
+    if state.file_hash and assembled.sha256 != state.file_hash:
+        return "hash-mismatch", f"declared SHA-256 {state.file_hash}, content is {assembled.sha256}"
+    try:
+        clean_filename(state.filename)
+    except InvalidFilename as error:
+        return "invalid-filename", error.detail
+    return type_problem(state.mime_type, detected_mime, settings)
