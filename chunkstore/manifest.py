@@ -17,9 +17,10 @@ import blake3
 import msgspec
 
 from chunkstore.blobs import BlobStore
+from chunkstore.blobs.filesystem import write_all
 from chunkstore.errors import CorruptBlob
 
-READ_SIZE = 4 * 1024 * 1024
+READ_SIZE = 1024 * 1024
 
 
 class Manifest(msgspec.Struct, frozen=True, kw_only=True):
@@ -51,10 +52,6 @@ class Assembled(msgspec.Struct, frozen=True):
 _pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="assemble")
 
 
-def _write_all(out: BinaryIO, data: bytes) -> None:
-    out.write(data)
-
-
 def assemble(blobs: BlobStore, chunks: Sequence[tuple[str, int]], out: BinaryIO) -> Assembled:
     """Stream the chunks in order into ``out``, verifying each against its digest."""
     whole_blake3 = blake3.blake3()
@@ -66,7 +63,7 @@ def assemble(blobs: BlobStore, chunks: Sequence[tuple[str, int]], out: BinaryIO)
         with blobs.open(digest) as blob:
             while piece := blob.read(READ_SIZE):
                 sha_job = _pool.submit(whole_sha256.update, piece)
-                write_job = _pool.submit(_write_all, out, piece)
+                write_job = _pool.submit(write_all, out, piece)
                 chunk_hash.update(piece)
                 whole_blake3.update(piece)
                 sha_job.result()

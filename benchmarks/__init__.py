@@ -1,0 +1,1 @@
+"""chunkstore benchmarks: figures and ratios measured in one run on this machine."""

@@ -1,0 +1,74 @@
+"""Helpers shared by the benchmarks: servers, memory readings, test files."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+MiB = 1024 * 1024
+
+
+def peak_rss_bytes(pid: int) -> int:
+    """Peak resident memory (VmHWM) of a process and all its descendants, summed."""
+    total = 0
+    for member in [pid, *descendants(pid)]:
+        try:
+            for line in Path(f"/proc/{member}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1]) * 1024
+        except FileNotFoundError:
+            continue
+    return total
+
+
+def max_process_peak_rss(pid: int) -> int:
+    """The largest single-process VmHWM in the tree (the worker that did the work)."""
+    best = 0
+    for member in [pid, *descendants(pid)]:
+        try:
+            for line in Path(f"/proc/{member}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    best = max(best, int(line.split()[1]) * 1024)
+        except FileNotFoundError:
+            continue
+    return best
+
+
+def descendants(pid: int) -> list[int]:
+    children: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return children
+    for task in tasks:
+        try:
+            text = Path(f"/proc/{pid}/task/{task}/children").read_text()
+        except FileNotFoundError:
+            continue
+        for child in text.split():
+            children.append(int(child))
+            children.extend(descendants(int(child)))
+    return children
+
+
+def random_file(size: int, directory: Path | None = None) -> Path:
+    """A file of fresh random bytes, written in pieces (never all in memory)."""
+    handle, name = tempfile.mkstemp(prefix="bench-", suffix=".bin", dir=directory)
+    with os.fdopen(handle, "wb") as out:
+        remaining = size
+        while remaining:
+            piece = min(remaining, 8 * MiB)
+            out.write(os.urandom(piece))
+            remaining -= piece
+    return Path(name)
+
+
+def scratch_dir() -> Path:
+    path = Path(tempfile.mkdtemp(prefix="chunkstore-bench-"))
+    return path
+
+
+def remove(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,88 @@
+"""One upload through the raw chunk endpoint: throughput and the server's peak memory.
+
+python -m benchmarks.raw_upload [--size-mib 1024] [--chunk-mib 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import time
+
+from benchmarks.common import MiB, max_process_peak_rss, random_file, remove, scratch_dir
+from tests.conftest import Server
+
+
+def upload(server: Server, path, chunk_size: int) -> dict[str, float]:
+    size = path.stat().st_size
+    with server.client("bench") as client, open(path, "rb") as source:
+        started = time.perf_counter()
+        init = client.post(
+            "/api/v1/upload/init",
+            json={"filename": "bench.bin", "total_size": size, "chunk_size": chunk_size},
+        )
+        init.raise_for_status()
+        upload_id = init.json()["upload_id"]
+        index = 0
+        while chunk := source.read(chunk_size):
+            answer = client.put(
+                f"/api/v1/upload/{upload_id}/chunks/{index}",
+                content=chunk,
+                headers={"Content-Type": "application/octet-stream"},
+            )
+            answer.raise_for_status()
+            index += 1
+        chunks_done = time.perf_counter()
+        done = client.post("/api/v1/upload/complete", json={"upload_id": upload_id})
+        done.raise_for_status()
+        finished = time.perf_counter()
+    return {
+        "chunks_seconds": chunks_done - started,
+        "complete_seconds": finished - chunks_done,
+        "sha256": done.json()["sha256"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--size-mib", type=int, default=1024)
+    parser.add_argument("--chunk-mib", type=int, default=8)
+    args = parser.parse_args()
+    work = scratch_dir()
+    try:
+        path = random_file(args.size_mib * MiB, work)
+        expected = hashlib.sha256()
+        with open(path, "rb") as source:
+            while piece := source.read(8 * MiB):
+                expected.update(piece)
+        server = Server(work / "data").start()
+        try:
+            baseline_rss = max_process_peak_rss(server.process.pid)
+            result = upload(server, path, args.chunk_mib * MiB)
+            peak = max_process_peak_rss(server.process.pid)
+        finally:
+            server.stop()
+        size = args.size_mib * MiB
+        assert result["sha256"] == expected.hexdigest(), "final file hash differs"
+        print(f"file: {args.size_mib} MiB in {args.chunk_mib} MiB chunks (raw PUT, 1 connection)")
+        print(
+            f"chunks: {size / result['chunks_seconds'] / 1e6:.0f} MB/s "
+            f"({result['chunks_seconds']:.2f} s)"
+        )
+        print(
+            f"complete (assemble + validate + materialize): {result['complete_seconds']:.2f} s "
+            f"({size / result['complete_seconds'] / 1e6:.0f} MB/s)"
+        )
+        total = result["chunks_seconds"] + result["complete_seconds"]
+        print(f"end to end: {size / total / 1e6:.0f} MB/s")
+        print(
+            f"server worker peak RSS: {peak / MiB:.0f} MiB"
+            f" (idle after start: {baseline_rss / MiB:.0f} MiB)"
+        )
+        print("final sha256 matches the source file")
+    finally:
+        remove(work)
+
+
+if __name__ == "__main__":
+    main()
