@@ -7,7 +7,6 @@ import binascii
 from collections.abc import AsyncIterator
 from typing import Any
 
-import msgspec
 from litestar import Request, get, post, put
 from litestar.exceptions import InternalServerException
 from litestar.params import Parameter
@@ -16,14 +15,23 @@ from api import problems
 from api.schemas import (
     CancelBody,
     ChunkBody,
+    DigestList,
     InitAnswer,
     InitBody,
+    MissingDigests,
     StatusAnswer,
     UploadRef,
 )
 from chunkstore.commands import InitRequest
 from chunkstore.errors import IncompleteBody, InvalidRequest, UnsupportedMediaType
-from chunkstore.service import Checksum, ChunkReceipt, Completion, UploadService, state_summary
+from chunkstore.service import (
+    BatchReceipt,
+    Checksum,
+    ChunkReceipt,
+    Completion,
+    UploadService,
+    state_summary,
+)
 
 AnyRequest = Request[Any, Any, Any]
 UPLOAD = "/api/v1/upload"
@@ -50,9 +58,17 @@ def problem_type(slug: str) -> dict[str, Any]:
 
 @post(f"{UPLOAD}/init", status_code=201, sync_to_thread=True)
 def init_upload(request: AnyRequest, data: InitBody, service: UploadService) -> InitAnswer:
-    state = service.init_upload(
-        owner_of(request), msgspec.convert(msgspec.to_builtins(data), InitRequest)
+    chunks = [(chunk.digest, chunk.size) for chunk in data.chunks] if data.chunks else None
+    init = InitRequest(
+        filename=data.filename,
+        total_size=data.total_size,
+        mime_type=data.mime_type,
+        file_hash=data.file_hash,
+        chunk_size=data.chunk_size,
+        total_chunks=data.total_chunks,
+        chunks=chunks,
     )
+    state = service.init_upload(owner_of(request), init)
     assert state.expires_at is not None
     return InitAnswer(
         upload_id=state.upload_id,
@@ -63,6 +79,10 @@ def init_upload(request: AnyRequest, data: InitBody, service: UploadService) -> 
         total_chunks=state.total_chunks,
         expires_at=state.expires_at,
         missing_chunks=state.missing_chunks,
+        needed_chunks=state.needed_chunks,
+        bytes_total=state.total_size,
+        bytes_received=state.bytes_received,
+        bytes_deduplicated=state.bytes_deduplicated,
     )
 
 
@@ -91,21 +111,40 @@ async def upload_chunk_raw(
     checksum: str | None = Parameter(header="X-Chunk-Checksum", default=None),
 ) -> ChunkReceipt:
     """The fast path: the chunk's raw bytes as the body, streamed to storage."""
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type != "application/octet-stream":
-        raise UnsupportedMediaType(
-            "send the chunk's bytes as application/octet-stream", content_type=content_type
-        )
+    require_content_type(request, "application/octet-stream")
     parsed = Checksum.parse(checksum) if checksum else None
-    content_length = request.headers.get("content-length")
     return await service.store_chunk_stream(
-        owner_of(request),
-        upload_id,
-        index,
-        body_of(request),
-        int(content_length) if content_length and content_length.isdigit() else None,
-        parsed,
+        owner_of(request), upload_id, index, body_of(request), content_length(request), parsed
     )
+
+
+BATCH_MEDIA_TYPE = "application/vnd.chunkstore.batch"
+
+
+@post(f"{UPLOAD}/{{upload_id:str}}/batch", status_code=200)
+async def upload_batch(request: AnyRequest, upload_id: str, service: UploadService) -> BatchReceipt:
+    """Many chunks in one body: frames of (u32 index, u32 length, bytes), big-endian."""
+    require_content_type(request, BATCH_MEDIA_TYPE)
+    return await service.store_batch_stream(
+        owner_of(request), upload_id, body_of(request), content_length(request)
+    )
+
+
+@post("/api/v1/chunks/missing", status_code=200, sync_to_thread=True)
+def missing_chunks(request: AnyRequest, data: DigestList, service: UploadService) -> MissingDigests:
+    """Which of these digests the caller would have to send (its own chunks only)."""
+    return MissingDigests(missing=service.missing_digests(owner_of(request), data.digests))
+
+
+def require_content_type(request: AnyRequest, expected: str) -> None:
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type != expected:
+        raise UnsupportedMediaType(f"send the body as {expected}", content_type=content_type)
+
+
+def content_length(request: AnyRequest) -> int | None:
+    value = request.headers.get("content-length")
+    return int(value) if value and value.isdigit() else None
 
 
 async def body_of(request: AnyRequest) -> AsyncIterator[bytes]:
@@ -140,6 +179,8 @@ ROUTES = [
     init_upload,
     upload_chunk_json,
     upload_chunk_raw,
+    upload_batch,
+    missing_chunks,
     complete_upload,
     cancel_upload,
     upload_status,

@@ -1,4 +1,8 @@
-"""Request and response bodies of the JSON API."""
+"""Request and response bodies of the JSON API.
+
+Request bodies refuse unknown fields: a misspelt field is a 400 naming it, not a
+silently ignored setting.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +11,21 @@ from datetime import datetime
 import msgspec
 
 
-class InitBody(msgspec.Struct, forbid_unknown_fields=False):
+class DeclaredChunk(msgspec.Struct, forbid_unknown_fields=True):
+    #: BLAKE3-256 hex of the chunk's bytes.
+    digest: str
+    size: int
+
+
+class InitBody(msgspec.Struct, forbid_unknown_fields=True):
     filename: str
     total_size: int
     mime_type: str = "application/octet-stream"
     file_hash: str | None = None
     chunk_size: int | None = None
     total_chunks: int | None = None
+    #: Manifest mode: every chunk of the file, in order (cut by the client, e.g. FastCDC).
+    chunks: list[DeclaredChunk] | None = None
 
 
 class InitAnswer(msgspec.Struct):
@@ -25,9 +37,22 @@ class InitAnswer(msgspec.Struct):
     total_chunks: int
     expires_at: datetime
     missing_chunks: list[int]
+    #: What to send: one index per distinct digest the server still needs.
+    needed_chunks: list[int]
+    bytes_total: int
+    bytes_received: int
+    bytes_deduplicated: int
 
 
-class ChunkBody(msgspec.Struct):
+class DigestList(msgspec.Struct, forbid_unknown_fields=True):
+    digests: list[str]
+
+
+class MissingDigests(msgspec.Struct):
+    missing: list[str]
+
+
+class ChunkBody(msgspec.Struct, forbid_unknown_fields=True):
     upload_id: str
     chunk_index: int
     #: The chunk's bytes, base64.
@@ -36,11 +61,11 @@ class ChunkBody(msgspec.Struct):
     checksum: str
 
 
-class UploadRef(msgspec.Struct):
+class UploadRef(msgspec.Struct, forbid_unknown_fields=True):
     upload_id: str
 
 
-class CancelBody(msgspec.Struct):
+class CancelBody(msgspec.Struct, forbid_unknown_fields=True):
     upload_id: str
     reason: str = ""
 
@@ -55,7 +80,10 @@ class StatusAnswer(msgspec.Struct):
     total_chunks: int
     received_chunks: list[int]
     missing_chunks: list[int]
+    needed_chunks: list[int]
+    bytes_total: int
     bytes_received: int
+    bytes_deduplicated: int
     progress: float
     created_at: datetime | None
     expires_at: datetime | None

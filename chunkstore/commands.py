@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 import msgspec
@@ -45,6 +46,14 @@ class InitRequest(msgspec.Struct, frozen=True, kw_only=True):
     chunk_size: int | None = None
     #: Optional cross-check: must equal ceil(total_size / chunk_size).
     total_chunks: int | None = None
+    #: Manifest mode: the client cut the file itself and declares every chunk as
+    #: (BLAKE3 hex digest, size), in order. Chunks may then have any sizes.
+    chunks: list[tuple[str, int]] | None = None
+
+
+#: Most chunks one manifest-mode session may declare.
+MAX_DECLARED_CHUNKS = 4_000_000
+_BLAKE3_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 def decide_init(
@@ -54,7 +63,10 @@ def decide_init(
     settings: Settings,
     now: datetime,
     open_sessions: int,
+    known_digests: frozenset[str] = frozenset(),
 ) -> list[KnownEvent]:
+    """``known_digests``: digests of the declared chunks that this owner already has
+    stored (manifest mode); their indexes are recorded at once as reused."""
     filename = clean_filename(request.filename)
     mime_type = check_declared_type(request.mime_type, settings)
     if request.total_size < 0:
@@ -64,20 +76,21 @@ def decide_init(
             f"file of {request.total_size} bytes exceeds the limit of {settings.max_file_size}",
             limit=settings.max_file_size,
         )
-    chunk_size = request.chunk_size or settings.default_chunk_size
-    if chunk_size <= 0:
-        raise InvalidRequest("chunk_size must be positive")
-    if chunk_size > settings.max_chunk_size:
-        raise TooLarge(
-            f"chunk_size {chunk_size} exceeds the limit of {settings.max_chunk_size}",
-            limit=settings.max_chunk_size,
-        )
-    total_chunks = math.ceil(request.total_size / chunk_size)
-    if request.total_chunks is not None and request.total_chunks != total_chunks:
-        raise InvalidRequest(
-            f"total_chunks is {request.total_chunks}, but {request.total_size} bytes in chunks of"
-            f" {chunk_size} make {total_chunks}"
-        )
+    if request.chunks is not None:
+        mode = "manifest"
+        chunk_list = _checked_chunk_list(request, settings)
+        chunk_size = max((size for _, size in chunk_list), default=0)
+        total_chunks = len(chunk_list)
+    else:
+        mode = "fixed"
+        chunk_list = None
+        chunk_size = _checked_chunk_size(request, settings)
+        total_chunks = math.ceil(request.total_size / chunk_size)
+        if request.total_chunks is not None and request.total_chunks != total_chunks:
+            raise InvalidRequest(
+                f"total_chunks is {request.total_chunks}, but {request.total_size} bytes in"
+                f" chunks of {chunk_size} make {total_chunks}"
+            )
     file_hash = request.file_hash.lower() if request.file_hash else None
     if file_hash is not None and not _SHA256_HEX.fullmatch(file_hash):
         raise InvalidRequest("file_hash must be a SHA-256 hex digest (64 hex characters)")
@@ -87,19 +100,59 @@ def decide_init(
             " Complete or cancel one first.",
             limit=settings.max_open_sessions,
         )
-    return [
-        UploadInitiated(
-            owner=owner,
-            filename=filename,
-            total_size=request.total_size,
-            mime_type=mime_type,
-            chunk_size=chunk_size,
-            total_chunks=total_chunks,
-            created_at=now,
-            expires_at=now + timedelta(seconds=settings.session_ttl),
-            file_hash=file_hash,
-        )
+    initiated = UploadInitiated(
+        owner=owner,
+        filename=filename,
+        total_size=request.total_size,
+        mime_type=mime_type,
+        chunk_size=chunk_size,
+        total_chunks=total_chunks,
+        created_at=now,
+        expires_at=now + timedelta(seconds=settings.session_ttl),
+        mode=mode,
+        file_hash=file_hash,
+        chunk_list=chunk_list,
+    )
+    reused: list[KnownEvent] = [
+        ChunkStored(index=index, digest=digest, size=size, reused=True)
+        for index, (digest, size) in enumerate(chunk_list or ())
+        if digest in known_digests
     ]
+    return [initiated, *reused]
+
+
+def _checked_chunk_size(request: InitRequest, settings: Settings) -> int:
+    chunk_size = settings.default_chunk_size if request.chunk_size is None else request.chunk_size
+    if chunk_size <= 0:
+        raise InvalidRequest("chunk_size must be positive")
+    if chunk_size > settings.max_chunk_size:
+        raise TooLarge(
+            f"chunk_size {chunk_size} exceeds the limit of {settings.max_chunk_size}",
+            limit=settings.max_chunk_size,
+        )
+    return chunk_size
+
+
+def _checked_chunk_list(request: InitRequest, settings: Settings) -> list[tuple[str, int]]:
+    chunk_list = [(digest.lower(), size) for digest, size in request.chunks or ()]
+    if len(chunk_list) > MAX_DECLARED_CHUNKS:
+        raise TooLarge(f"at most {MAX_DECLARED_CHUNKS} chunks may be declared")
+    for index, (digest, size) in enumerate(chunk_list):
+        if not _BLAKE3_HEX.fullmatch(digest):
+            raise InvalidRequest(f"chunk {index}: digest must be BLAKE3-256 hex (64 characters)")
+        if size <= 0:
+            raise InvalidRequest(f"chunk {index}: size must be positive")
+        if size > settings.max_chunk_size:
+            raise TooLarge(
+                f"chunk {index} of {size} bytes exceeds the limit of {settings.max_chunk_size}",
+                limit=settings.max_chunk_size,
+            )
+    declared = sum(size for _, size in chunk_list)
+    if declared != request.total_size:
+        raise InvalidRequest(
+            f"the declared chunks add up to {declared} bytes, not total_size {request.total_size}"
+        )
+    return chunk_list
 
 
 def require_owned(state: SessionState, owner: str) -> SessionState:
@@ -109,11 +162,8 @@ def require_owned(state: SessionState, owner: str) -> SessionState:
     return state
 
 
-def check_chunk_target(state: SessionState, index: int, now: datetime) -> int:
-    """Whether chunk ``index`` may be sent now; returns the exact size it must have.
-
-    Run before any byte of the body is read (invariant 9).
-    """
+def check_accepting(state: SessionState, now: datetime) -> None:
+    """Whether the session takes chunks now. Run before any body is read."""
     if state.is_expired(now):
         raise SessionExpired(
             f"upload {state.upload_id} expired at {state.expires_at}", upload_id=state.upload_id
@@ -123,6 +173,11 @@ def check_chunk_target(state: SessionState, index: int, now: datetime) -> int:
             f"upload {state.upload_id} is {state.status} and takes no more chunks",
             status=state.status,
         )
+
+
+def check_chunk_target(state: SessionState, index: int, now: datetime) -> int:
+    """Whether chunk ``index`` may be sent now; returns the exact size it must have."""
+    check_accepting(state, now)
     if not 0 <= index < state.total_chunks:
         raise ChunkIndexOutOfRange(
             f"chunk index {index} is outside 0..{state.total_chunks - 1}",
@@ -131,10 +186,9 @@ def check_chunk_target(state: SessionState, index: int, now: datetime) -> int:
     return state.expected_size(index)
 
 
-def decide_chunk(
-    state: SessionState, index: int, digest: str, size: int, now: datetime
-) -> list[KnownEvent]:
-    expected_size = check_chunk_target(state, index, now)
+def check_chunk_bytes(state: SessionState, index: int, digest: str, size: int) -> None:
+    """Whether received bytes may be chunk ``index`` (size, and digest in manifest mode)."""
+    expected_size = state.expected_size(index)
     if size != expected_size:
         raise ChunkSizeMismatch(
             f"chunk {index} must be {expected_size} bytes, got {size}", expected=expected_size
@@ -142,16 +196,49 @@ def decide_chunk(
     expected_digest = state.expected_digest(index)
     if expected_digest is not None and digest != expected_digest:
         raise ChecksumMismatch(
-            f"chunk {index} does not hash to its declared digest", expected=expected_digest
+            f"chunk {index} does not hash to its declared digest",
+            index=index,
+            expected=expected_digest,
         )
-    existing = state.chunks.get(index)
-    if existing is not None:
-        if existing[0] == digest:
-            return []  # idempotent re-upload
-        raise ChunkConflict(
-            f"chunk {index} is already stored with other bytes", index=index, digest=existing[0]
-        )
-    return [ChunkStored(index=index, digest=digest, size=size)]
+
+
+def decide_chunks(
+    state: SessionState, arrivals: Sequence[tuple[int, str, int]], now: datetime
+) -> list[KnownEvent]:
+    """Events for chunks that arrived as (index, digest, size), in order.
+
+    An index already stored with the same digest is an idempotent repeat and adds
+    nothing; with another digest it is a conflict. Storing a digest also fills every
+    other missing index declared with that digest.
+    """
+    check_accepting(state, now)
+    taken: dict[int, str] = {}
+    new_events: list[KnownEvent] = []
+    for index, digest, size in arrivals:
+        check_chunk_target(state, index, now)
+        check_chunk_bytes(state, index, digest, size)
+        existing = state.chunks[index][0] if index in state.chunks else taken.get(index)
+        if existing is not None:
+            if existing == digest:
+                continue
+            raise ChunkConflict(
+                f"chunk {index} is already stored with other bytes", index=index, digest=existing
+            )
+        for target in (index, *state.indexes_of(digest)):
+            if target in state.chunks or target in taken:
+                continue
+            taken[target] = digest
+            new_events.append(
+                ChunkStored(index=target, digest=digest, size=size, reused=target != index)
+            )
+    return new_events
+
+
+def decide_chunk(
+    state: SessionState, index: int, digest: str, size: int, now: datetime
+) -> list[KnownEvent]:
+    """One chunk arrived (see ``decide_chunks``)."""
+    return decide_chunks(state, [(index, digest, size)], now)
 
 
 def check_completable(state: SessionState, now: datetime) -> None:

@@ -19,6 +19,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_file_size: int = 64 * GiB
     #: Largest chunk (and so the largest request body carrying one).
     max_chunk_size: int = 64 * MiB
+    #: Largest batch request body (many chunks in one request).
+    max_batch_size: int = 32 * MiB
     #: Chunk size used when init does not name one.
     default_chunk_size: int = 8 * MiB
     #: Sessions (active or assembling) one owner may hold at once.
@@ -71,6 +73,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "session_ttl": ("CHUNKSTORE_SESSION_TTL", float),
             "max_file_size": ("CHUNKSTORE_MAX_FILE_SIZE", int),
             "max_chunk_size": ("CHUNKSTORE_MAX_CHUNK_SIZE", int),
+            "max_batch_size": ("CHUNKSTORE_MAX_BATCH_SIZE", int),
             "default_chunk_size": ("CHUNKSTORE_DEFAULT_CHUNK_SIZE", int),
             "max_open_sessions": ("CHUNKSTORE_MAX_OPEN_SESSIONS", int),
             "temp_grace": ("CHUNKSTORE_TEMP_GRACE", float),

@@ -35,6 +35,9 @@ class ChunkStored(msgspec.Struct, frozen=True, tag=True):
     index: int
     digest: str
     size: int
+    #: True when the bytes were not sent for this index: the owner already had the
+    #: chunk (from an earlier upload, or another index of this one).
+    reused: bool = False
 
 
 class ManifestWritten(msgspec.Struct, frozen=True, tag=True):

@@ -12,33 +12,43 @@ import contextlib
 import hashlib
 import os
 import secrets
+import struct
 import threading
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterable, Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
 from chunkstore import commands
-from chunkstore.blobs import BlobRef, BlobStore, BlobWriter
-from chunkstore.blobs.filesystem import FileBlobStore, fsync_directory, make_durable_dirs
+from chunkstore.blobs import BlobStore, BlobWriter
+from chunkstore.blobs.filesystem import (
+    FileBlobStore,
+    fsync_directory,
+    is_digest,
+    make_durable_dirs,
+)
 from chunkstore.config import Settings
 from chunkstore.errors import (
     ChecksumMismatch,
     ChunkSizeMismatch,
+    ChunkstoreError,
     ChunkTooLarge,
     ConcurrencyConflict,
     CorruptBlob,
+    IncompleteBody,
     InvalidRequest,
+    TooLarge,
     UploadNotActive,
     ValidationFailed,
 )
 from chunkstore.eventlog import EventStore, session_row
 from chunkstore.eventlog.sqlite import SQLiteEventStore
 from chunkstore.events import (
+    ChunkStored,
     KnownEvent,
     ManifestWritten,
     UploadCompleted,
@@ -76,17 +86,28 @@ class Checksum(msgspec.Struct, frozen=True):
         return cls(algorithm, value)
 
 
-class ChunkReceipt(msgspec.Struct, frozen=True, kw_only=True):
+class Progress(msgspec.Struct, frozen=True, kw_only=True):
     upload_id: str
+    received_chunks: int
+    total_chunks: int
+    missing_count: int
+    bytes_total: int
+    bytes_received: int
+    bytes_deduplicated: int
+    progress: float
+
+
+class ChunkReceipt(Progress, frozen=True, kw_only=True):
     chunk_index: int
     digest: str
     size: int
     #: False when this index was already stored with these bytes (nothing appended).
     stored: bool
-    received_chunks: int
-    total_chunks: int
-    bytes_received: int
-    progress: float
+
+
+class BatchReceipt(Progress, frozen=True, kw_only=True):
+    #: Indexes this request stored, including other indexes filled by the same digest.
+    stored: list[int]
 
 
 class Completion(msgspec.Struct, frozen=True, kw_only=True):
@@ -98,6 +119,109 @@ class Completion(msgspec.Struct, frozen=True, kw_only=True):
     blake3: str
     detected_mime: str
     manifest_digest: str
+    bytes_total: int
+    bytes_received: int
+    bytes_deduplicated: int
+
+
+def progress_fields(state: SessionState) -> dict[str, Any]:
+    return {
+        "upload_id": state.upload_id,
+        "received_chunks": len(state.chunks),
+        "total_chunks": state.total_chunks,
+        "missing_count": state.total_chunks - len(state.chunks),
+        "bytes_total": state.total_size,
+        "bytes_received": state.bytes_received,
+        "bytes_deduplicated": state.bytes_deduplicated,
+        "progress": state.progress,
+    }
+
+
+class Recorded(NamedTuple):
+    state: SessionState
+    #: (index, digest, size) of every chunk the request carried.
+    chunks: list[tuple[int, str, int]]
+    #: What was appended (empty for pure repeats).
+    events: list[ChunkStored]
+
+
+class BatchParser:
+    """Cuts a batch body into frames as pieces arrive, one ``ChunkIntake`` per frame."""
+
+    HEADER = struct.Struct(">II")
+
+    def __init__(
+        self,
+        state: SessionState,
+        blobs: BlobStore,
+        limit: int,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self.state = state
+        self.blobs = blobs
+        self.limit = limit
+        self.clock = clock
+        self.received = 0
+        self.completed: list[tuple[int, ChunkIntake]] = []
+        self._header = bytearray()
+        self._index = -1
+        self._intake: ChunkIntake | None = None
+        self._remaining = 0
+
+    def feed(self, piece: bytes) -> None:
+        self.received += len(piece)
+        if self.received > self.limit:
+            raise TooLarge(f"a batch may carry at most {self.limit} bytes", limit=self.limit)
+        view = memoryview(piece)
+        while view:
+            if self._intake is None:
+                needed = self.HEADER.size - len(self._header)
+                self._header += view[:needed]
+                view = view[needed:]
+                if len(self._header) == self.HEADER.size:
+                    self._start_frame()
+                continue
+            take = view[: self._remaining]
+            self._intake.feed((take,))
+            self._remaining -= len(take)
+            view = view[len(take) :]
+            if self._remaining == 0:
+                self._finish_frame()
+
+    def _start_frame(self) -> None:
+        index, length = self.HEADER.unpack(self._header)
+        self._header.clear()
+        expected = commands.check_chunk_target(self.state, index, self.clock())
+        if length != expected:
+            error = ChunkTooLarge if length > expected else ChunkSizeMismatch
+            raise error(f"chunk {index} must be {expected} bytes, the frame says {length}")
+        writer = self.blobs.writer(self.state.expected_digest(index))
+        self._index, self._intake, self._remaining = (
+            index,
+            ChunkIntake(writer, length, None),
+            length,
+        )
+
+    def _finish_frame(self) -> None:
+        intake, self._intake = self._intake, None
+        assert intake is not None
+        try:
+            digest = intake.verified_digest()
+            commands.check_chunk_bytes(self.state, self._index, digest, intake.writer.size)
+        except BaseException:
+            intake.writer.abort()
+            raise
+        self.completed.append((self._index, intake))
+
+    def finish(self) -> None:
+        if self._intake is not None or self._header:
+            raise IncompleteBody("the batch body ended inside a frame")
+
+    def abort_partial(self) -> None:
+        """Forget a frame that did not arrive whole."""
+        if self._intake is not None:
+            self._intake.writer.abort()
+            self._intake = None
 
 
 class ChunkIntake:
@@ -218,6 +342,11 @@ class UploadService:
     def init_upload(self, owner: str, request: commands.InitRequest) -> SessionState:
         upload_id = uuid.uuid4().hex
         now = self.clock()
+        known = (
+            frozenset(self.held_digests(owner, [digest for digest, _ in request.chunks]))
+            if request.chunks
+            else frozenset()
+        )
         new_events = commands.decide_init(
             upload_id,
             owner,
@@ -225,14 +354,33 @@ class UploadService:
             self.settings,
             now,
             self.events.count_open_sessions(owner, now),
+            known,
         )
         return self._append(SessionState.empty(upload_id), new_events)
 
+    def held_digests(self, owner: str, digests: Sequence[str]) -> set[str]:
+        """Digests this owner has stored before and the store still holds."""
+        return {
+            digest
+            for digest in self.events.known_digests(owner, digests)
+            if self.blobs.exists(digest)
+        }
+
+    def missing_digests(self, owner: str, digests: Sequence[str]) -> list[str]:
+        """Which of ``digests`` this owner would have to send (order kept, no repeats)."""
+        wanted = list(dict.fromkeys(d.lower() for d in digests))
+        for digest in wanted:
+            if not is_digest(digest):
+                raise InvalidRequest(f"{digest!r} is not a BLAKE3-256 hex digest")
+        held = self.held_digests(owner, wanted)
+        return [digest for digest in wanted if digest not in held]
+
     def chunk_target(
         self, owner: str, upload_id: str, index: int, content_length: int | None = None
-    ) -> int:
-        """Checks made before a chunk's body is read; returns its exact expected size."""
-        expected = commands.check_chunk_target(self.get(owner, upload_id), index, self.clock())
+    ) -> tuple[int, str | None]:
+        """Checks made before a chunk's body is read: (exact size, declared digest)."""
+        state = self.get(owner, upload_id)
+        expected = commands.check_chunk_target(state, index, self.clock())
         if content_length is not None and content_length > expected:
             raise ChunkTooLarge(
                 f"chunk {index} must be {expected} bytes, the request declares {content_length}",
@@ -243,7 +391,7 @@ class UploadService:
                 f"chunk {index} must be {expected} bytes, the request declares {content_length}",
                 expected=expected,
             )
-        return expected
+        return expected, state.expected_digest(index)
 
     def store_chunk(
         self,
@@ -254,14 +402,15 @@ class UploadService:
         checksum: Checksum | None = None,
     ) -> ChunkReceipt:
         """Store one chunk whose bytes are already in memory (the JSON/base64 path)."""
-        expected = self.chunk_target(owner, upload_id, index)
-        intake = ChunkIntake(self.blobs.writer(), expected, checksum)
+        size, digest = self.chunk_target(owner, upload_id, index)
+        intake = ChunkIntake(self.blobs.writer(digest), size, checksum)
         try:
             intake.feed((data,))
+            intake.verified_digest()
         except BaseException:
             intake.writer.abort()
             raise
-        return self.record_chunk(owner, upload_id, index, intake)
+        return self._chunk_receipt(self.record_arrivals(owner, upload_id, [(index, intake)]))
 
     async def store_chunk_stream(
         self,
@@ -279,65 +428,100 @@ class UploadService:
         measured slower here (a GIL hand-off per piece) than the hashing it offloads.
         The durable part (fsync, link, event append) runs in a worker thread.
         """
-        expected = await asyncio.to_thread(
+        size, digest = await asyncio.to_thread(
             self.chunk_target, owner, upload_id, index, content_length
         )
-        intake = ChunkIntake(self.blobs.writer(), expected, checksum)
+        intake = ChunkIntake(self.blobs.writer(digest), size, checksum)
         try:
             async for piece in body:
                 intake.feed((piece,))
+            intake.verified_digest()
         except BaseException:
             intake.writer.abort()
             raise
-        return await asyncio.to_thread(self.record_chunk, owner, upload_id, index, intake)
+        arrivals = [(index, intake)]
+        recorded = await asyncio.to_thread(self.record_arrivals, owner, upload_id, arrivals)
+        return self._chunk_receipt(recorded)
 
-    def record_chunk(
-        self, owner: str, upload_id: str, index: int, intake: ChunkIntake
-    ) -> ChunkReceipt:
-        """Verify a received chunk, make its blob durable, then append its event.
+    async def store_batch_stream(
+        self,
+        owner: str,
+        upload_id: str,
+        body: AsyncIterable[bytes],
+        content_length: int | None = None,
+    ) -> BatchReceipt:
+        """Store a batch body: frames of (u32 index, u32 length, bytes), big-endian.
 
-        The blob is committed only once the chunk is known to be acceptable, so a
-        refused chunk stores no byte; the event is appended only after the blob is
-        durable, so an acknowledged chunk is never lost.
+        Each frame is verified (size, and digest in manifest mode) as it completes. All
+        events of the request are appended in one transaction. If the body breaks off
+        or a frame is bad, the whole frames before it are still recorded, then the
+        error is raised.
         """
-        writer = intake.writer
+        limit = self.settings.max_batch_size
+        if content_length is not None and content_length > limit:
+            raise TooLarge(f"a batch may carry at most {limit} bytes", limit=limit)
+        state = await asyncio.to_thread(self.get, owner, upload_id)
+        commands.check_accepting(state, self.clock())
+        parser = BatchParser(state, self.blobs, limit, self.clock)
+        failure: ChunkstoreError | None = None
         try:
-            digest = intake.verified_digest()
+            async for piece in body:
+                parser.feed(piece)
+            parser.finish()
+        except ChunkstoreError as error:
+            failure = error
+        finally:
+            parser.abort_partial()
+        recorded = await asyncio.to_thread(self.record_arrivals, owner, upload_id, parser.completed)
+        if failure is not None:
+            raise failure
+        return BatchReceipt(
+            **progress_fields(recorded.state), stored=[e.index for e in recorded.events]
+        )
+
+    def record_arrivals(
+        self, owner: str, upload_id: str, arrivals: Sequence[tuple[int, ChunkIntake]]
+    ) -> Recorded:
+        """Make verified chunks durable, then append their events in one transaction.
+
+        Decided once before any blob is committed, so a refused request stores no byte;
+        the events are appended only after the blobs are durable, so an acknowledged
+        chunk is never lost.
+        """
+        writers = [intake.writer for _, intake in arrivals]
+        try:
+            candidates = [(i, intake.writer.digest(), intake.writer.size) for i, intake in arrivals]
             state = self.get(owner, upload_id)
-            new_events = commands.decide_chunk(state, index, digest, writer.size, self.clock())
+            if arrivals:
+                commands.decide_chunks(state, candidates, self.clock())
         except BaseException:
-            writer.abort()
+            for writer in writers:
+                writer.abort()
             raise
-        size = writer.size
-        if not new_events:
-            writer.abort()
-            return self._receipt(state, index, digest, size, stored=False)
-        ref: BlobRef = writer.commit()
-        stored = True
+        if not arrivals:
+            return Recorded(state, [], [])
+        refs = self.blobs.commit_many(writers)
+        chunks = [
+            (index, ref.digest, ref.size) for (index, _), ref in zip(arrivals, refs, strict=True)
+        ]
+        appended: list[KnownEvent] = []
 
         def decide(current: SessionState) -> list[KnownEvent]:
-            nonlocal stored
-            events_now = commands.decide_chunk(current, index, ref.digest, ref.size, self.clock())
-            stored = bool(events_now)
-            return events_now
+            appended[:] = commands.decide_chunks(current, chunks, self.clock())
+            return appended
 
         state = self._decide_and_append(owner, upload_id, decide)
-        return self._receipt(state, index, digest, size, stored=stored)
+        return Recorded(state, chunks, [e for e in appended if isinstance(e, ChunkStored)])
 
     @staticmethod
-    def _receipt(
-        state: SessionState, index: int, digest: str, size: int, stored: bool
-    ) -> ChunkReceipt:
+    def _chunk_receipt(recorded: Recorded) -> ChunkReceipt:
+        index, digest, size = recorded.chunks[0]
         return ChunkReceipt(
-            upload_id=state.upload_id,
+            **progress_fields(recorded.state),
             chunk_index=index,
             digest=digest,
             size=size,
-            stored=stored,
-            received_chunks=len(state.chunks),
-            total_chunks=state.total_chunks,
-            bytes_received=state.bytes_received,
-            progress=state.progress,
+            stored=any(event.index == index for event in recorded.events),
         )
 
     def cancel_upload(self, owner: str, upload_id: str, reason: str = "") -> SessionState:
@@ -421,6 +605,9 @@ class UploadService:
 def completion_of(state: SessionState) -> Completion:
     assert state.manifest is not None and state.file_path is not None
     return Completion(
+        bytes_total=state.total_size,
+        bytes_received=state.bytes_received,
+        bytes_deduplicated=state.bytes_deduplicated,
         upload_id=state.upload_id,
         status=state.status,
         file_path=state.file_path,
@@ -451,7 +638,10 @@ def state_summary(state: SessionState, now: datetime) -> dict[str, Any]:
         "total_chunks": state.total_chunks,
         "received_chunks": state.received_chunks,
         "missing_chunks": state.missing_chunks,
+        "needed_chunks": state.needed_chunks,
+        "bytes_total": state.total_size,
         "bytes_received": state.bytes_received,
+        "bytes_deduplicated": state.bytes_deduplicated,
         "progress": state.progress,
         "created_at": state.created_at,
         "expires_at": state.expires_at,

@@ -52,9 +52,14 @@ class SessionState:
     expires_at: datetime | None = None
     #: For mode "manifest": the declared (digest, size) of every index.
     chunk_list: tuple[tuple[str, int], ...] = ()
+    #: For mode "manifest": digest -> every index that has it (derived from chunk_list).
+    digest_indexes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
     #: index -> (digest, size) of every chunk stored so far.
     chunks: Mapping[int, tuple[str, int]] = field(default_factory=dict)
+    #: Bytes of chunks that were sent for this session.
     bytes_received: int = 0
+    #: Bytes of chunks this session did not need sent (the owner already had them).
+    bytes_deduplicated: int = 0
     manifest: ManifestWritten | None = None
     file_path: str | None = None
     detected_mime: str | None = None
@@ -100,6 +105,24 @@ class SessionState:
         return [i for i in range(self.total_chunks) if i not in self.chunks]
 
     @property
+    def needed_chunks(self) -> list[int]:
+        """The indexes a client must still send: one per distinct missing digest, since
+        storing one index fills every other index with the same digest."""
+        if self.mode != "manifest":
+            return self.missing_chunks
+        seen: set[str] = set()
+        needed = []
+        for index in self.missing_chunks:
+            digest = self.chunk_list[index][0]
+            if digest not in seen:
+                seen.add(digest)
+                needed.append(index)
+        return needed
+
+    def indexes_of(self, digest: str) -> tuple[int, ...]:
+        return self.digest_indexes.get(digest, ())
+
+    @property
     def received_chunks(self) -> list[int]:
         return sorted(self.chunks)
 
@@ -108,7 +131,8 @@ class SessionState:
         """Percentage of the file's bytes stored, 0-100."""
         if self.total_size == 0:
             return 100.0 if self.total_chunks == len(self.chunks) else 0.0
-        return round(100.0 * self.bytes_received / self.total_size, 2)
+        covered = self.bytes_received + self.bytes_deduplicated
+        return round(100.0 * covered / self.total_size, 2)
 
     def ordered_chunks(self) -> list[tuple[str, int]]:
         """(digest, size) of every index in order; only meaningful when none is missing."""
@@ -139,14 +163,18 @@ class _Fold:
                     mode=event.mode,
                     created_at=event.created_at,
                     expires_at=event.expires_at,
-                    chunk_list=tuple(tuple(pair) for pair in event.chunk_list or ()),
+                    chunk_list=tuple((digest, size) for digest, size in event.chunk_list or ()),
                 )
-            case ChunkStored(index=index, digest=digest, size=size):
-                previous = self.chunks.get(index)
-                if previous is not None:
-                    v["bytes_received"] -= previous[1]
+                indexes: dict[str, list[int]] = {}
+                for index, (digest, _) in enumerate(v["chunk_list"]):
+                    indexes.setdefault(digest, []).append(index)
+                v["digest_indexes"] = {digest: tuple(found) for digest, found in indexes.items()}
+            case ChunkStored(index=index, digest=digest, size=size, reused=reused):
+                # An index is stored once (decide_* never repeats one); the bytes count
+                # as sent or as deduplicated depending on whether they travelled.
+                if index not in self.chunks:
+                    v["bytes_deduplicated" if reused else "bytes_received"] += size
                 self.chunks[index] = (digest, size)
-                v["bytes_received"] += size
             case ManifestWritten():
                 v.update(status=ASSEMBLING, manifest=event)
             case ValidationFailed(reason=reason, detail=detail):

@@ -8,7 +8,7 @@ a digest that already exists is a no-op.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import BinaryIO, Protocol
 
 import msgspec
@@ -39,7 +39,12 @@ class BlobWriter(Protocol):
 
 
 class BlobStore(Protocol):
-    def writer(self) -> BlobWriter: ...
+    def writer(self, expected_digest: str | None = None) -> BlobWriter:
+        """A writer for new bytes. With ``expected_digest`` of a blob the store already
+        has, the writer may only hash (the bytes must still be verified, not stored)."""
+
+    def commit_many(self, writers: Sequence[BlobWriter]) -> list[BlobRef]:
+        """Commit several writers at once; a store may make them durable together."""
 
     def put_stream(self, chunks: Iterable[bytes]) -> BlobRef: ...
 

@@ -9,7 +9,7 @@ projection can always be rebuilt from, and checked against, the events.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -110,6 +110,9 @@ class EventStore(Protocol):
     def session_rows(self) -> Iterator[dict[str, Any]]: ...
 
     def count_open_sessions(self, owner: str, now: datetime) -> int: ...
+
+    def known_digests(self, owner: str, digests: Iterable[str]) -> set[str]:
+        """Which of ``digests`` this owner has stored before (the owner_chunks projection)."""
 
     def replace_session_rows(self, rows: Sequence[dict[str, Any]]) -> None:
         """Overwrite projection rows (projection rebuild)."""

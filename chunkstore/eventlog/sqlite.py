@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from chunkstore.errors import ConcurrencyConflict
 from chunkstore.eventlog import SESSION_COLUMNS, RecordedEvent, iso, parse_iso
 
 _READ_BATCH = 2000
+_IN_BATCH = 500
 
 
 class SQLiteEventStore:
@@ -96,6 +97,14 @@ class SQLiteEventStore:
             not_null={"owner", "status", "version"},
             if_not_exists=True,
         )
+        # Which chunks each owner has stored: "do you already have these?" is answered
+        # only from here, so nobody can probe for another owner's content.
+        db["owner_chunks"].create(
+            {"owner": str, "digest": str, "size": int},
+            pk=("owner", "digest"),
+            not_null={"size"},
+            if_not_exists=True,
+        )
         db["sessions"].create_index(["owner", "status"], if_not_exists=True)
         db["sessions"].create_index(["status", "expires_at"], if_not_exists=True)
 
@@ -150,6 +159,16 @@ class SQLiteEventStore:
                 rows,
             )
             self._upsert_session(conn, projection)
+            stored = [
+                (projection["owner"], event.digest, event.size)
+                for event in events
+                if isinstance(event, ev.ChunkStored)
+            ]
+            if stored:
+                conn.executemany(
+                    "INSERT OR IGNORE INTO owner_chunks (owner, digest, size) VALUES (?, ?, ?)",
+                    stored,
+                )
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -223,6 +242,21 @@ class SQLiteEventStore:
         )
         for row in cursor.fetchall():
             yield dict(zip(SESSION_COLUMNS, row, strict=True))
+
+    def known_digests(self, owner: str, digests: Iterable[str]) -> set[str]:
+        """Which of ``digests`` this owner has stored before."""
+        wanted = list(dict.fromkeys(digests))
+        found: set[str] = set()
+        conn = self.connection()
+        for start in range(0, len(wanted), _IN_BATCH):
+            batch = wanted[start : start + _IN_BATCH]
+            rows = conn.execute(
+                "SELECT digest FROM owner_chunks WHERE owner = ?"
+                f" AND digest IN ({', '.join('?' for _ in batch)})",
+                (owner, *batch),
+            )
+            found.update(digest for (digest,) in rows)
+        return found
 
     def count_open_sessions(self, owner: str, now: datetime) -> int:
         (count,) = (

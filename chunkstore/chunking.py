@@ -1,0 +1,78 @@
+"""Cutting bytes into chunks: fixed-size, or content-defined (FastCDC).
+
+Content-defined boundaries depend on the bytes around them, not on their offset, so an
+insertion early in a file moves only the chunk it lands in; every later chunk keeps its
+bytes and so its digest. That is what makes re-uploading an edited file cheap.
+
+The chunk (the dedup unit, tens of KiB) is not the request (the transfer unit, MiBs):
+clients send many chunks per request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO, Literal
+
+import blake3
+import msgspec
+from pyfastcdc import FastCDC
+
+KiB = 1024
+#: FastCDC sizes. On five consecutive Django source releases, 16K/64K/256K found
+#: 3.5x dedup where 256K/1M/4M found 1.5x and fixed 1 MiB chunks 1.3x; smaller chunks
+#: dedup more but cost more per-chunk overhead (one blob, one event each).
+CDC_MIN = 16 * KiB
+CDC_AVG = 64 * KiB
+CDC_MAX = 256 * KiB
+#: Fixed-size chunking default (matches the server's default chunk size).
+FIXED_SIZE = 8 * 1024 * KiB
+READ_SIZE = 4 * 1024 * KiB
+
+ChunkerName = Literal["cdc", "fixed"]
+
+
+class ChunkInfo(msgspec.Struct, frozen=True, array_like=True):
+    offset: int
+    size: int
+    digest: str
+
+
+def cdc_cutter(
+    min_size: int = CDC_MIN, avg_size: int = CDC_AVG, max_size: int = CDC_MAX
+) -> FastCDC:
+    return FastCDC(avg_size, min_size=min_size, max_size=max_size)
+
+
+def iter_chunks(
+    stream: BinaryIO,
+    chunker: ChunkerName = "cdc",
+    *,
+    fixed_size: int = FIXED_SIZE,
+    min_size: int = CDC_MIN,
+    avg_size: int = CDC_AVG,
+    max_size: int = CDC_MAX,
+) -> Iterator[tuple[int, memoryview]]:
+    """(offset, bytes) of each chunk of ``stream``, in order.
+
+    Each memoryview is valid only until the next one is produced; copy it to keep it.
+    """
+    if chunker == "fixed":
+        offset = 0
+        while data := stream.read(fixed_size):
+            yield offset, memoryview(data)
+            offset += len(data)
+        return
+    if chunker != "cdc":
+        raise ValueError(f"unknown chunker {chunker!r}")
+    for chunk in cdc_cutter(min_size, avg_size, max_size).cut_stream(stream):
+        yield chunk.offset, chunk.data
+
+
+def chunk_file(path: Path, chunker: ChunkerName = "cdc", **sizes: int) -> list[ChunkInfo]:
+    """Every chunk of a file with its BLAKE3 digest (reads the file once, streaming)."""
+    with open(path, "rb") as stream:
+        return [
+            ChunkInfo(offset, len(data), blake3.blake3(data).hexdigest())
+            for offset, data in iter_chunks(stream, chunker, **sizes)
+        ]
