@@ -34,7 +34,8 @@ def upload(server: Server, path, chunk_size: int) -> dict[str, float]:
             index += 1
         chunks_done = time.perf_counter()
         done = client.post("/api/v1/upload/complete", json={"upload_id": upload_id})
-        done.raise_for_status()
+        if done.is_error:
+            raise RuntimeError(f"complete failed: {done.status_code} {done.text}")
         finished = time.perf_counter()
     return {
         "chunks_seconds": chunks_done - started,
