@@ -5,9 +5,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
+import time
 from pathlib import Path
+from typing import IO, Any
 
 from chunkstore.config import Settings
+
+MiB = 1024 * 1024
 
 
 def _data_dir(value: str | None) -> Path:
@@ -50,6 +55,159 @@ def cmd_token_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def human_bytes(count: float) -> str:
+    """1536 -> '1.5 KiB': sizes people read at a glance."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(count) < 1024 or unit == "TiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    raise AssertionError("unreachable")
+
+
+def human_duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def render_progress(sent: int, to_send: int, skipped: int, elapsed: float, width: int = 24) -> str:
+    """One line: bar, percentage, bytes sent, bytes skipped (already on the server), rate, ETA."""
+    fraction = min(1.0, sent / to_send) if to_send else 1.0
+    filled = int(fraction * width)
+    rate = sent / elapsed if elapsed > 0 else 0.0
+    eta = human_duration((to_send - sent) / rate) if rate > 0 and sent < to_send else "--:--"
+    return (
+        f"[{'#' * filled}{'-' * (width - filled)}] {fraction * 100:5.1f}%"
+        f" {human_bytes(sent)}/{human_bytes(to_send)} sent,"
+        f" {human_bytes(skipped)} skipped (already on the server),"
+        f" {human_bytes(rate)}/s, ETA {eta}"
+    )
+
+
+class ProgressBar:
+    """A one-line progress display on a terminal, redrawn at most ten times a second.
+
+    Workers report from their threads; a lock keeps the counts and the line whole.
+    """
+
+    def __init__(self, stream: IO[str], interval: float = 0.1) -> None:
+        self.stream = stream
+        self.interval = interval
+        self.lock = threading.Lock()
+        self.to_send = self.skipped = self.sent = 0
+        self.started = self.drawn_at = 0.0
+        self.visible = False
+
+    def start(self, bytes_total: int, bytes_to_send: int) -> None:
+        with self.lock:
+            self.to_send, self.skipped, self.sent = bytes_to_send, bytes_total - bytes_to_send, 0
+            self.started = time.monotonic()
+            self.draw()
+
+    def advance(self, bytes_sent: int) -> None:
+        with self.lock:
+            self.sent += bytes_sent
+            if time.monotonic() - self.drawn_at >= self.interval:
+                self.draw()
+
+    def finish(self) -> None:
+        with self.lock:
+            if self.visible:
+                self.draw()
+                self.stream.write("\n")
+                self.stream.flush()
+                self.visible = False
+
+    def draw(self) -> None:
+        self.drawn_at = time.monotonic()
+        line = render_progress(self.sent, self.to_send, self.skipped, self.drawn_at - self.started)
+        self.stream.write(f"\r{line}\x1b[K")
+        self.stream.flush()
+        self.visible = True
+
+
+def _token(value: str | None) -> str:
+    return value or os.environ.get("CHUNKSTORE_TOKEN") or ""
+
+
+def _server(value: str | None) -> str:
+    from chunkstore.client import DEFAULT_SERVER
+
+    return value or os.environ.get("CHUNKSTORE_SERVER") or DEFAULT_SERVER
+
+
+def _print_json(value: Any) -> None:
+    import msgspec
+
+    sys.stdout.write(msgspec.json.encode(value).decode() + "\n")
+
+
+def cmd_upload(args: argparse.Namespace) -> int:
+    from chunkstore.client import UploadClient
+
+    progress = ProgressBar(sys.stderr) if not args.json and sys.stderr.isatty() else None
+    client = UploadClient(
+        _server(args.server),
+        _token(args.token),
+        parallel=args.parallel,
+        chunker=args.chunker,
+        state_dir=Path(args.state_dir) if args.state_dir else None,
+        progress=progress,
+    )
+    result = client.upload(args.file)
+    if args.json:
+        _print_json(result)
+    else:
+        print(
+            f"uploaded {Path(args.file).name}: {human_bytes(result.bytes_total)},"
+            f" sent {human_bytes(result.bytes_sent)},"
+            f" {human_bytes(result.bytes_deduplicated)} deduplicated\n"
+            f"upload id {result.upload_id}\nsha256    {result.sha256}"
+        )
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from chunkstore.client import UploadClient
+
+    client = UploadClient(_server(args.server), _token(args.token))
+    status = client.status(args.upload_id)
+    if args.json:
+        _print_json(status)
+        return 0
+    received, total = len(status.get("received_chunks", [])), status.get("total_chunks", 0)
+    lines = [
+        f"upload id {status['upload_id']}",
+        f"status    {status['status']} ({status.get('progress', 0):.1f}%,"
+        f" {received}/{total} chunks)",
+        f"file      {status.get('filename')} ({human_bytes(status.get('total_size', 0))})",
+        f"received  {human_bytes(status.get('bytes_received', 0))},"
+        f" deduplicated {human_bytes(status.get('bytes_deduplicated', 0))}",
+        f"expires   {status.get('expires_at')}",
+    ]
+    if status.get("file_path"):
+        lines.append(f"path      {status['file_path']}")
+    if status.get("sha256"):
+        lines.append(f"sha256    {status['sha256']}")
+    print("\n".join(lines))
+    return 0
+
+
+def positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {number}")
+    return number
+
+
+def _add_client_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--server", help="server URL (default $CHUNKSTORE_SERVER or http://127.0.0.1:8000)"
+    )
+    parser.add_argument("--token", help="bearer token (default $CHUNKSTORE_TOKEN)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="chunkstore", description="Resumable, deduplicating file uploads."
@@ -69,11 +227,30 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("name", help="the owner the token uploads as")
     create.add_argument("--data", help="data directory (default $CHUNKSTORE_DATA or ./data)")
     create.set_defaults(func=cmd_token_create)
+
+    upload = commands.add_parser("upload", help="upload a file (resumes an interrupted run)")
+    upload.add_argument("file", help="the file to upload")
+    _add_client_options(upload)
+    upload.add_argument("--parallel", type=positive_int, default=4, help="connections (default 4)")
+    upload.add_argument(
+        "--chunker", choices=["cdc", "fixed"], default="cdc", help="chunking (default cdc)"
+    )
+    upload.add_argument(
+        "--state-dir",
+        help="resume state (default $XDG_STATE_HOME/chunkstore or ~/.local/state/chunkstore)",
+    )
+    upload.set_defaults(func=cmd_upload)
+
+    status = commands.add_parser("status", help="show an upload's status")
+    status.add_argument("upload_id")
+    _add_client_options(status)
+    status.set_defaults(func=cmd_status)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from chunkstore.client import ClientError
     from chunkstore.errors import ChunkstoreError
 
     try:
@@ -81,6 +258,12 @@ def main(argv: list[str] | None = None) -> int:
     except ChunkstoreError as error:
         print(f"chunkstore: {error.detail}", file=sys.stderr)
         return 2
+    except ClientError as error:
+        print(f"chunkstore: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("chunkstore: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -28,9 +28,15 @@ from chunkstore.errors import (
     UploadNotFound,
     ValidationFailed,
 )
-from chunkstore.events import ChunkStored, KnownEvent, UploadCancelled, UploadInitiated
+from chunkstore.events import (
+    ChunkStored,
+    KnownEvent,
+    UploadCancelled,
+    UploadExpired,
+    UploadInitiated,
+)
 from chunkstore.policy import check_declared_type, clean_filename
-from chunkstore.session import ACTIVE, CANCELLED, COMPLETED, FAILED, SessionState
+from chunkstore.session import ACTIVE, ASSEMBLING, CANCELLED, COMPLETED, FAILED, SessionState
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
@@ -259,6 +265,13 @@ def check_completable(state: SessionState, now: datetime) -> None:
             f"{len(missing)} of {state.total_chunks} chunks are missing: {shown}",
             missing_chunks=missing,
         )
+
+
+def decide_expire(state: SessionState, now: datetime) -> list[KnownEvent]:
+    """Record that an active session passed its TTL (run by gc, not by clients)."""
+    if state.status in (ACTIVE, ASSEMBLING) and state.is_expired(now):
+        return [UploadExpired()]
+    return []
 
 
 def decide_cancel(state: SessionState, reason: str) -> list[KnownEvent]:

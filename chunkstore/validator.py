@@ -19,17 +19,23 @@ from chunkstore.session import SessionState
 
 # A libmagic handle is not safe to share between threads.
 _magic_lock = threading.Lock()
-_magic = magic.Magic(mime=True)
+_magic_mime = magic.Magic(mime=True)
+_magic_text = magic.Magic(mime=False)
+
+#: libmagic calls any file whose first bytes decode as a plausible x86 jump a "DOS
+#: executable (COM)". COM files have no header, so this is a guess that about 1% of
+#: random or encrypted data also earns. Such a file is unknown binary data, not an
+#: executable; MZ/PE executables have a real header and stay detected as executables.
+_COM_GUESS = "DOS executable (COM)"
 
 
 def detect_mime(path: Path) -> str:
     with _magic_lock:
-        return str(_magic.from_file(str(path)))
-
-
-def detect_mime_bytes(data: bytes) -> str:
-    with _magic_lock:
-        return str(_magic.from_buffer(data))
+        mime = str(_magic_mime.from_file(str(path)))
+        com_guess = mime == "application/x-dosexec" and str(
+            _magic_text.from_file(str(path))
+        ).startswith(_COM_GUESS)
+        return "application/octet-stream" if com_guess else mime
 
 
 def find_problem(
