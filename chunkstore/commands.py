@@ -57,8 +57,8 @@ class InitRequest(msgspec.Struct, frozen=True, kw_only=True):
     chunks: list[tuple[str, int]] | None = None
 
 
-#: Most chunks one manifest-mode session may declare.
-MAX_DECLARED_CHUNKS = 4_000_000
+#: Most chunks one session may have (status answers list them).
+MAX_CHUNKS = 4_000_000
 _BLAKE3_HEX = re.compile(r"[0-9a-f]{64}")
 
 
@@ -92,6 +92,12 @@ def decide_init(
         chunk_list = None
         chunk_size = _checked_chunk_size(request, settings)
         total_chunks = math.ceil(request.total_size / chunk_size)
+        if total_chunks > MAX_CHUNKS:
+            raise TooLarge(
+                f"{request.total_size} bytes in chunks of {chunk_size} make {total_chunks}"
+                f" chunks; at most {MAX_CHUNKS} are allowed: use larger chunks",
+                limit=MAX_CHUNKS,
+            )
         if request.total_chunks is not None and request.total_chunks != total_chunks:
             raise InvalidRequest(
                 f"total_chunks is {request.total_chunks}, but {request.total_size} bytes in"
@@ -141,8 +147,8 @@ def _checked_chunk_size(request: InitRequest, settings: Settings) -> int:
 
 def _checked_chunk_list(request: InitRequest, settings: Settings) -> list[tuple[str, int]]:
     chunk_list = [(digest.lower(), size) for digest, size in request.chunks or ()]
-    if len(chunk_list) > MAX_DECLARED_CHUNKS:
-        raise TooLarge(f"at most {MAX_DECLARED_CHUNKS} chunks may be declared")
+    if len(chunk_list) > MAX_CHUNKS:
+        raise TooLarge(f"at most {MAX_CHUNKS} chunks may be declared", limit=MAX_CHUNKS)
     for index, (digest, size) in enumerate(chunk_list):
         if not _BLAKE3_HEX.fullmatch(digest):
             raise InvalidRequest(f"chunk {index}: digest must be BLAKE3-256 hex (64 characters)")

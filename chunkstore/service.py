@@ -17,6 +17,7 @@ import threading
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterable, Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -64,6 +65,7 @@ from chunkstore.validator import detect_mime, find_problem
 #: Session states kept in memory; a cached state is caught up from the log on every load.
 STATE_CACHE_SIZE = 512
 _APPEND_ATTEMPTS = 1000
+_blob_writers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="blob-writer")
 
 
 def utcnow() -> datetime:
@@ -301,14 +303,17 @@ class UploadService:
             return cached
         state = replay(new_events, cached or SessionState.empty(upload_id))
         if state.exists:
-            with self._states_lock:
-                current = self._states.get(upload_id)
-                if current is None or current.version < state.version:
-                    self._states[upload_id] = state
-                    self._states.move_to_end(upload_id)
-                    while len(self._states) > STATE_CACHE_SIZE:
-                        self._states.popitem(last=False)
+            self._remember(state)
         return state
+
+    def _remember(self, state: SessionState) -> None:
+        with self._states_lock:
+            current = self._states.get(state.upload_id)
+            if current is None or current.version < state.version:
+                self._states[state.upload_id] = state
+                self._states.move_to_end(state.upload_id)
+                while len(self._states) > STATE_CACHE_SIZE:
+                    self._states.popitem(last=False)
 
     def get(self, owner: str, upload_id: str) -> SessionState:
         return commands.require_owned(self.load(upload_id), owner)
@@ -317,10 +322,12 @@ class UploadService:
         """Append at ``state.version``; raises ConcurrencyConflict if the log moved on."""
         if not new_events:
             return state
-        self.events.append(
-            state.upload_id, state.version, new_events, session_row(replay(new_events, state))
-        )
-        return self.load(state.upload_id)
+        new_state = replay(new_events, state)
+        self.events.append(state.upload_id, state.version, new_events, session_row(new_state))
+        # The append succeeded at the expected version, so the new state is exactly the
+        # fold of the log: no need to read back and decode what was just written.
+        self._remember(new_state)
+        return new_state
 
     def _decide_and_append(
         self, owner: str, upload_id: str, decide: Callable[[SessionState], list[KnownEvent]]
@@ -475,16 +482,30 @@ class UploadService:
 
     def record_frames(self, owner: str, upload_id: str, frames: Sequence[Frame]) -> Recorded:
         """Write verified frames to blob writers, then record them (``record_arrivals``)."""
-        arrivals: list[tuple[int, ChunkIntake]] = []
-        try:
-            for frame in frames:
-                intake = ChunkIntake(self.blobs.writer(frame.digest), frame.size, None)
+
+        def write(frame: Frame) -> ChunkIntake:
+            intake = ChunkIntake(self.blobs.writer(frame.digest), frame.size, None)
+            try:
                 intake.feed(frame.pieces)
-                arrivals.append((frame.index, intake))
-        except BaseException:
+            except BaseException:
+                intake.writer.abort()
+                raise
+            return intake
+
+        # File creation dominates small chunks and runs in the kernel without the GIL,
+        # so a few threads write a batch's blobs side by side.
+        jobs = [_blob_writers.submit(write, frame) for frame in frames]
+        arrivals: list[tuple[int, ChunkIntake]] = []
+        failure: BaseException | None = None
+        for frame, job in zip(frames, jobs, strict=True):
+            try:
+                arrivals.append((frame.index, job.result()))
+            except BaseException as error:
+                failure = failure or error
+        if failure is not None:
             for _, intake in arrivals:
                 intake.writer.abort()
-            raise
+            raise failure
         return self.record_arrivals(owner, upload_id, arrivals)
 
     def record_arrivals(

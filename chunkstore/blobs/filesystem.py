@@ -171,6 +171,7 @@ class FileBlobStore:
         self.root = Path(root)
         self.objects_dir = self.root / "objects"
         self.tmp_dir = self.root / "tmp"
+        self._known_dirs: set[Path] = set()
         make_durable_dirs(self.objects_dir)
         make_durable_dirs(self.tmp_dir)
 
@@ -227,7 +228,7 @@ class FileBlobStore:
                     writer._close()
                 sync_filesystem(self.tmp_dir)
                 for position, writer, target in to_link:
-                    target.parent.mkdir(parents=True, exist_ok=True)
+                    self._ensure_dir(target.parent)
                     refs[position] = self._link(writer, target)
                 sync_filesystem(self.objects_dir)
         finally:
@@ -235,9 +236,23 @@ class FileBlobStore:
                 writer._discard()
         return [refs[position] for position in range(len(writers))]
 
+    def _ensure_dir(self, directory: Path) -> None:
+        """mkdir -p, remembering what exists: objects/ has up to 65,536 directories and a
+        batch of small chunks would otherwise try to create one per chunk."""
+        if directory in self._known_dirs:
+            return
+        directory.mkdir(parents=True, exist_ok=True)
+        self._known_dirs.add(directory)
+
     def _link(self, writer: FileBlobWriter, target: Path) -> BlobRef:
         try:
-            os.link(writer.path, target)
+            try:
+                os.link(writer.path, target)
+            except FileNotFoundError:
+                # The directory went away behind the cache (removed by hand): recreate.
+                self._known_dirs.discard(target.parent)
+                self._ensure_dir(target.parent)
+                os.link(writer.path, target)
             return BlobRef(target.name, writer.size, created=True)
         except FileExistsError:
             return BlobRef(target.name, writer.size, created=False)
@@ -295,3 +310,25 @@ class FileBlobStore:
                 for entry in sorted(os.scandir(middle.path), key=lambda e: e.name):
                     if is_digest(entry.name):
                         yield entry.name
+
+    # -- audit and gc ------------------------------------------------------------------
+
+    def mtime(self, digest: str) -> float | None:
+        """When the blob's bytes were written (seconds since the epoch); None if absent.
+        gc spares young blobs: a chunk is committed just before its event is appended."""
+        try:
+            return self.path_for(digest).stat().st_mtime
+        except FileNotFoundError:
+            return None
+
+    def set_aside(self, digest: str, into: Path) -> Path | None:
+        """Move a (damaged) blob out of the store into ``into``, keeping it as evidence,
+        so that a good copy can take its name. None if there was no such blob."""
+        make_durable_dirs(into)
+        target = into / f"{digest}.{secrets.token_hex(4)}"
+        try:
+            os.replace(self.path_for(digest), target)
+        except FileNotFoundError:
+            return None
+        fsync_directory(into)
+        return target
