@@ -55,11 +55,10 @@ def create_app(settings: Settings | None = None) -> Litestar:
         # Several workers share the directory, so spare files still being written.
         service.blobs.sweep_temp_files(older_than=settings.temp_grace)  # type: ignore[attr-defined]
 
-    return Litestar(
+    app = Litestar(
         route_handlers=ROUTES,
         dependencies={"service": Provide(lambda: service, sync_to_thread=False, use_cache=True)},
         middleware=[
-            request_id_middleware,
             DefineMiddleware(
                 BearerAuth, tokens=tokens, exclude=["^/healthz$", "^/schema", "^/problems/"]
             ),
@@ -79,3 +78,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             security=[{"bearer": []}],
         ),
     )
+    # Outermost, around Litestar's own exception handling, so that answers to errors
+    # raised in middleware (a 401 from auth) also carry the request id and are logged
+    # with their real status.
+    app.asgi_handler = request_id_middleware(app.asgi_handler)
+    return app

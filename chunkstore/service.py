@@ -44,6 +44,7 @@ from chunkstore.errors import (
     IncompleteBody,
     InvalidRequest,
     TooLarge,
+    TooManySessions,
     UploadNotActive,
     ValidationFailed,
 )
@@ -318,12 +319,20 @@ class UploadService:
     def get(self, owner: str, upload_id: str) -> SessionState:
         return commands.require_owned(self.load(upload_id), owner)
 
-    def _append(self, state: SessionState, new_events: Sequence[KnownEvent]) -> SessionState:
-        """Append at ``state.version``; raises ConcurrencyConflict if the log moved on."""
+    def _append(
+        self,
+        state: SessionState,
+        new_events: Sequence[KnownEvent],
+        precondition: Callable[[], None] | None = None,
+    ) -> SessionState:
+        """Append at ``state.version``; raises ConcurrencyConflict if the log moved on.
+        ``precondition`` runs under the store's write lock before anything is written."""
         if not new_events:
             return state
         new_state = replay(new_events, state)
-        self.events.append(state.upload_id, state.version, new_events, session_row(new_state))
+        self.events.append(
+            state.upload_id, state.version, new_events, session_row(new_state), precondition
+        )
         # The append succeeded at the expected version, so the new state is exactly the
         # fold of the log: no need to read back and decode what was just written.
         self._remember(new_state)
@@ -359,7 +368,23 @@ class UploadService:
             self.events.count_open_sessions(owner, now),
             known,
         )
-        return self._append(SessionState.empty(upload_id), new_events)
+        return self._append(
+            SessionState.empty(upload_id),
+            new_events,
+            lambda: self._check_open_sessions(owner, now),
+        )
+
+    def _check_open_sessions(self, owner: str, now: datetime) -> None:
+        """decide_init counted already; counting again under the write lock is what
+        keeps inits arriving at once from each seeing room for one more."""
+        open_sessions = self.events.count_open_sessions(owner, now)
+        limit = self.settings.max_open_sessions
+        if open_sessions >= limit:
+            raise TooManySessions(
+                f"{open_sessions} upload sessions are open; the limit is {limit}."
+                " Complete or cancel one first.",
+                limit=limit,
+            )
 
     def held_digests(self, owner: str, digests: Sequence[str]) -> set[str]:
         """Digests this owner has stored before and the store still holds."""

@@ -8,7 +8,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -97,6 +98,7 @@ class Server:
 
     def client(self, owner: str | None = "alice", **kwargs: object) -> httpx.Client:
         headers = {"Authorization": f"Bearer {self.token(owner)}"} if owner else {}
+        headers.update(kwargs.pop("headers", None) or {})  # type: ignore[arg-type]
         return httpx.Client(base_url=self.url, headers=headers, timeout=60, **kwargs)  # type: ignore[arg-type]
 
 
@@ -122,3 +124,19 @@ def make_server(tmp_path: Path) -> Iterator[object]:
     yield make
     for instance in started:
         instance.stop()
+
+
+MakeServer = Callable[..., Server]
+
+
+@pytest.fixture
+def owner() -> str:
+    """An owner name of this test's own, so tests sharing a server never see each other."""
+    return f"owner-{uuid.uuid4().hex}"
+
+
+@pytest.fixture
+def client(server: Server, owner: str) -> Iterator[httpx.Client]:
+    """A client of the shared server, authenticated as this test's owner."""
+    with server.client(owner) as instance:
+        yield instance

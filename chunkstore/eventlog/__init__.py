@@ -9,7 +9,7 @@ projection can always be rebuilt from, and checked against, the events.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -95,8 +95,13 @@ class EventStore(Protocol):
         expected_version: int,
         events: Sequence[KnownEvent],
         projection: dict[str, Any],
+        precondition: Callable[[], None] | None = None,
     ) -> list[RecordedEvent]:
-        """Append atomically with the new projection row, or raise ConcurrencyConflict."""
+        """Append atomically with the new projection row, or raise ConcurrencyConflict.
+
+        ``precondition`` runs under the write lock before anything is written and may
+        raise to refuse the append (a limit that concurrent writers must not overrun).
+        """
 
     def read(self, stream_id: str, after_version: int = 0) -> list[RecordedEvent]: ...
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -116,7 +116,10 @@ class SQLiteEventStore:
         expected_version: int,
         events: Sequence[ev.KnownEvent],
         projection: dict[str, Any],
+        precondition: Callable[[], None] | None = None,
     ) -> list[RecordedEvent]:
+        """``precondition`` (optional) runs while the write lock is held, before anything
+        is written; it raises to refuse the append."""
         if not events:
             return []
         conn = self.connection()
@@ -124,6 +127,8 @@ class SQLiteEventStore:
         recorded_at = iso(now)
         conn.execute("BEGIN IMMEDIATE")
         try:
+            if precondition is not None:
+                precondition()
             (current,) = conn.execute(
                 "SELECT COALESCE(MAX(version), 0) FROM events WHERE stream_id = ?", (stream_id,)
             ).fetchone()

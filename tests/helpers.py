@@ -1,0 +1,185 @@
+"""Small helpers shared by the test modules: talking to the API, looking at a data dir."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import struct
+import zlib
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import blake3
+import httpx
+
+from chunkstore.eventlog.sqlite import SQLiteEventStore
+from chunkstore.events import Event
+
+UPLOAD = "/api/v1/upload"
+PROBLEM_JSON = "application/problem+json"
+OCTET_STREAM = {"Content-Type": "application/octet-stream"}
+
+
+class FakeClock:
+    """A clock that moves only when told to."""
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self.now = start or datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def blake3_hex(data: bytes) -> str:
+    return blake3.blake3(data).hexdigest()
+
+
+def split(data: bytes, chunk_size: int) -> list[bytes]:
+    return [data[i : i + chunk_size] for i in range(0, len(data), chunk_size)]
+
+
+def tiny_png() -> bytes:
+    """A valid 1x1 greyscale PNG, built by hand."""
+
+    def png_chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body) & 0xFFFFFFFF
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", 1, 1, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", header)
+        + png_chunk(b"IDAT", zlib.compress(b"\x00\x00"))
+        + png_chunk(b"IEND", b"")
+    )
+
+
+def init_upload(
+    client: httpx.Client,
+    data: bytes,
+    chunk_size: int,
+    filename: str = "file.bin",
+    mime_type: str = "application/octet-stream",
+    **extra: Any,
+) -> dict[str, Any]:
+    """Start an upload of ``data``; returns the init answer (asserts 201)."""
+    response = client.post(
+        f"{UPLOAD}/init",
+        json={
+            "filename": filename,
+            "total_size": len(data),
+            "mime_type": mime_type,
+            "chunk_size": chunk_size,
+            **extra,
+        },
+    )
+    assert response.status_code == 201, response.text
+    answer: dict[str, Any] = response.json()
+    return answer
+
+
+def put_chunk(
+    client: httpx.Client,
+    upload_id: str,
+    index: int,
+    data: bytes,
+    headers: dict[str, str] | None = None,
+) -> httpx.Response:
+    """Send a chunk's raw bytes (the fast path)."""
+    return client.put(
+        f"{UPLOAD}/{upload_id}/chunks/{index}",
+        content=data,
+        headers={**OCTET_STREAM, **(headers or {})},
+    )
+
+
+def post_chunk(
+    client: httpx.Client,
+    upload_id: str,
+    index: int,
+    data: bytes,
+    checksum: str | None = None,
+) -> httpx.Response:
+    """Send a chunk as base64 in JSON with its SHA-256 (the seed's transport)."""
+    return client.post(
+        f"{UPLOAD}/chunk",
+        json={
+            "upload_id": upload_id,
+            "chunk_index": index,
+            "chunk_data": base64.b64encode(data).decode(),
+            "checksum": checksum if checksum is not None else sha256_hex(data),
+        },
+    )
+
+
+def status_of(client: httpx.Client, upload_id: str) -> dict[str, Any]:
+    response = client.get(f"{UPLOAD}/status/{upload_id}")
+    assert response.status_code == 200, response.text
+    answer: dict[str, Any] = response.json()
+    return answer
+
+
+def complete(client: httpx.Client, upload_id: str) -> httpx.Response:
+    return client.post(f"{UPLOAD}/complete", json={"upload_id": upload_id})
+
+
+def cancel(client: httpx.Client, upload_id: str, reason: str = "") -> httpx.Response:
+    return client.post(f"{UPLOAD}/cancel", json={"upload_id": upload_id, "reason": reason})
+
+
+def upload_whole(
+    client: httpx.Client,
+    data: bytes,
+    chunk_size: int,
+    filename: str = "file.bin",
+    mime_type: str = "application/octet-stream",
+) -> str:
+    """Init and send every chunk over the raw endpoint; returns the upload id."""
+    upload_id = init_upload(client, data, chunk_size, filename, mime_type)["upload_id"]
+    for index, piece in enumerate(split(data, chunk_size)):
+        response = put_chunk(client, upload_id, index, piece)
+        assert response.status_code == 200, response.text
+    return str(upload_id)
+
+
+def assert_problem(response: httpx.Response, status: int, slug: str) -> dict[str, Any]:
+    """The response is an RFC 9457 problem of the given status and type; returns its body."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith(PROBLEM_JSON), response.headers
+    body: dict[str, Any] = response.json()
+    assert body["type"] == f"/problems/{slug}", body
+    assert body["status"] == status
+    assert isinstance(body["detail"], str) and body["detail"]
+    assert body["request_id"]
+    return body
+
+
+def stored_objects(data_dir: Path) -> set[str]:
+    """Names of every blob in the store."""
+    return {path.name for path in (data_dir / "objects").rglob("*") if path.is_file()}
+
+
+def blob_path(data_dir: Path, data: bytes) -> Path:
+    digest = blake3_hex(data)
+    return data_dir / "objects" / digest[:2] / digest[2:4] / digest
+
+
+def temp_files(data_dir: Path) -> list[Path]:
+    return sorted((data_dir / "tmp").iterdir())
+
+
+def recorded_events(data_dir: Path, upload_id: str) -> list[Event]:
+    """The events of one upload, read straight from the data dir's log."""
+    store = SQLiteEventStore(data_dir / "chunkstore.sqlite3")
+    try:
+        return [recorded.event for recorded in store.read(upload_id)]
+    finally:
+        store.close()
