@@ -509,7 +509,8 @@ class UploadService:
         """Write verified frames to blob writers, then record them (``record_arrivals``)."""
 
         def write(frame: Frame) -> ChunkIntake:
-            intake = ChunkIntake(self.blobs.writer(frame.digest), frame.size, None)
+            writer = self.blobs.writer(frame.digest, verified=True)
+            intake = ChunkIntake(writer, frame.size, None)
             try:
                 intake.feed(frame.pieces)
             except BaseException:
@@ -662,6 +663,23 @@ class UploadService:
     def _completion_lock(self, upload_id: str) -> threading.Lock:
         with self._states_lock:
             return self._completion_locks.setdefault(upload_id, threading.Lock())
+
+    # -- tus (see chunkstore.tus) --------------------------------------------------------
+
+    def append_decided(
+        self,
+        state: SessionState,
+        new_events: Sequence[KnownEvent],
+        new_session_of: str | None = None,
+    ) -> SessionState:
+        """Append events decided on ``state``, at its version; ConcurrencyConflict if
+        the log moved on. tus decisions cover bytes already staged, so they are not
+        re-decided on a conflict. ``new_session_of``: the owner of a session being
+        created, whose open sessions are recounted under the write lock."""
+        if new_session_of is None:
+            return self._append(state, new_events)
+        owner, now = new_session_of, self.clock()
+        return self._append(state, new_events, lambda: self._check_open_sessions(owner, now))
 
 
 def completion_of(state: SessionState) -> Completion:

@@ -22,19 +22,21 @@ _magic_lock = threading.Lock()
 _magic_mime = magic.Magic(mime=True)
 _magic_text = magic.Magic(mime=False)
 
-#: libmagic calls any file whose first bytes decode as a plausible x86 jump a "DOS
-#: executable (COM)". COM files have no header, so this is a guess that about 1% of
-#: random or encrypted data also earns. Such a file is unknown binary data, not an
-#: executable; MZ/PE executables have a real header and stay detected as executables.
-_COM_GUESS = "DOS executable (COM)"
+#: libmagic calls a file whose first bytes decode as plausible x86 code a "DOS
+#: executable (COM)" or a "COM executable for DOS". COM files have no header, so these
+#: are guesses that about 1% of random or encrypted data also earns. Such a file is
+#: unknown binary data, not an executable; MZ/PE executables have a real header and
+#: stay detected as executables.
+def _is_com_guess(description: str) -> bool:
+    return "COM" in description and "MZ" not in description and "PE32" not in description
 
 
 def detect_mime(path: Path) -> str:
     with _magic_lock:
         mime = str(_magic_mime.from_file(str(path)))
-        com_guess = mime == "application/x-dosexec" and str(
-            _magic_text.from_file(str(path))
-        ).startswith(_COM_GUESS)
+        com_guess = mime == "application/x-dosexec" and _is_com_guess(
+            str(_magic_text.from_file(str(path)))
+        )
         return "application/octet-stream" if com_guess else mime
 
 

@@ -39,9 +39,10 @@ class BlobWriter(Protocol):
 
 
 class BlobStore(Protocol):
-    def writer(self, expected_digest: str | None = None) -> BlobWriter:
+    def writer(self, expected_digest: str | None = None, verified: bool = False) -> BlobWriter:
         """A writer for new bytes. With ``expected_digest`` of a blob the store already
-        has, the writer may only hash (the bytes must still be verified, not stored)."""
+        has, the writer may only hash (the bytes must still be verified, not stored).
+        ``verified``: the caller has already checked the bytes hash to that digest."""
 
     def commit_many(self, writers: Sequence[BlobWriter]) -> list[BlobRef]:
         """Commit several writers at once; a store may make them durable together."""

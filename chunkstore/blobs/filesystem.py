@@ -91,9 +91,12 @@ def make_durable_dirs(path: Path) -> None:
 
 
 class FileBlobWriter:
-    def __init__(self, store: FileBlobStore) -> None:
+    def __init__(self, store: FileBlobStore, verified_digest: str | None = None) -> None:
+        """``verified_digest``: the caller already hashed these exact bytes, so the
+        writer need not hash them again."""
         self._store = store
-        self._hasher = blake3.blake3()
+        self._verified = verified_digest
+        self._hasher = None if verified_digest else blake3.blake3()
         self._size = 0
         self._path = store.tmp_dir / f"blob-{secrets.token_hex(12)}.tmp"
         self._file: BinaryIO | None = open(self._path, "xb", buffering=0)  # noqa: SIM115
@@ -104,11 +107,15 @@ class FileBlobWriter:
 
     def write(self, data: bytes) -> None:
         assert self._file is not None, "writer already finished"
-        self._hasher.update(data)
+        if self._hasher is not None:
+            self._hasher.update(data)
         write_all(self._file, data)
         self._size += len(data)
 
     def digest(self) -> str:
+        if self._hasher is None:
+            assert self._verified is not None
+            return self._verified
         return self._hasher.hexdigest()
 
     def commit(self) -> BlobRef:
@@ -142,10 +149,10 @@ class VerifyingWriter:
     """For bytes the store already holds under ``expected_digest``: hashes what passes
     (so the caller can check the bytes really are that blob) and stores nothing."""
 
-    def __init__(self, store: FileBlobStore, expected_digest: str) -> None:
+    def __init__(self, store: FileBlobStore, expected_digest: str, verified: bool = False) -> None:
         self._store = store
         self._expected = expected_digest
-        self._hasher = blake3.blake3()
+        self._hasher = None if verified else blake3.blake3()
         self._size = 0
 
     @property
@@ -153,11 +160,12 @@ class VerifyingWriter:
         return self._size
 
     def write(self, data: bytes) -> None:
-        self._hasher.update(data)
+        if self._hasher is not None:
+            self._hasher.update(data)
         self._size += len(data)
 
     def digest(self) -> str:
-        return self._hasher.hexdigest()
+        return self._expected if self._hasher is None else self._hasher.hexdigest()
 
     def commit(self) -> BlobRef:
         return self._store.commit_many([self])[0]
@@ -172,6 +180,7 @@ class FileBlobStore:
         self.objects_dir = self.root / "objects"
         self.tmp_dir = self.root / "tmp"
         self._known_dirs: set[Path] = set()
+        self._objects_prefix = f"{self.objects_dir}{os.sep}"
         make_durable_dirs(self.objects_dir)
         make_durable_dirs(self.tmp_dir)
 
@@ -187,15 +196,26 @@ class FileBlobStore:
                     removed += 1
         return removed
 
+    def _path_str(self, digest: str) -> str:
+        """path_for as a plain string: the hot path runs it several times per chunk,
+        and pathlib costs more there than the system calls it wraps."""
+        if not is_digest(digest):
+            raise ValueError(f"not a BLAKE3 hex digest: {digest!r}")
+        return f"{self._objects_prefix}{digest[:2]}/{digest[2:4]}/{digest}"
+
     def path_for(self, digest: str) -> Path:
         if not is_digest(digest):
             raise ValueError(f"not a BLAKE3 hex digest: {digest!r}")
         return self.objects_dir / digest[:2] / digest[2:4] / digest
 
-    def writer(self, expected_digest: str | None = None) -> FileBlobWriter | VerifyingWriter:
+    def writer(
+        self, expected_digest: str | None = None, verified: bool = False
+    ) -> FileBlobWriter | VerifyingWriter:
+        """``verified``: the caller has already checked that the bytes it will write
+        hash to ``expected_digest`` (the batch path hashes frames as they arrive)."""
         if expected_digest is not None and self.exists(expected_digest):
-            return VerifyingWriter(self, expected_digest)
-        return FileBlobWriter(self)
+            return VerifyingWriter(self, expected_digest, verified)
+        return FileBlobWriter(self, expected_digest if verified else None)
 
     def commit_many(self, writers: Sequence[object]) -> list[BlobRef]:
         """Make every writer's bytes durable under its digest.
@@ -285,7 +305,7 @@ class FileBlobStore:
             raise CorruptBlob(f"blob {digest} is missing", digest=digest) from None
 
     def exists(self, digest: str) -> bool:
-        return self.path_for(digest).exists()
+        return os.path.exists(self._path_str(digest))
 
     def size(self, digest: str) -> int | None:
         try:
@@ -332,3 +352,16 @@ class FileBlobStore:
             return None
         fsync_directory(into)
         return target
+
+    def entries(self) -> Iterator[tuple[str, str]]:
+        """(digest, file path) of every blob, in ``digests()`` order. For readers of the
+        whole store (audit): building each path with pathlib cost more than hashing."""
+        for top in sorted(os.scandir(self.objects_dir), key=lambda e: e.name):
+            if not top.is_dir():
+                continue
+            for middle in sorted(os.scandir(top.path), key=lambda e: e.name):
+                if not middle.is_dir():
+                    continue
+                for entry in sorted(os.scandir(middle.path), key=lambda e: e.name):
+                    if is_digest(entry.name):
+                        yield entry.name, entry.path
