@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import math
 from typing import Any
 
@@ -17,13 +20,20 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
 import chunkstore
+from api.downloads import download_file
+from api.metrics import Metrics, metrics_endpoint
 from api.observability import configure_logging, request_id_middleware
 from api.problems import EXCEPTION_HANDLERS
 from api.routes import ROUTES
+from api.tus import TusController, tus_middleware
 from chunkstore.auth import TokenStore
 from chunkstore.config import MiB, Settings
 from chunkstore.errors import Unauthorized
+from chunkstore.gc import collect
 from chunkstore.service import UploadService
+from chunkstore.tus import TusUploads
+
+gc_log = logging.getLogger("chunkstore.gc")
 
 
 class BearerAuth(AbstractAuthenticationMiddleware):
@@ -44,6 +54,49 @@ class BearerAuth(AbstractAuthenticationMiddleware):
         return AuthenticationResult(user=owner, auth=None)
 
 
+class BackgroundGc:
+    """Runs ``gc`` every ``gc_interval`` seconds (0: never) in a worker thread. With
+    several workers each runs its own; runs may overlap, which gc tolerates (deleting
+    a blob twice is a no-op, expiring twice appends once)."""
+
+    def __init__(self, service: UploadService, settings: Settings, metrics: Metrics) -> None:
+        self.service = service
+        self.settings = settings
+        self.metrics = metrics
+        self.task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        if self.settings.gc_interval > 0:
+            self.task = asyncio.create_task(self.loop())
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+            self.task = None
+
+    async def loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.gc_interval)
+            try:
+                report = await asyncio.to_thread(collect, self.service)
+            except Exception:
+                self.metrics.gc_failures.inc()
+                gc_log.exception("gc run failed")
+                continue
+            self.metrics.record_gc(report)
+            gc_log.info(
+                "gc",
+                extra={
+                    "sessions_expired": report.sessions_expired,
+                    "blobs_swept": report.blobs_swept,
+                    "bytes_freed": report.bytes_freed,
+                    "seconds": report.seconds,
+                },
+            )
+
+
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or Settings.from_env()
     configure_logging()
@@ -55,17 +108,27 @@ def create_app(settings: Settings | None = None) -> Litestar:
         # Several workers share the directory, so spare files still being written.
         service.blobs.sweep_temp_files(older_than=settings.temp_grace)  # type: ignore[attr-defined]
 
+    metrics = Metrics(service, settings)
+    background = BackgroundGc(service, settings, metrics)
+
+    tus_uploads = TusUploads(service)
     app = Litestar(
-        route_handlers=ROUTES,
-        dependencies={"service": Provide(lambda: service, sync_to_thread=False, use_cache=True)},
+        route_handlers=[*ROUTES, download_file, metrics_endpoint, TusController],
+        dependencies={
+            "service": Provide(lambda: service, sync_to_thread=False, use_cache=True),
+            "tus_uploads": Provide(lambda: tus_uploads, sync_to_thread=False, use_cache=True),
+            "metrics": Provide(lambda: metrics, sync_to_thread=False, use_cache=True),
+        },
         middleware=[
             DefineMiddleware(
-                BearerAuth, tokens=tokens, exclude=["^/healthz$", "^/schema", "^/problems/"]
+                BearerAuth,
+                tokens=tokens,
+                exclude=["^/healthz$", "^/schema", "^/problems/", "^/metrics$"],
             ),
         ],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
-        on_startup=[sweep_temp_files],
-        on_shutdown=[service.close],
+        on_startup=[sweep_temp_files, background.start],
+        on_shutdown=[background.stop, service.close],
         # The JSON form of the largest chunk is base64 (4/3) plus a little envelope.
         request_max_body_size=math.ceil(settings.max_chunk_size * 4 / 3) + MiB,
         openapi_config=OpenAPIConfig(
@@ -81,5 +144,10 @@ def create_app(settings: Settings | None = None) -> Litestar:
     # Outermost, around Litestar's own exception handling, so that answers to errors
     # raised in middleware (a 401 from auth) also carry the request id and are logged
     # with their real status.
+    # Outside the router too, so that 404s and errors raised in middleware (a 401 from
+    # auth) are counted with their real status.
+    app.asgi_handler = metrics.middleware(app.asgi_handler)
     app.asgi_handler = request_id_middleware(app.asgi_handler)
+    # tus method override must happen before routing, its headers on every answer.
+    app.asgi_handler = tus_middleware(app.asgi_handler, settings)
     return app

@@ -57,6 +57,15 @@ def configure_logging(level: str = "INFO") -> None:
     root.propagate = False
 
 
+def _has_body(scope: Scope) -> bool:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return value.strip() not in (b"", b"0")
+        if name == b"transfer-encoding":
+            return True
+    return False
+
+
 def request_id_middleware(app: ASGIApp) -> ASGIApp:
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -71,21 +80,31 @@ def request_id_middleware(app: ASGIApp) -> ASGIApp:
         started = time.perf_counter()
         status = 500
         sent = 0
+        body_pending = _has_body(scope)
+
+        async def receive_tracked() -> Message:
+            nonlocal body_pending
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                body_pending = False
+            return message
 
         async def send_with_id(message: Message) -> None:
             nonlocal status, sent
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [
-                    *message.get("headers", []),
-                    (b"x-request-id", request_id.encode()),
-                ]
+                headers = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+                if body_pending:
+                    # Answered before the body was read (a refusal): the unread bytes
+                    # would be taken for the next request, so this connection ends here.
+                    headers.append((b"connection", b"close"))
+                message["headers"] = headers
             elif message["type"] == "http.response.body":
                 sent += len(message.get("body", b""))
             await send(message)
 
         try:
-            await app(scope, receive, send_with_id)
+            await app(scope, receive_tracked, send_with_id)
         finally:
             user = scope.get("user")
             access_log.info(

@@ -34,6 +34,7 @@ STATUS_BY_ERROR: dict[type[errors.ChunkstoreError], int] = {
     errors.TooManySessions: 429,
     errors.CorruptBlob: 500,
     errors.ConcurrencyConflict: 503,
+    errors.ChunkSwept: 503,
 }
 
 _HTTP_SLUGS = {

@@ -193,6 +193,202 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _open_service(data: str | None) -> Any:
+    """The library over an existing data directory (these commands never create one)."""
+    from chunkstore.errors import InvalidRequest
+    from chunkstore.service import UploadService
+
+    settings = Settings.from_env(_data_dir(data))
+    if not settings.database_path.exists():
+        raise InvalidRequest(f"no chunkstore data in {settings.data_dir}")
+    return UploadService.open(settings)
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from chunkstore import replay
+    from chunkstore.errors import UploadNotFound
+    from chunkstore.eventlog import iso
+
+    at = replay.parse_moment(args.at) if args.at else None
+    service = _open_service(args.data)
+    try:
+        recorded = service.events.read(args.upload_id)
+    finally:
+        service.close()
+    if not recorded:
+        raise UploadNotFound(f"no upload {args.upload_id}", upload_id=args.upload_id)
+    shown = [item for item in recorded if at is None or item.recorded_at <= at]
+    state = replay.state_at(recorded, at)
+    if not args.json:
+        print(replay.format_table(shown, state))
+        return 0
+    for item in shown:
+        _print_json(replay.entry(item))
+    _print_json(
+        {
+            "type": "State",
+            "version": state.version,
+            "recorded_at": iso(shown[-1].recorded_at) if shown else None,
+            "at": iso(at),
+            **replay.state_summary(state),
+        }
+    )
+    return 0
+
+
+class HashProgress:
+    """Audit's progress line on stderr: bytes re-hashed of the total, and the rate."""
+
+    def __init__(self, stream: IO[str], interval: float = 0.2) -> None:
+        self.stream = stream
+        self.interval = interval
+        self.started = time.monotonic()
+        self.drawn_at = 0.0
+        self.visible = False
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - self.drawn_at < self.interval:
+            return
+        self.drawn_at = now
+        fraction = min(1.0, done / total) if total else 1.0
+        filled = int(fraction * 24)
+        rate = done / (now - self.started) if now > self.started else 0.0
+        self.stream.write(
+            f"\r[{'#' * filled}{'-' * (24 - filled)}] {fraction * 100:5.1f}%"
+            f" {human_bytes(done)}/{human_bytes(total)} re-hashed, {human_bytes(rate)}/s\x1b[K"
+        )
+        self.stream.flush()
+        self.visible = True
+
+    def finish(self) -> None:
+        if self.visible:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+
+
+def _print_audit(report: Any, heading: str) -> None:
+    summary = report.summary
+    print(heading)
+    for finding in report.findings:
+        print(f"  {finding.kind:<22} {finding.subject}  {finding.detail}")
+    print(
+        f"  checked {summary.streams} streams, {summary.events} events,"
+        f" {summary.blobs} blobs ({human_bytes(summary.blob_bytes)}),"
+        f" {summary.manifests} manifests, {summary.files} files"
+        f" ({human_bytes(summary.file_bytes)}) in {summary.seconds:.2f} s:"
+        f" {len(report.findings)} finding{'' if len(report.findings) == 1 else 's'}"
+    )
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from chunkstore import audit
+
+    progress = HashProgress(sys.stderr) if sys.stderr.isatty() else None
+    service = _open_service(args.data)
+    try:
+        if args.repair:
+            before, after = audit.audit_and_repair(service, progress)
+        else:
+            before = after = audit.audit(service, progress)
+    finally:
+        service.close()
+        if progress is not None:
+            progress.finish()
+    if args.json:
+        answer = audit.report_dict(after)
+        if args.repair:
+            answer["before_repair"] = audit.report_dict(before)
+        _print_json(answer)
+    else:
+        if args.repair:
+            _print_audit(before, "before repair:")
+            print("repairs:")
+            for action in after.repairs:
+                print(f"  {action}")
+            _print_audit(after, "after repair:")
+        else:
+            _print_audit(after, "audit:")
+    return 0 if after.clean else 1
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    import msgspec
+
+    from chunkstore.gc import collect
+
+    service = _open_service(args.data)
+    try:
+        report = collect(service, hours=args.hours, grace=args.grace, dry_run=args.dry_run)
+    finally:
+        service.close()
+    if args.json:
+        answer = msgspec.to_builtins(report)
+        if not args.verbose:
+            answer.pop("expired")
+            answer.pop("swept")
+        _print_json(answer)
+        return 0
+    verb = "would be" if report.dry_run else "were"
+    print(
+        f"gc{' (dry run: nothing changed)' if report.dry_run else ''}:"
+        f" {report.sessions_expired} sessions {verb} expired,"
+        f" {report.staging_files_removed} staging files {verb} removed,"
+        f" {report.sessions_released} ended sessions older than {report.hours:g} h released,"
+        f" {report.blobs_swept} of {report.blobs_examined} blobs {verb} swept"
+        f" ({human_bytes(report.bytes_freed)} freed; {report.blobs_referenced} referenced,"
+        f" {report.blobs_in_grace} younger than {report.grace:g} s) in {report.seconds:.2f} s"
+    )
+    if args.verbose:
+        for upload_id in report.expired:
+            print(f"  expired {upload_id}")
+        for digest in report.swept:
+            print(f"  swept   {digest}")
+    return 0
+
+
+def add_store_commands(commands: Any) -> None:
+    """replay, audit and gc: operator commands that work on a data directory."""
+    data_help = "data directory (default $CHUNKSTORE_DATA or ./data)"
+    replay = commands.add_parser("replay", help="show an upload's events and state")
+    replay.add_argument("upload_id")
+    replay.add_argument("--data", help=data_help)
+    replay.add_argument("--json", action="store_true", help="one JSON object per line")
+    replay.add_argument(
+        "--at", help="ISO 8601 time (UTC unless it says): only events recorded until then"
+    )
+    replay.set_defaults(func=cmd_replay)
+
+    audit = commands.add_parser("audit", help="check every event, blob, manifest and file")
+    audit.add_argument("--data", help=data_help)
+    audit.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    audit.add_argument(
+        "--repair",
+        action="store_true",
+        help="rebuild projections, restore what the evidence allows; deletes nothing",
+    )
+    audit.set_defaults(func=cmd_audit)
+
+    gc = commands.add_parser("gc", help="expire stale sessions and sweep unreferenced blobs")
+    gc.add_argument("--data", help=data_help)
+    gc.add_argument(
+        "--hours",
+        type=float,
+        default=None,
+        help="keep chunks of ended sessions this long (default $CHUNKSTORE_GC_HOURS or 24)",
+    )
+    gc.add_argument(
+        "--grace",
+        type=float,
+        default=None,
+        help="never sweep blobs younger than this, seconds (default $CHUNKSTORE_GC_GRACE or 3600)",
+    )
+    gc.add_argument("--dry-run", action="store_true", help="report only; change nothing")
+    gc.add_argument("--verbose", action="store_true", help="list expired uploads and swept blobs")
+    gc.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    gc.set_defaults(func=cmd_gc)
+
+
 def positive_int(value: str) -> int:
     number = int(value)
     if number < 1:
@@ -245,6 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("upload_id")
     _add_client_options(status)
     status.set_defaults(func=cmd_status)
+    add_store_commands(commands)
     return parser
 
 

@@ -20,7 +20,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     #: Largest chunk (and so the largest request body carrying one).
     max_chunk_size: int = 64 * MiB
     #: Largest batch request body (many chunks in one request).
-    max_batch_size: int = 32 * MiB
+    max_batch_size: int = 16 * MiB
     #: Chunk size used when init does not name one.
     default_chunk_size: int = 8 * MiB
     #: Sessions (active or assembling) one owner may hold at once.
@@ -53,6 +53,22 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         "text/x-msdos-batch",
         "application/x-bat",
     )
+    #: Seconds between the server's background gc runs; 0 switches them off.
+    gc_interval: float = 3600.0
+    #: gc keeps the chunks of cancelled, failed and expired sessions this many hours
+    #: after they ended (so a user can still look into, or retry, a recent failure).
+    gc_hours: float = 24.0
+    #: gc never sweeps a blob younger than this (seconds): a chunk is written a moment
+    #: before the event that references it is appended.
+    gc_grace: float = 3600.0
+    #: Serve ``GET /metrics``. Off: the route answers 404.
+    metrics_enabled: bool = True
+    #: When set, ``GET /metrics`` wants ``Authorization: Bearer <this>``; empty: no auth.
+    metrics_token: str = ""
+
+    #: Origins a browser may upload from (CORS on ``/files/``, the tus endpoint); "*"
+    #: for any. Empty: no CORS headers.
+    cors_origins: tuple[str, ...] = ()
 
     @property
     def database_path(self) -> Path:
@@ -77,6 +93,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "default_chunk_size": ("CHUNKSTORE_DEFAULT_CHUNK_SIZE", int),
             "max_open_sessions": ("CHUNKSTORE_MAX_OPEN_SESSIONS", int),
             "temp_grace": ("CHUNKSTORE_TEMP_GRACE", float),
+            "gc_interval": ("CHUNKSTORE_GC_INTERVAL", float),
+            "gc_hours": ("CHUNKSTORE_GC_HOURS", float),
+            "gc_grace": ("CHUNKSTORE_GC_GRACE", float),
         }
         for field, (name, kind) in numeric.items():
             if env.get(name):
@@ -85,6 +104,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             changes["allowed_mime_types"] = _split(env["CHUNKSTORE_ALLOWED_TYPES"])
         if "CHUNKSTORE_DENIED_TYPES" in env:
             changes["denied_mime_types"] = _split(env["CHUNKSTORE_DENIED_TYPES"])
+        if env.get("CHUNKSTORE_METRICS"):
+            changes["metrics_enabled"] = env["CHUNKSTORE_METRICS"].strip().lower() not in (
+                "0",
+                "false",
+                "no",
+                "off",
+            )
+        if env.get("CHUNKSTORE_METRICS_TOKEN"):
+            changes["metrics_token"] = env["CHUNKSTORE_METRICS_TOKEN"].strip()
+        if env.get("CHUNKSTORE_CORS_ORIGINS"):
+            changes["cors_origins"] = _split(env["CHUNKSTORE_CORS_ORIGINS"])
         return msgspec.structs.replace(base, **changes)
 
 

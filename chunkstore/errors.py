@@ -117,6 +117,14 @@ class CorruptBlob(ChunkstoreError):
     title = "Stored chunk is damaged"
 
 
+class ChunkSwept(ChunkstoreError):
+    """gc removed a blob between the moment a request found it and the moment its event
+    was to be appended; sending the chunk again stores it afresh."""
+
+    slug = "chunk-swept"
+    title = "Chunk was removed meanwhile; send it again"
+
+
 class ConcurrencyConflict(ChunkstoreError):
     """An append stated an expected version that is no longer current."""
 

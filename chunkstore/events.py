@@ -67,6 +67,38 @@ class UploadExpired(msgspec.Struct, frozen=True, tag=True):
     pass
 
 
+class TusUploadCreated(msgspec.Struct, frozen=True, tag=True):
+    """A tus upload was created (``POST /files/``): its bytes arrive as a stream, which
+    the server cuts into content-defined chunks (``ChunkStored`` in order)."""
+
+    owner: str
+    filename: str
+    mime_type: str
+    created_at: datetime
+    expires_at: datetime
+    #: None while the client defers the length (``Upload-Defer-Length: 1``).
+    total_size: int | None = None
+    #: The ``Upload-Metadata`` header as sent, echoed back by ``HEAD``.
+    metadata: str = ""
+    #: "" for a plain upload, "partial" or "final" (concatenation extension).
+    concat: str = ""
+    #: For a final upload: the upload ids of its partial uploads, in order.
+    parts: list[str] = []
+
+
+class TusLengthDeclared(msgspec.Struct, frozen=True, tag=True):
+    """A deferred length became known (``Upload-Length`` on a later ``PATCH``)."""
+
+    total_size: int
+
+
+class TusTailStaged(msgspec.Struct, frozen=True, tag=True):
+    """How many bytes after the last chunk are durable in the upload's staging file:
+    the acknowledged tail that has not reached a chunk boundary yet."""
+
+    size: int
+
+
 class UnknownEvent(msgspec.Struct, frozen=True):
     """An event of a type this version does not know; kept, shown, otherwise ignored."""
 
@@ -82,6 +114,9 @@ KnownEvent = (
     | UploadCompleted
     | UploadCancelled
     | UploadExpired
+    | TusUploadCreated
+    | TusLengthDeclared
+    | TusTailStaged
 )
 Event = KnownEvent | UnknownEvent
 

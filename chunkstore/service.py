@@ -38,6 +38,7 @@ from chunkstore.errors import (
     ChecksumMismatch,
     ChunkSizeMismatch,
     ChunkstoreError,
+    ChunkSwept,
     ChunkTooLarge,
     ConcurrencyConflict,
     CorruptBlob,
@@ -330,8 +331,21 @@ class UploadService:
         if not new_events:
             return state
         new_state = replay(new_events, state)
+
+        def guard() -> None:
+            # gc deletes blobs under the same write lock: a chunk this append names
+            # that is still there now stays there until the append is committed.
+            for event in new_events:
+                if isinstance(event, ChunkStored) and not self.blobs.exists(event.digest):
+                    raise ChunkSwept(
+                        f"chunk {event.index} was removed by gc meanwhile; send it again",
+                        digest=event.digest,
+                    )
+            if precondition is not None:
+                precondition()
+
         self.events.append(
-            state.upload_id, state.version, new_events, session_row(new_state), precondition
+            state.upload_id, state.version, new_events, session_row(new_state), guard
         )
         # The append succeeded at the expected version, so the new state is exactly the
         # fold of the log: no need to read back and decode what was just written.

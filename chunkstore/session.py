@@ -16,6 +16,9 @@ from chunkstore.events import (
     ChunkStored,
     Event,
     ManifestWritten,
+    TusLengthDeclared,
+    TusTailStaged,
+    TusUploadCreated,
     UnknownEvent,
     UploadCancelled,
     UploadCompleted,
@@ -66,6 +69,16 @@ class SessionState:
     failure_reason: str | None = None
     failure_detail: str | None = None
     cancel_reason: str | None = None
+    #: tus uploads (mode "tus"): bytes after the last chunk held in the staging file.
+    tus_tail: int = 0
+    #: tus: the length is not known yet (``Upload-Defer-Length``).
+    tus_length_deferred: bool = False
+    #: tus: the ``Upload-Metadata`` header as the client sent it.
+    tus_metadata: str = ""
+    #: tus: "", "partial" or "final" (concatenation).
+    tus_concat: str = ""
+    #: tus: a final upload's partial upload ids, in order.
+    tus_parts: tuple[str, ...] = ()
 
     @classmethod
     def empty(cls, upload_id: str = "") -> SessionState:
@@ -134,6 +147,11 @@ class SessionState:
         covered = self.bytes_received + self.bytes_deduplicated
         return round(100.0 * covered / self.total_size, 2)
 
+    @property
+    def tus_offset(self) -> int:
+        """A tus upload's ``Upload-Offset``: bytes in its chunks plus the staged tail."""
+        return self.bytes_received + self.bytes_deduplicated + self.tus_tail
+
     def ordered_chunks(self) -> list[tuple[str, int]]:
         """(digest, size) of every index in order; only meaningful when none is missing."""
         return [self.chunks[i] for i in range(self.total_chunks)]
@@ -175,6 +193,30 @@ class _Fold:
                 if index not in self.chunks:
                     v["bytes_deduplicated" if reused else "bytes_received"] += size
                 self.chunks[index] = (digest, size)
+                if v["mode"] == "tus":
+                    # A tus upload's chunks are cut from its stream, so their number
+                    # grows with every one stored.
+                    v["total_chunks"] = max(v["total_chunks"], index + 1)
+                    v["chunk_size"] = max(v["chunk_size"], size)
+            case TusUploadCreated():
+                v.update(
+                    status=ACTIVE,
+                    owner=event.owner,
+                    filename=event.filename,
+                    mime_type=event.mime_type,
+                    total_size=event.total_size or 0,
+                    mode="tus",
+                    created_at=event.created_at,
+                    expires_at=event.expires_at,
+                    tus_length_deferred=event.total_size is None,
+                    tus_metadata=event.metadata,
+                    tus_concat=event.concat,
+                    tus_parts=tuple(event.parts),
+                )
+            case TusLengthDeclared(total_size=total_size):
+                v.update(total_size=total_size, tus_length_deferred=False)
+            case TusTailStaged(size=size):
+                v["tus_tail"] = size
             case ManifestWritten():
                 v.update(status=ASSEMBLING, manifest=event)
             case ValidationFailed(reason=reason, detail=detail):

@@ -22,6 +22,7 @@ _magic_lock = threading.Lock()
 _magic_mime = magic.Magic(mime=True)
 _magic_text = magic.Magic(mime=False)
 
+
 #: libmagic calls a file whose first bytes decode as plausible x86 code a "DOS
 #: executable (COM)" or a "COM executable for DOS". COM files have no header, so these
 #: are guesses that about 1% of random or encrypted data also earns. Such a file is

@@ -10,6 +10,7 @@ projection can always be rebuilt from, and checked against, the events.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -121,5 +122,27 @@ class EventStore(Protocol):
 
     def replace_session_rows(self, rows: Sequence[dict[str, Any]]) -> None:
         """Overwrite projection rows (projection rebuild)."""
+
+    # -- whole-store views (audit, gc, metrics) ------------------------------------------
+
+    def scan(self, after_position: int = 0) -> Iterator[RecordedEvent]:
+        """``read_all`` tuned for reading the whole log."""
+
+    def last_position(self) -> int: ...
+
+    def owner_chunk_rows(self) -> Iterator[tuple[str, str, int]]: ...
+
+    def count_sessions_by_status(self) -> dict[str, int]: ...
+
+    def rebuild_projections(
+        self,
+        rows: Sequence[dict[str, Any]],
+        owner_chunks: Iterable[tuple[str, str, int]],
+        built_at_position: int,
+    ) -> None:
+        """Replace both projections, or raise ConcurrencyConflict if the log moved on."""
+
+    def write_locked(self) -> AbstractContextManager[None]:
+        """Hold the write lock: no append commits meanwhile (gc's deletion batches)."""
 
     def close(self) -> None: ...

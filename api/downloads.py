@@ -1,0 +1,106 @@
+"""``GET /api/v1/files/{upload_id}``: a completed upload's bytes, whole or one range.
+
+The owner only (another owner's upload is a 404, like a missing one); a session that is
+not completed is a 409. The body is streamed from the final file, or from the chunks
+when that file is gone; it is never loaded whole.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from urllib.parse import quote
+
+from litestar import Request, Response, get
+from litestar.response import Stream
+
+from api import problems
+from chunkstore.files import StoredFile, read_range, stored_file
+from chunkstore.service import UploadService
+
+AnyRequest = Request[Any, Any, Any]
+_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+
+
+class Unsatisfiable(Exception):
+    """The range names no byte of the file (416)."""
+
+
+def parse_range(header: str, size: int) -> tuple[int, int] | None:
+    """(first, last) byte of a single ``bytes=`` range; None means "send it all" (a
+    malformed or multi-range header may be ignored, RFC 9110 14.2)."""
+    match = _RANGE.fullmatch(header.strip().replace(" ", ""))
+    if match is None or match.group(1) == match.group(2) == "":
+        return None
+    first, last = match.group(1), match.group(2)
+    if first == "":
+        suffix = int(last)
+        if suffix == 0 or size == 0:
+            raise Unsatisfiable
+        return max(0, size - suffix), size - 1
+    start = int(first)
+    end = int(last) if last else size - 1
+    if last and end < start:
+        return None
+    if start >= size:
+        raise Unsatisfiable
+    return start, min(end, size - 1)
+
+
+def _disposition(filename: str) -> str:
+    ascii_name = filename.encode("ascii", "replace").decode().replace('"', "_").replace("?", "_")
+    return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename)}"
+
+
+def _wants_range(request: AnyRequest, etag: str) -> str | None:
+    """The Range header, unless an If-Range names another version of the file."""
+    header = request.headers.get("range")
+    if_range = request.headers.get("if-range")
+    if header and if_range is not None and if_range.strip() != etag:
+        return None
+    return header
+
+
+@get("/api/v1/files/{upload_id:str}", sync_to_thread=True)
+def download_file(request: AnyRequest, upload_id: str, service: UploadService) -> Response[Any]:
+    state = service.get(str(request.user), upload_id)
+    file = stored_file(state, service.settings.data_dir)
+    etag = f'"{file.sha256}"'
+    headers = {
+        "ETag": etag,
+        "Accept-Ranges": "bytes",
+        "Content-Disposition": _disposition(file.filename),
+    }
+    if request.headers.get("if-none-match", "").strip() in (etag, "*"):
+        return Response(content=b"", status_code=304, headers=headers)
+    header = _wants_range(request, etag)
+    try:
+        chosen = parse_range(header, file.size) if header else None
+    except Unsatisfiable:
+        return problems.problem(
+            request,
+            416,
+            "range-not-satisfiable",
+            "Range not satisfiable",
+            f"the file has {file.size} bytes; ask for a range inside 0-{file.size - 1}",
+            headers={"Content-Range": f"bytes */{file.size}"},
+        )
+    return _stream(service, file, chosen, headers)
+
+
+def _stream(
+    service: UploadService,
+    file: StoredFile,
+    chosen: tuple[int, int] | None,
+    headers: dict[str, str],
+) -> Stream:
+    first, last = chosen if chosen is not None else (0, file.size - 1)
+    if chosen is not None:
+        headers["Content-Range"] = f"bytes {first}-{last}/{file.size}"
+    headers["Content-Length"] = str(last - first + 1)
+    return Stream(
+        read_range(file, service.blobs, first, last),
+        status_code=206 if chosen is not None else 200,
+        media_type=file.mime_type,
+        headers=headers,
+    )

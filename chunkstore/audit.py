@@ -1,0 +1,586 @@
+"""Audit: check a whole store against itself, trusting nothing (like ``restic check
+--read-data``), and repair what the evidence allows.
+
+What is checked, and against what:
+- every stream is replayed; the ``sessions`` and ``owner_chunks`` projections must equal
+  what the events say (``session_row`` is the one definition of a row);
+- every blob is re-read and must hash to its name;
+- every chunk a live session (active, assembling, completed) or its manifest names must
+  exist with the size it was recorded with (an ended session's chunks are gc's to sweep);
+- every manifest must hash to its name, decode, and agree with its ``ManifestWritten``;
+- every completed upload's final file must exist and hash to its manifest's BLAKE3.
+
+Repair never deletes evidence: projections are rebuilt from the events (which are never
+touched); a damaged final file or blob is moved into ``quarantine/`` before a good copy
+takes its place; a final file is re-materialized from its chunks; a missing manifest is
+re-encoded from the events when that reproduces its digest; a missing or damaged chunk
+is restored only when an intact final file holds its bytes. A chunk whose bytes exist
+nowhere else stays reported.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import blake3
+import msgspec
+
+from chunkstore.blobs.filesystem import make_durable_dirs
+from chunkstore.errors import ConcurrencyConflict, CorruptBlob
+from chunkstore.eventlog import session_row
+from chunkstore.events import ChunkStored, Event
+from chunkstore.files import load_manifest
+from chunkstore.manifest import Manifest, assemble
+from chunkstore.service import UploadService, publish
+from chunkstore.session import ACTIVE, ASSEMBLING, COMPLETED, SessionState, replay
+
+READ_SIZE = 1024 * 1024
+#: Blobs per task handed to a hashing thread, threads, and tasks queued at once.
+_HASH_BATCH = 256
+_HASH_THREADS = 4
+_IN_FLIGHT = 8
+_REBUILD_ATTEMPTS = 20
+
+#: (bytes done, bytes in total) as the blobs and files are re-hashed.
+ProgressCallback = Callable[[int, int], None]
+
+#: Sessions whose chunks (and manifest, and final file) must all be there.
+LIVE_STATUSES = frozenset({ACTIVE, ASSEMBLING, COMPLETED})
+
+PROJECTION_KINDS = frozenset(
+    {
+        "projection-missing",
+        "projection-mismatch",
+        "projection-orphan",
+        "owner-chunks-missing",
+        "owner-chunks-extra",
+    }
+)
+
+
+class Finding(msgspec.Struct, frozen=True):
+    #: Stable name of what is wrong, e.g. "blob-corrupt", "file-missing".
+    kind: str
+    #: The upload id or blob digest it is about.
+    subject: str
+    detail: str
+
+
+class Summary(msgspec.Struct, kw_only=True):
+    streams: int = 0
+    events: int = 0
+    blobs: int = 0
+    blob_bytes: int = 0
+    manifests: int = 0
+    files: int = 0
+    file_bytes: int = 0
+    seconds: float = 0.0
+
+    @property
+    def bytes_hashed(self) -> int:
+        return self.blob_bytes + self.file_bytes
+
+
+class AuditReport(msgspec.Struct, kw_only=True):
+    findings: list[Finding]
+    summary: Summary
+    #: What ``--repair`` did (empty without it).
+    repairs: list[str] = msgspec.field(default_factory=list)
+
+    @property
+    def clean(self) -> bool:
+        return not self.findings
+
+
+class _Store(msgspec.Struct, kw_only=True):
+    """Everything the events say, read once."""
+
+    states: dict[str, SessionState]
+    owner_chunks: set[tuple[str, str, int]]
+    position: int
+    events: int
+
+
+# -- reading the events ---------------------------------------------------------------
+
+
+def replay_store(service: UploadService, findings: list[Finding] | None = None) -> _Store:
+    """Fold every stream from the log, in global order; version gaps are findings."""
+    position = service.events.last_position()
+    streams: dict[str, list[Event]] = defaultdict(list)
+    count = 0
+    for recorded in service.events.scan():
+        if recorded.position > position:
+            break
+        stream = streams[recorded.stream_id]
+        if findings is not None and recorded.version != len(stream) + 1:
+            findings.append(
+                Finding(
+                    "stream-gap",
+                    recorded.stream_id,
+                    f"version {recorded.version} follows version {len(stream)}",
+                )
+            )
+        stream.append(recorded.event)
+        count += 1
+    states = {
+        stream_id: replay(events, SessionState.empty(stream_id))
+        for stream_id, events in streams.items()
+    }
+    owner_chunks = {
+        (states[stream_id].owner, event.digest, event.size)
+        for stream_id, events in streams.items()
+        for event in events
+        if isinstance(event, ChunkStored)
+    }
+    return _Store(states=states, owner_chunks=owner_chunks, position=position, events=count)
+
+
+# -- checks ---------------------------------------------------------------------------
+
+
+def check_projections(service: UploadService, store: _Store) -> list[Finding]:
+    """The ``sessions`` rows and ``owner_chunks`` rows against the events."""
+    findings = []
+    rows = {row["upload_id"]: row for row in service.events.session_rows()}
+    for upload_id, state in sorted(store.states.items()):
+        expected = session_row(state)
+        actual = rows.pop(upload_id, None)
+        if actual is None:
+            findings.append(Finding("projection-missing", upload_id, "no sessions row"))
+            continue
+        differences = [
+            f"{column}: row {actual[column]!r}, events {value!r}"
+            for column, value in expected.items()
+            if actual.get(column) != value
+        ]
+        if differences:
+            findings.append(Finding("projection-mismatch", upload_id, "; ".join(differences)))
+    for upload_id in sorted(rows):
+        findings.append(Finding("projection-orphan", upload_id, "sessions row without events"))
+    actual_chunks = set(service.events.owner_chunk_rows())
+    for owner, digest, size in sorted(store.owner_chunks - actual_chunks):
+        findings.append(
+            Finding("owner-chunks-missing", digest, f"owner {owner!r} stored it ({size} bytes)")
+        )
+    for owner, digest, size in sorted(actual_chunks - store.owner_chunks):
+        findings.append(
+            Finding("owner-chunks-extra", digest, f"owner {owner!r} ({size} bytes) per no event")
+        )
+    return findings
+
+
+def _hash_blob(service: UploadService, digest: str, path: str | None) -> tuple[int, str]:
+    """(size, BLAKE3 hex) of a blob, straight from its file when the store names one."""
+    hasher = blake3.blake3()
+    size = 0
+    if path is None:
+        with service.blobs.open(digest) as blob:
+            while piece := blob.read(READ_SIZE):
+                hasher.update(piece)
+                size += len(piece)
+        return size, hasher.hexdigest()
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        raise CorruptBlob(f"blob {digest} is missing", digest=digest) from None
+    try:
+        while piece := os.read(fd, READ_SIZE):
+            hasher.update(piece)
+            size += len(piece)
+    finally:
+        os.close(fd)
+    return size, hasher.hexdigest()
+
+
+def _blob_entries(service: UploadService) -> Iterator[tuple[str, str | None]]:
+    entries = getattr(service.blobs, "entries", None)
+    if entries is not None:
+        yield from entries()
+    else:
+        for digest in service.blobs.digests():
+            yield digest, None
+
+
+def _hash_batch(
+    service: UploadService, batch: list[tuple[str, str | None]]
+) -> list[tuple[str, int, str]]:
+    """(digest, size, actual BLAKE3) of each blob; size -1 for one that vanished."""
+    results = []
+    for digest, path in batch:
+        try:
+            results.append((digest, *_hash_blob(service, digest, path)))
+        except CorruptBlob:
+            results.append((digest, -1, ""))  # swept between listing and reading
+    return results
+
+
+def _entry_batches(service: UploadService) -> Iterator[list[tuple[str, str | None]]]:
+    batch: list[tuple[str, str | None]] = []
+    for entry in _blob_entries(service):
+        batch.append(entry)
+        if len(batch) == _HASH_BATCH:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def check_blobs(
+    service: UploadService,
+    summary: Summary,
+    progress: ProgressCallback | None,
+    total_bytes: int,
+) -> tuple[list[Finding], dict[str, int]]:
+    """Re-hash every blob; returns findings and the size of every blob that is there.
+
+    With small chunks the cost is the per-file open and read, not the hashing. A few
+    threads, each taking a batch of blobs (a hand-off per blob cost more than it
+    saved), keep several reads in flight: that is what helps when the blobs are not
+    in the page cache.
+    """
+    findings = []
+    sizes: dict[str, int] = {}
+    with ThreadPoolExecutor(_HASH_THREADS, thread_name_prefix="audit") as pool:
+        batches = _entry_batches(service)
+        pending = [pool.submit(_hash_batch, service, b) for b in _take(batches, _IN_FLIGHT)]
+        while pending:
+            results = pending.pop(0).result()
+            pending.extend(pool.submit(_hash_batch, service, b) for b in _take(batches, 1))
+            for digest, size, actual in results:
+                if size < 0:
+                    continue
+                sizes[digest] = size
+                summary.blobs += 1
+                summary.blob_bytes += size
+                if actual != digest:
+                    findings.append(Finding("blob-corrupt", digest, f"bytes hash to {actual}"))
+            if progress is not None:
+                progress(summary.blob_bytes, total_bytes)
+    return findings, sizes
+
+
+def _take(
+    batches: Iterator[list[tuple[str, str | None]]], count: int
+) -> list[list[tuple[str, str | None]]]:
+    taken = []
+    for batch in batches:
+        taken.append(batch)
+        if len(taken) == count:
+            break
+    return taken
+
+
+def check_chunks(
+    upload_id: str, chunks: Iterable[tuple[int, str, int]], sizes: dict[str, int]
+) -> list[Finding]:
+    """Each (index, digest, size) named by a session or manifest exists with that size."""
+    findings = []
+    for index, digest, size in chunks:
+        actual = sizes.get(digest)
+        if actual is None:
+            findings.append(Finding("chunk-missing", upload_id, f"chunk {index}: blob {digest}"))
+        elif actual != size:
+            findings.append(
+                Finding(
+                    "chunk-size-mismatch",
+                    upload_id,
+                    f"chunk {index}: blob {digest} has {actual} bytes, recorded {size}",
+                )
+            )
+    return findings
+
+
+def check_manifest(
+    service: UploadService, state: SessionState, sizes: dict[str, int]
+) -> tuple[list[Finding], Manifest | None]:
+    """The manifest object of a session that wrote one, against its event and chunks."""
+    assert state.manifest is not None
+    digest = state.manifest.manifest_digest
+    upload_id = state.upload_id
+    if digest not in sizes:
+        return [Finding("manifest-missing", upload_id, f"manifest blob {digest}")], None
+    try:
+        manifest = load_manifest(service.blobs, digest)
+    except CorruptBlob as error:
+        return [Finding("manifest-corrupt", upload_id, error.detail)], None
+    findings = []
+    recorded = (state.manifest.size, state.manifest.blake3, state.manifest.sha256)
+    if (manifest.size, manifest.blake3, manifest.sha256) != recorded:
+        findings.append(
+            Finding("manifest-mismatch", upload_id, "size or hashes differ from ManifestWritten")
+        )
+    if (
+        len(state.chunks) == state.total_chunks
+        and [tuple(chunk) for chunk in manifest.chunks] != state.ordered_chunks()
+    ):
+        findings.append(
+            Finding("manifest-mismatch", upload_id, "chunk list differs from ChunkStored events")
+        )
+    if sum(size for _, size in manifest.chunks) != manifest.size:
+        findings.append(
+            Finding("manifest-mismatch", upload_id, "chunk sizes do not add up to the size")
+        )
+    chunks = ((index, d, s) for index, (d, s) in enumerate(manifest.chunks))
+    findings.extend(check_chunks(upload_id, chunks, sizes))
+    return findings, manifest
+
+
+def final_path(service: UploadService, state: SessionState) -> Path:
+    assert state.file_path is not None
+    return service.settings.data_dir / state.file_path
+
+
+def check_file(
+    service: UploadService,
+    state: SessionState,
+    summary: Summary,
+    progress: ProgressCallback | None,
+    total_bytes: int,
+) -> list[Finding]:
+    """A completed upload's final file: present, the right size, the right BLAKE3."""
+    assert state.manifest is not None
+    path = final_path(service, state)
+    upload_id = state.upload_id
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return [Finding("file-missing", upload_id, f"{state.file_path} is gone")]
+    summary.files += 1
+    if size != state.manifest.size:
+        return [
+            Finding(
+                "file-size-mismatch",
+                upload_id,
+                f"{state.file_path} has {size} bytes, the manifest says {state.manifest.size}",
+            )
+        ]
+    hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+    with open(path, "rb") as source:
+        while piece := source.read(8 * READ_SIZE):
+            hasher.update(piece)
+            summary.file_bytes += len(piece)
+            if progress is not None:
+                progress(summary.bytes_hashed, total_bytes)
+    if hasher.hexdigest() != state.manifest.blake3:
+        return [
+            Finding("file-corrupt", upload_id, f"{state.file_path} does not match its manifest")
+        ]
+    return []
+
+
+def _total_bytes(service: UploadService, store: _Store) -> int:
+    """Bytes the audit will read (for the progress bar): blobs plus final files."""
+    total = 0
+    for digest in service.blobs.digests():
+        total += service.blobs.size(digest) or 0
+    for state in store.states.values():
+        if state.status == COMPLETED and state.manifest is not None:
+            total += state.manifest.size
+    return total
+
+
+def audit(service: UploadService, progress: ProgressCallback | None = None) -> AuditReport:
+    """Check everything; a finding per problem, in a stable order."""
+    started = time.perf_counter()
+    findings: list[Finding] = []
+    store = replay_store(service, findings)
+    summary = Summary(streams=len(store.states), events=store.events)
+    findings.extend(check_projections(service, store))
+    total_bytes = _total_bytes(service, store) if progress is not None else 0
+    blob_findings, sizes = check_blobs(service, summary, progress, total_bytes)
+    findings.extend(blob_findings)
+    for upload_id, state in sorted(store.states.items()):
+        if state.status not in LIVE_STATUSES:
+            continue  # an ended session's chunks are gc's to sweep once it is old enough
+        manifest = None
+        if state.manifest is not None:
+            summary.manifests += 1
+            manifest_findings, manifest = check_manifest(service, state, sizes)
+            findings.extend(manifest_findings)
+        if manifest is None:
+            chunks = ((index, d, s) for index, (d, s) in sorted(state.chunks.items()))
+            findings.extend(check_chunks(upload_id, chunks, sizes))
+        if state.status == COMPLETED:
+            findings.extend(check_file(service, state, summary, progress, total_bytes))
+    summary.seconds = round(time.perf_counter() - started, 3)
+    return AuditReport(findings=findings, summary=summary)
+
+
+# -- repair ---------------------------------------------------------------------------
+
+
+def quarantine_dir(service: UploadService) -> Path:
+    """Where repair keeps damaged files and blobs: evidence is moved, never deleted."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    return service.settings.data_dir / "quarantine" / stamp
+
+
+def rebuild_projections(service: UploadService) -> None:
+    """Rebuild ``sessions`` and ``owner_chunks`` from the events, retrying if appends
+    land meanwhile (the rows must reflect the log as of the moment they replace)."""
+    for _ in range(_REBUILD_ATTEMPTS):
+        store = replay_store(service)
+        rows = [session_row(state) for _, state in sorted(store.states.items())]
+        try:
+            service.events.rebuild_projections(rows, sorted(store.owner_chunks), store.position)
+            return
+        except ConcurrencyConflict:
+            continue
+    raise ConcurrencyConflict("the log kept moving; run the repair again when it is quieter")
+
+
+def restore_manifest(service: UploadService, state: SessionState) -> bool:
+    """Re-encode a lost manifest from the events; kept only if it reproduces the digest."""
+    assert state.manifest is not None
+    manifest = Manifest(
+        upload_id=state.upload_id,
+        filename=state.filename,
+        size=state.manifest.size,
+        blake3=state.manifest.blake3,
+        sha256=state.manifest.sha256,
+        chunks=state.ordered_chunks(),
+    )
+    data = manifest.encode()
+    if blake3.blake3(data).hexdigest() != state.manifest.manifest_digest:
+        return False
+    service.blobs.put(data)
+    return True
+
+
+def restore_chunk(
+    service: UploadService, digest: str, source: Path, offset: int, size: int, aside: Path
+) -> bool:
+    """Rebuild a chunk blob from the bytes an intact final file holds at ``offset``."""
+    writer = service.blobs.writer()
+    try:
+        with open(source, "rb") as file:
+            file.seek(offset)
+            remaining = size
+            while remaining > 0 and (piece := file.read(min(READ_SIZE, remaining))):
+                writer.write(piece)
+                remaining -= len(piece)
+        if writer.size != size or writer.digest() != digest:
+            writer.abort()
+            return False
+        if service.blobs.exists(digest):
+            service.blobs.set_aside(digest, aside / "blobs")  # type: ignore[attr-defined]
+        writer.commit()
+        return True
+    except BaseException:
+        writer.abort()
+        raise
+
+
+def rematerialize(service: UploadService, state: SessionState, aside: Path) -> str | None:
+    """Rebuild a final file from its chunks; None when done, else why it could not be."""
+    assert state.manifest is not None
+    try:
+        manifest = load_manifest(service.blobs, state.manifest.manifest_digest)
+    except CorruptBlob as error:
+        return error.detail
+    path = final_path(service, state)
+    part = service.tmp_dir / f"repair-{state.upload_id}-{secrets.token_hex(6)}.part"
+    try:
+        with open(part, "xb") as out:
+            assembled = assemble(service.blobs, manifest.chunks, out)
+            out.flush()
+            os.fsync(out.fileno())
+        if (assembled.blake3, assembled.sha256) != (manifest.blake3, manifest.sha256):
+            return "the chunks no longer assemble into the recorded file"
+        if path.exists():
+            evidence = aside / "files" / state.upload_id
+            make_durable_dirs(evidence)
+            os.replace(path, evidence / path.name)
+        publish(part, path)
+        return None
+    except CorruptBlob as error:
+        return error.detail
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            part.unlink()
+
+
+def _chunk_sources(
+    service: UploadService, store: _Store, bad_files: set[str]
+) -> dict[str, tuple[Path, int, int]]:
+    """digest -> (intact final file, offset, size) for every chunk of a good file."""
+    sources: dict[str, tuple[Path, int, int]] = {}
+    for upload_id, state in store.states.items():
+        if state.status != COMPLETED or upload_id in bad_files or state.manifest is None:
+            continue
+        if len(state.chunks) != state.total_chunks:
+            continue
+        offset = 0
+        for digest, size in state.ordered_chunks():
+            sources.setdefault(digest, (final_path(service, state), offset, size))
+            offset += size
+    return sources
+
+
+def repair(service: UploadService, report: AuditReport) -> list[str]:
+    """Fix what the findings allow; returns one line per action taken or refused."""
+    actions: list[str] = []
+    aside = quarantine_dir(service)
+    rebuild_projections(service)
+    actions.append("rebuilt the sessions and owner_chunks projections from the events")
+    store = replay_store(service)
+    file_kinds = {"file-missing", "file-size-mismatch", "file-corrupt"}
+    bad_files = {f.subject for f in report.findings if f.kind in file_kinds}
+    bad_blobs = {f.subject for f in report.findings if f.kind == "blob-corrupt"}
+    missing = {
+        f.detail.rsplit("blob ", 1)[-1] for f in report.findings if f.kind == "chunk-missing"
+    }
+    sources = _chunk_sources(service, store, bad_files)
+    for digest in sorted(bad_blobs | missing):
+        source = sources.get(digest)
+        if source is not None and restore_chunk(service, digest, *source, aside):
+            actions.append(f"restored blob {digest} from {source[0].name}")
+        else:
+            actions.append(f"cannot restore blob {digest}: its bytes exist nowhere else")
+    for finding in report.findings:
+        if finding.kind == "manifest-missing":
+            state = store.states[finding.subject]
+            done = restore_manifest(service, state)
+            actions.append(
+                f"{'restored' if done else 'cannot restore'} the manifest of {finding.subject}"
+            )
+    for upload_id in sorted(bad_files):
+        why = rematerialize(service, store.states[upload_id], aside)
+        if why is None:
+            actions.append(f"re-materialized the final file of {upload_id}")
+        else:
+            actions.append(f"cannot re-materialize {upload_id}: {why}")
+    return actions
+
+
+def audit_and_repair(
+    service: UploadService, progress: ProgressCallback | None = None
+) -> tuple[AuditReport, AuditReport]:
+    """Audit, repair, audit again: (before, after); ``after.repairs`` says what was done."""
+    before = audit(service, progress)
+    actions = repair(service, before)
+    after = audit(service, progress)
+    after.repairs = actions
+    return before, after
+
+
+def report_dict(report: AuditReport) -> dict[str, Any]:
+    return {
+        "clean": report.clean,
+        "findings": msgspec.to_builtins(report.findings),
+        "summary": {
+            **msgspec.to_builtins(report.summary),
+            "bytes_hashed": report.summary.bytes_hashed,
+        },
+        "repairs": report.repairs,
+    }

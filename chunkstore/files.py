@@ -1,0 +1,132 @@
+"""Reading a completed upload's bytes: whole or a byte range, never all in memory.
+
+The materialized file is derived data (invariant 5): when it is there with the size the
+manifest states, bytes come from it; when it is gone, they come from the chunks, in the
+manifest's order, each chunk re-hashed against its name as it streams by.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import blake3
+import msgspec
+
+from chunkstore.blobs import BlobStore
+from chunkstore.errors import CorruptBlob, UploadNotActive
+from chunkstore.manifest import Manifest
+from chunkstore.session import COMPLETED, SessionState
+
+READ_SIZE = 1024 * 1024
+
+
+class FileNotReady(UploadNotActive):
+    """The upload is not completed, so there is no file to download yet."""
+
+    slug = "file-not-ready"
+    title = "Upload not completed"
+
+
+class StoredFile(msgspec.Struct, frozen=True, kw_only=True):
+    upload_id: str
+    filename: str
+    size: int
+    sha256: str
+    blake3: str
+    mime_type: str
+    manifest_digest: str
+    #: The materialized file, when it is present and has the right size.
+    path: Path | None
+
+
+def load_manifest(blobs: BlobStore, digest: str) -> Manifest:
+    """Decode a manifest object; raises ``CorruptBlob`` if it is missing or unreadable."""
+    with blobs.open(digest) as blob:
+        data = blob.read()
+    if blake3.blake3(data).hexdigest() != digest:
+        raise CorruptBlob(f"manifest {digest} does not hash to its name", digest=digest)
+    try:
+        return Manifest.decode(data)
+    except msgspec.DecodeError as error:
+        raise CorruptBlob(f"manifest {digest} does not decode: {error}", digest=digest) from None
+
+
+def stored_file(state: SessionState, data_dir: Path) -> StoredFile:
+    """What there is to read of a session; raises ``FileNotReady`` unless completed."""
+    if state.status != COMPLETED or state.manifest is None or state.file_path is None:
+        raise FileNotReady(
+            f"upload {state.upload_id} is {state.status}; only a completed upload has a file",
+            status=state.status,
+        )
+    path = data_dir / state.file_path
+    try:
+        present = path.is_file() and path.stat().st_size == state.manifest.size
+    except OSError:
+        present = False
+    return StoredFile(
+        upload_id=state.upload_id,
+        filename=state.filename,
+        size=state.manifest.size,
+        sha256=state.manifest.sha256,
+        blake3=state.manifest.blake3,
+        mime_type=state.detected_mime or "application/octet-stream",
+        manifest_digest=state.manifest.manifest_digest,
+        path=path if present else None,
+    )
+
+
+def read_range(file: StoredFile, blobs: BlobStore, start: int, end: int) -> Iterator[bytes]:
+    """Bytes ``start`` to ``end`` inclusive (HTTP range arithmetic), piece by piece."""
+    if end < start:
+        return
+    if file.path is not None:
+        yield from _file_range(file.path, start, end)
+    else:
+        chunks = load_manifest(blobs, file.manifest_digest).chunks
+        yield from chunks_range(blobs, chunks, start, end)
+
+
+def _file_range(path: Path, start: int, end: int) -> Iterator[bytes]:
+    with open(path, "rb") as source:
+        source.seek(start)
+        remaining = end - start + 1
+        while remaining > 0:
+            piece = source.read(min(READ_SIZE, remaining))
+            if not piece:
+                raise CorruptBlob(f"{path.name} ended early")
+            remaining -= len(piece)
+            yield piece
+
+
+def chunks_range(
+    blobs: BlobStore, chunks: list[tuple[str, int]], start: int, end: int
+) -> Iterator[bytes]:
+    """The range out of the chunks. Each chunk the range touches is read whole and
+    re-hashed, so damage ends the stream with ``CorruptBlob`` instead of passing on
+    silently; at most one read piece is in memory."""
+    offset = 0
+    for digest, size in chunks:
+        chunk_start, chunk_end = offset, offset + size - 1
+        offset += size
+        if chunk_end < start:
+            continue
+        if chunk_start > end:
+            return
+        yield from _chunk_slice(blobs, digest, size, start - chunk_start, end - chunk_start)
+
+
+def _chunk_slice(
+    blobs: BlobStore, digest: str, size: int, first: int, last: int
+) -> Iterator[bytes]:
+    hasher = blake3.blake3()
+    position = 0
+    with blobs.open(digest) as blob:
+        while piece := blob.read(READ_SIZE):
+            hasher.update(piece)
+            piece_start, piece_end = position, position + len(piece) - 1
+            position += len(piece)
+            if piece_end >= first and piece_start <= last:
+                yield piece[max(0, first - piece_start) : last - piece_start + 1]
+    if position != size or hasher.hexdigest() != digest:
+        raise CorruptBlob(f"blob {digest} is damaged", digest=digest)

@@ -1,0 +1,615 @@
+"""tus 1.0 uploads: one byte stream per session, cut into content-defined chunks.
+
+A tus client sends a file as a stream at increasing offsets. The server cuts that stream
+with the same FastCDC as everything else (``chunkstore.chunking``), so two tus uploads
+of almost the same file share their chunks even though the client knows nothing of
+chunks. FastCDC's cut points depend only on the bytes since the chunk's start, so when
+the acknowledged tail plus new bytes are cut, every chunk but the last is final; the
+last one is final only once the upload is complete. Until then it is the upload's
+*tail*: kept durable in ``staging/<upload_id>.<base>`` (``base`` is the stream offset
+where the tail starts, i.e. the bytes already in chunks), and its length is recorded
+as ``TusTailStaged``, so ``Upload-Offset`` is a replay of the log like everything else.
+
+Crash safety of the staging file: a new tail is written to a file named after its own
+base and fsynced before the events that make it current are appended; files of other
+bases, and bytes past the recorded tail length, are leftovers of an unfinished request
+and are ignored (then removed or truncated). A PATCH holds an ``flock`` on the upload's
+lock file, which dies with its process, so no stale lock survives a crash and workers of
+one data directory never interleave bytes; the append still states the version it saw.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import fcntl
+import hashlib
+import os
+import uuid
+from collections.abc import AsyncIterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import blake3
+import msgspec
+
+from chunkstore import commands
+from chunkstore.blobs import BlobStore, BlobWriter
+from chunkstore.blobs.filesystem import fsync_directory, make_durable_dirs
+from chunkstore.chunking import cdc_cutter
+from chunkstore.config import MiB, Settings
+from chunkstore.errors import (
+    ChecksumMismatch,
+    ChunkstoreError,
+    IncompleteBody,
+    InvalidRequest,
+    SessionExpired,
+    TooLarge,
+    TooManySessions,
+    UploadNotActive,
+    UploadNotFound,
+)
+from chunkstore.events import (
+    ChunkStored,
+    KnownEvent,
+    TusLengthDeclared,
+    TusTailStaged,
+    TusUploadCreated,
+)
+from chunkstore.policy import check_declared_type, clean_filename
+from chunkstore.service import UploadService
+from chunkstore.session import ACTIVE, CANCELLED, COMPLETED, SessionState
+
+TUS_VERSION = "1.0.0"
+EXTENSIONS = (
+    "creation",
+    "creation-with-upload",
+    "creation-defer-length",
+    "expiration",
+    "checksum",
+    "termination",
+    "concatenation",
+)
+CHECKSUM_ALGORITHMS = ("sha1", "sha256", "md5")
+#: Bytes buffered before they are cut: big enough that cutting is cheap per byte,
+#: small enough that a request holds only a few MiB whatever its body's size.
+CUT_THRESHOLD = 4 * MiB
+#: Blob writers committed together (one pair of syncfs calls, a bounded number of
+#: open temp files) while a long body streams in.
+COMMIT_BATCH = 256
+COMMIT_GROUPS = 4
+_chunk_writers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="tus-chunk-writer")
+
+
+# -- errors (each has one status, see api/tus.py) ------------------------------------------
+
+
+class OffsetMismatch(ChunkstoreError):
+    """The request's Upload-Offset is not the upload's current offset: HEAD, then resume."""
+
+    slug = "offset-mismatch"
+    title = "Upload-Offset does not match the upload"
+
+
+class UploadLocked(ChunkstoreError):
+    """Another request is writing to this upload right now; retry after it ends."""
+
+    slug = "upload-locked"
+    title = "Upload is busy"
+
+
+class UnsupportedChecksumAlgorithm(InvalidRequest):
+    slug = "unsupported-checksum-algorithm"
+    title = "Checksum algorithm not supported"
+
+
+class TusChecksumMismatch(ChecksumMismatch):
+    """The body does not match Upload-Checksum; none of its bytes were kept."""
+
+    slug = "tus-checksum-mismatch"
+    title = "Checksum mismatch"
+
+
+class FinalUploadImmutable(ChunkstoreError):
+    """A final (concatenated) upload takes no bytes of its own."""
+
+    slug = "final-upload-immutable"
+    title = "Final upload cannot be patched"
+
+
+class UnsupportedTusVersion(ChunkstoreError):
+    slug = "unsupported-tus-version"
+    title = "tus protocol version not supported"
+
+
+# -- headers -----------------------------------------------------------------------------
+
+
+def parse_metadata(header: str) -> dict[str, str]:
+    """``Upload-Metadata``: comma-separated ``key base64value`` pairs (value optional)."""
+    metadata: dict[str, str] = {}
+    for pair in header.split(","):
+        pair = pair.strip()
+        if not pair:
+            continue
+        key, _, encoded = pair.partition(" ")
+        try:
+            value = base64.b64decode(encoded.strip(), validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            raise InvalidRequest(f"Upload-Metadata value of {key!r} is not base64 UTF-8") from None
+        metadata[key] = value
+    return metadata
+
+
+class UploadChecksum(msgspec.Struct, frozen=True):
+    algorithm: str
+    digest: bytes
+
+    @classmethod
+    def parse(cls, header: str) -> UploadChecksum:
+        """``Upload-Checksum: <algorithm> <base64 digest>``."""
+        algorithm, _, encoded = header.strip().partition(" ")
+        algorithm = algorithm.lower()
+        if algorithm not in CHECKSUM_ALGORITHMS:
+            raise UnsupportedChecksumAlgorithm(
+                f"checksum algorithm {algorithm!r} is not supported; use one of"
+                f" {', '.join(CHECKSUM_ALGORITHMS)}"
+            )
+        try:
+            digest = base64.b64decode(encoded.strip(), validate=True)
+        except binascii.Error:
+            raise InvalidRequest("Upload-Checksum digest is not base64") from None
+        return cls(algorithm, digest)
+
+    def hasher(self) -> Any:
+        return hashlib.new(self.algorithm)
+
+
+def parse_concat(header: str) -> tuple[str, list[str]]:
+    """``Upload-Concat``: ``partial``, or ``final;<url> <url> ...`` (the ids of parts)."""
+    header = header.strip()
+    if header == "partial":
+        return "partial", []
+    kind, _, urls = header.partition(";")
+    if kind.strip() != "final" or not urls.strip():
+        raise InvalidRequest("Upload-Concat must be 'partial' or 'final;<url> <url> ...'")
+    return "final", [url.rstrip("/").rsplit("/", 1)[-1] for url in urls.split()]
+
+
+# -- decisions (pure) ----------------------------------------------------------------------
+
+
+def decide_create(
+    upload_id: str,
+    owner: str,
+    length: int | None,
+    metadata_header: str,
+    settings: Settings,
+    now: datetime,
+    open_sessions: int,
+    concat: str = "",
+    parts: Sequence[SessionState] = (),
+) -> list[KnownEvent]:
+    """A new tus upload; a final one (``parts`` given) is born with its parts' chunks."""
+    metadata = parse_metadata(metadata_header)
+    filename = clean_filename(metadata.get("filename") or upload_id)
+    mime_type = check_declared_type(metadata.get("filetype") or "", settings)
+    if parts:
+        length = sum(check_part_complete(part) for part in parts)
+    if length is not None and length < 0:
+        raise InvalidRequest("Upload-Length must not be negative")
+    if length is not None and length > settings.max_file_size:
+        raise TooLarge(
+            f"file of {length} bytes exceeds the limit of {settings.max_file_size}",
+            limit=settings.max_file_size,
+        )
+    if open_sessions >= settings.max_open_sessions:
+        raise TooManySessions(
+            f"{open_sessions} upload sessions are open; the limit is {settings.max_open_sessions}.",
+            limit=settings.max_open_sessions,
+        )
+    created = TusUploadCreated(
+        owner=owner,
+        filename=filename,
+        mime_type=mime_type,
+        created_at=now,
+        expires_at=now + timedelta(seconds=settings.session_ttl),
+        total_size=length,
+        metadata=metadata_header,
+        concat=concat,
+        parts=[part.upload_id for part in parts],
+    )
+    chunks = [chunk for part in parts for chunk in part.ordered_chunks()]
+    reused: list[KnownEvent] = [
+        ChunkStored(index=index, digest=digest, size=size, reused=True)
+        for index, (digest, size) in enumerate(chunks)
+    ]
+    return [created, *reused]
+
+
+def check_part_complete(part: SessionState) -> int:
+    """A partial upload that may go into a final one; returns its length."""
+    if part.mode != "tus" or part.tus_concat != "partial":
+        raise InvalidRequest(f"upload {part.upload_id} is not a partial upload")
+    if part.tus_length_deferred or part.tus_offset != part.total_size or part.tus_tail:
+        raise InvalidRequest(f"partial upload {part.upload_id} is not complete")
+    return part.total_size
+
+
+def check_readable(state: SessionState, now: datetime) -> None:
+    """HEAD: a terminated upload is gone (404), an expired one is Gone (410)."""
+    if state.status == CANCELLED:
+        raise UploadNotFound(f"no upload {state.upload_id}", upload_id=state.upload_id)
+    if state.is_expired(now):
+        raise SessionExpired(
+            f"upload {state.upload_id} expired at {state.expires_at}", upload_id=state.upload_id
+        )
+
+
+def check_patchable(state: SessionState, offset: int, now: datetime) -> None:
+    """Checks made before a PATCH's body is read."""
+    if state.tus_concat == "final":
+        raise FinalUploadImmutable(f"upload {state.upload_id} is a final upload")
+    check_readable(state, now)
+    commands.check_accepting(state, now)
+    if offset != state.tus_offset:
+        raise OffsetMismatch(
+            f"Upload-Offset is {offset}, the upload is at {state.tus_offset}",
+            offset=state.tus_offset,
+        )
+
+
+def decide_length(state: SessionState, length: int | None, settings: Settings) -> int | None:
+    """The upload's length after this PATCH (which may declare a deferred one)."""
+    if length is None or not state.tus_length_deferred:
+        if length is not None and length != state.total_size:
+            raise InvalidRequest(f"Upload-Length is already {state.total_size}")
+        return None if state.tus_length_deferred else state.total_size
+    if length < state.tus_offset:
+        raise InvalidRequest(f"Upload-Length {length} is below the offset {state.tus_offset}")
+    if length > settings.max_file_size:
+        raise TooLarge(
+            f"file of {length} bytes exceeds the limit of {settings.max_file_size}",
+            limit=settings.max_file_size,
+        )
+    return length
+
+
+def decide_append(
+    state: SessionState,
+    chunks: Sequence[tuple[str, int]],
+    tail: int,
+    declared_length: int | None = None,
+) -> list[KnownEvent]:
+    """Events for new final chunks (cut in stream order) and the new tail length."""
+    new_events: list[KnownEvent] = []
+    if declared_length is not None and state.tus_length_deferred:
+        new_events.append(TusLengthDeclared(declared_length))
+    new_events.extend(
+        ChunkStored(index=state.total_chunks + position, digest=digest, size=size)
+        for position, (digest, size) in enumerate(chunks)
+    )
+    if tail != state.tus_tail:
+        new_events.append(TusTailStaged(tail))
+    return new_events
+
+
+# -- staging -------------------------------------------------------------------------------
+
+
+class StagingLock:
+    """An exclusive ``flock`` on an upload's lock file; the kernel drops it when the
+    holder's process dies, so a crash leaves no stale lock."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def release(self) -> None:
+        os.close(self.fd)
+
+
+class Staging:
+    """The durable tails of tus uploads: ``staging/<upload_id>.<base>``."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        make_durable_dirs(directory)
+
+    def path(self, upload_id: str, base: int) -> Path:
+        return self.directory / f"{upload_id}.{base}"
+
+    def lock(self, upload_id: str) -> StagingLock:
+        fd = os.open(self.directory / f"{upload_id}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise UploadLocked(
+                f"another request is writing to upload {upload_id}; retry when it ends"
+            ) from None
+        return StagingLock(fd)
+
+    def read_tail(self, upload_id: str, base: int, size: int) -> bytes:
+        if size == 0:
+            return b""
+        with open(self.path(upload_id, base), "rb") as staged:
+            tail = staged.read(size)
+        if len(tail) != size:
+            raise ChunkstoreError(f"staging file of upload {upload_id} lost acknowledged bytes")
+        return tail
+
+    def extend(self, upload_id: str, base: int, old_size: int, data: bytes) -> None:
+        """Append to the current tail in place: bytes up to ``old_size`` are kept, any
+        unacknowledged leftover past them is overwritten, and the file is fsynced."""
+        path = self.path(upload_id, base)
+        created = not path.exists()
+        with open(path, "r+b" if not created else "xb") as staged:
+            staged.seek(old_size)
+            staged.write(data)
+            staged.truncate()
+            staged.flush()
+            os.fsync(staged.fileno())
+        if created:
+            fsync_directory(self.directory)
+
+    def write(self, upload_id: str, base: int, data: bytes) -> None:
+        """A new tail starting at ``base``, durable before the event naming it exists."""
+        with open(self.path(upload_id, base), "wb") as staged:
+            staged.write(data)
+            staged.flush()
+            os.fsync(staged.fileno())
+        fsync_directory(self.directory)
+
+    def discard(self, upload_id: str, keep_base: int | None = None, lock: bool = False) -> None:
+        """Remove an upload's staging files, but the one at ``keep_base``."""
+        for entry in os.scandir(self.directory):
+            name, _, suffix = entry.name.partition(".")
+            if name != upload_id or suffix == str(keep_base):
+                continue
+            if suffix == "lock" and not lock:
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
+
+
+class StreamCutter:
+    """Cuts arriving bytes into FastCDC chunks and writes each final one as a blob.
+
+    Holds at most ``CUT_THRESHOLD`` plus one piece in memory. Blobs are committed in
+    batches; nothing is recorded here, so a refused body leaves at most unreferenced
+    blobs (gc sweeps those after its grace period).
+    """
+
+    def __init__(self, blobs: BlobStore, tail: bytes) -> None:
+        self.blobs = blobs
+        self.buffer = bytearray(tail)
+        self.cutter = cdc_cutter()
+        self.pending: list[BlobWriter] = []
+        self.chunks: list[tuple[str, int]] = []
+
+    def feed(self, piece: bytes) -> None:
+        self.buffer += piece
+
+    @property
+    def full(self) -> bool:
+        return len(self.buffer) >= CUT_THRESHOLD
+
+    def cut(self, final: bool) -> None:
+        """Write out every finished chunk; with ``final``, the last one too."""
+        found = list(self.cutter.cut_buf(self.buffer))
+        finished = found if final else found[:-1]
+        # File creation dominates chunks this small and runs without the GIL, so a
+        # few threads write them side by side (as the batch endpoint does).
+        jobs = [_chunk_writers.submit(self._write, chunk.data) for chunk in finished]
+        failure: BaseException | None = None
+        for job in jobs:
+            try:
+                self.pending.append(job.result())
+            except BaseException as error:
+                failure = failure or error
+        if failure is not None:
+            self.abort()
+            raise failure
+        consumed = sum(chunk.length for chunk in finished)
+        del found, finished
+        self.buffer = bytearray(memoryview(self.buffer)[consumed:])
+        if len(self.pending) >= COMMIT_BATCH:
+            self.commit()
+
+    def _write(self, data: memoryview) -> BlobWriter:
+        # Hashed here already, so the writer need not hash the bytes again.
+        writer = self.blobs.writer(blake3.blake3(data).hexdigest(), verified=True)
+        try:
+            writer.write(data)  # type: ignore[arg-type]  # a view: the bytes are not copied
+        except BaseException:
+            writer.abort()
+            raise
+        return writer
+
+    def commit(self) -> None:
+        """Make the pending blobs durable, in a few groups side by side: linking and
+        unlinking thousands of small files is kernel work that threads overlap."""
+        pending, self.pending = self.pending, []
+        size = max(1, -(-len(pending) // COMMIT_GROUPS))
+        groups = [pending[start : start + size] for start in range(0, len(pending), size)]
+        jobs = [_chunk_writers.submit(self.blobs.commit_many, group) for group in groups]
+        failure: BaseException | None = None
+        for group, job in zip(groups, jobs, strict=True):
+            try:
+                self.chunks.extend((ref.digest, ref.size) for ref in job.result())
+            except BaseException as error:
+                failure = failure or error
+                for writer in group:
+                    writer.abort()
+        if failure is not None:
+            raise failure
+
+    def abort(self) -> None:
+        for writer in self.pending:
+            writer.abort()
+        self.pending = []
+
+
+# -- the uploads ---------------------------------------------------------------------------
+
+
+class TusUploads:
+    """tus operations on top of ``UploadService`` (same event log and blob store)."""
+
+    def __init__(self, service: UploadService) -> None:
+        self.service = service
+        self.settings = service.settings
+        self.staging = Staging(service.settings.data_dir / "staging")
+
+    def create(
+        self,
+        owner: str,
+        length: int | None,
+        metadata_header: str = "",
+        concat: str = "",
+        part_ids: Sequence[str] = (),
+    ) -> SessionState:
+        upload_id = uuid.uuid4().hex
+        now = self.service.clock()
+        parts = [self.service.get(owner, part_id) for part_id in part_ids]
+        new_events = decide_create(
+            upload_id,
+            owner,
+            length,
+            metadata_header,
+            self.settings,
+            now,
+            self.service.events.count_open_sessions(owner, now),
+            concat,
+            parts,
+        )
+        return self.service.append_decided(
+            SessionState.empty(upload_id), new_events, new_session_of=owner
+        )
+
+    def head(self, owner: str, upload_id: str) -> SessionState:
+        state = self.service.get(owner, upload_id)
+        check_readable(state, self.service.clock())
+        return state
+
+    def needs_completion(self, state: SessionState) -> bool:
+        """Whole, not a partial, not yet turned into a file."""
+        return (
+            state.status == ACTIVE
+            and state.tus_concat != "partial"
+            and not state.tus_length_deferred
+            and state.tus_offset == state.total_size
+        )
+
+    def complete(self, owner: str, state: SessionState) -> SessionState:
+        """Reaching Upload-Length completes through the manifest and validator path."""
+        self.service.complete_upload(owner, state.upload_id)
+        self.staging.discard(state.upload_id, lock=True)
+        return self.service.get(owner, state.upload_id)
+
+    async def patch(
+        self,
+        owner: str,
+        upload_id: str,
+        offset: int,
+        body: AsyncIterable[bytes],
+        checksum: UploadChecksum | None = None,
+        content_length: int | None = None,
+        declared_length: int | None = None,
+    ) -> SessionState:
+        """Append a body at ``offset``. Without a checksum, the bytes that arrived before
+        a broken body are kept; with one, all or nothing."""
+        # Not even a lock file for an upload that is not the owner's, or not live.
+        await asyncio.to_thread(self.head, owner, upload_id)
+        lock = await asyncio.to_thread(self.staging.lock, upload_id)
+        try:
+            state = await asyncio.to_thread(self.service.get, owner, upload_id)
+            check_patchable(state, offset, self.service.clock())
+            length = decide_length(state, declared_length, self.settings)
+            limit = (length if length is not None else self.settings.max_file_size) - offset
+            if content_length is not None and content_length > limit:
+                raise TooLarge(f"the body would go {content_length - limit} bytes past the end")
+            base = state.tus_offset - state.tus_tail
+            tail = await asyncio.to_thread(self.staging.read_tail, upload_id, base, state.tus_tail)
+            cutter = StreamCutter(self.service.blobs, tail)
+            hasher = checksum.hasher() if checksum is not None else None
+            received = 0
+            broken: IncompleteBody | None = None
+            try:
+                async for piece in body:
+                    received += len(piece)
+                    if received > limit:
+                        raise TooLarge("the body goes past the upload's length")
+                    cutter.feed(piece)
+                    if hasher is not None:
+                        hasher.update(piece)
+                    if cutter.full:
+                        await asyncio.to_thread(cutter.cut, False)
+            except IncompleteBody as error:
+                broken = error
+            except BaseException:
+                cutter.abort()
+                raise
+            if checksum is not None and hasher is not None:
+                if broken is None and hasher.digest() != checksum.digest:
+                    cutter.abort()
+                    raise TusChecksumMismatch(
+                        f"the body's {checksum.algorithm} does not match Upload-Checksum",
+                        algorithm=checksum.algorithm,
+                    )
+                if broken is not None:
+                    cutter.abort()
+                    raise broken
+            complete = length is not None and offset + received == length
+            new_length = length if state.tus_length_deferred else None
+            state = await asyncio.to_thread(self._settle, state, cutter, complete, new_length)
+        finally:
+            lock.release()
+        if broken is not None:
+            raise broken
+        return state
+
+    def _settle(
+        self,
+        state: SessionState,
+        cutter: StreamCutter,
+        complete: bool,
+        declared_length: int | None,
+    ) -> SessionState:
+        """Blobs durable, then the tail durable, then the events; then old tails go."""
+        try:
+            cutter.cut(final=complete)
+            cutter.commit()
+        except BaseException:
+            cutter.abort()
+            raise
+        tail = bytes(cutter.buffer)
+        old_base = state.tus_offset - state.tus_tail
+        new_base = old_base + sum(size for _, size in cutter.chunks)
+        if new_base == old_base:
+            self.staging.extend(state.upload_id, old_base, state.tus_tail, tail[state.tus_tail :])
+        elif tail:
+            self.staging.write(state.upload_id, new_base, tail)
+        new_events = decide_append(state, cutter.chunks, len(tail), declared_length)
+        state = self.service.append_decided(state, new_events)
+        if new_base != old_base:
+            self.staging.discard(state.upload_id, keep_base=new_base)
+        return state
+
+    def terminate(self, owner: str, upload_id: str) -> None:
+        self.head(owner, upload_id)
+        lock = self.staging.lock(upload_id)
+        try:
+            state = self.service.get(owner, upload_id)
+            if state.status == CANCELLED:
+                raise UploadNotFound(f"no upload {upload_id}", upload_id=upload_id)
+            if state.status == COMPLETED:
+                raise UploadNotActive(f"upload {upload_id} is completed", status=state.status)
+            self.service.cancel_upload(owner, upload_id, "terminated by the client (tus)")
+        finally:
+            lock.release()
+        self.staging.discard(upload_id, lock=True)

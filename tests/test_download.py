@@ -1,0 +1,196 @@
+"""GET /api/v1/files/{upload_id}: a completed upload's bytes, whole or one range."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import httpx
+import pytest
+
+from tests.conftest import Server
+from tests.helpers import (
+    assert_problem,
+    blake3_hex,
+    complete,
+    init_upload,
+    put_chunk,
+    sha256_hex,
+    tiny_png,
+    upload_whole,
+)
+
+KiB = 1024
+FILES = "/api/v1/files"
+
+
+def completed_upload(client: httpx.Client, data: bytes, chunk_size: int = 4 * KiB) -> str:
+    upload_id = upload_whole(client, data, chunk_size)
+    response = complete(client, upload_id)
+    assert response.status_code == 200, response.text
+    return upload_id
+
+
+@pytest.fixture
+def upload(client: httpx.Client) -> tuple[str, bytes]:
+    data = os.urandom(10 * KiB + 123)
+    return completed_upload(client, data), data
+
+
+def test_download_returns_the_whole_file_with_its_headers(
+    client: httpx.Client, upload: tuple[str, bytes]
+) -> None:
+    upload_id, data = upload
+
+    response = client.get(f"{FILES}/{upload_id}")
+
+    assert response.status_code == 200
+    assert response.content == data
+    assert response.headers["content-length"] == str(len(data))
+    assert response.headers["accept-ranges"] == "bytes"
+    assert response.headers["etag"] == f'"{sha256_hex(data)}"'
+    assert response.headers["content-type"].startswith("application/octet-stream")
+
+
+def test_download_content_type_is_the_detected_type(client: httpx.Client) -> None:
+    png = tiny_png()
+    upload_id = init_upload(client, png, KiB, filename="dot.png", mime_type="image/png")[
+        "upload_id"
+    ]
+    assert put_chunk(client, upload_id, 0, png).status_code == 200
+    assert complete(client, upload_id).status_code == 200
+
+    response = client.get(f"{FILES}/{upload_id}")
+
+    assert response.headers["content-type"].startswith("image/png")
+    assert response.content == png
+
+
+@pytest.mark.parametrize(
+    ("header", "first", "last"),
+    [
+        ("bytes=0-0", 0, 0),
+        ("bytes=0-4095", 0, 4095),
+        ("bytes=4095-4096", 4095, 4096),
+        ("bytes=-1", -1, -1),
+        ("bytes=-100", -100, -1),
+        ("bytes=10000-", 10000, -1),
+        ("bytes=10362-10362", 10362, 10362),
+        ("bytes=100-999999", 100, -1),
+        ("bytes=-999999", 0, -1),
+    ],
+)
+def test_range_requests_are_byte_exact_at_the_edges(
+    client: httpx.Client, upload: tuple[str, bytes], header: str, first: int, last: int
+) -> None:
+    upload_id, data = upload
+    size = len(data)
+    start, end = first % size, last % size
+
+    response = client.get(f"{FILES}/{upload_id}", headers={"Range": header})
+
+    assert response.status_code == 206
+    assert response.content == data[start : end + 1]
+    assert response.headers["content-range"] == f"bytes {start}-{end}/{size}"
+    assert response.headers["content-length"] == str(end - start + 1)
+
+
+@pytest.mark.parametrize("header", ["bytes=10363-", "bytes=20000-30000", "bytes=-0"])
+def test_an_unsatisfiable_range_is_416_with_the_size(
+    client: httpx.Client, upload: tuple[str, bytes], header: str
+) -> None:
+    upload_id, data = upload
+
+    response = client.get(f"{FILES}/{upload_id}", headers={"Range": header})
+
+    assert_problem(response, 416, "range-not-satisfiable")
+    assert response.headers["content-range"] == f"bytes */{len(data)}"
+
+
+def test_a_multi_range_request_gets_the_whole_file(
+    client: httpx.Client, upload: tuple[str, bytes]
+) -> None:
+    upload_id, data = upload
+
+    response = client.get(f"{FILES}/{upload_id}", headers={"Range": "bytes=0-1,5-9"})
+
+    assert response.status_code == 200
+    assert response.content == data
+
+
+def test_if_range_with_another_etag_gets_the_whole_file(
+    client: httpx.Client, upload: tuple[str, bytes]
+) -> None:
+    upload_id, data = upload
+
+    response = client.get(
+        f"{FILES}/{upload_id}", headers={"Range": "bytes=0-9", "If-Range": '"other"'}
+    )
+
+    assert response.status_code == 200
+    assert response.content == data
+
+
+def test_if_none_match_with_the_etag_is_304(
+    client: httpx.Client, upload: tuple[str, bytes]
+) -> None:
+    upload_id, data = upload
+
+    response = client.get(
+        f"{FILES}/{upload_id}", headers={"If-None-Match": f'"{sha256_hex(data)}"'}
+    )
+
+    assert response.status_code == 304
+    assert response.content == b""
+
+
+def test_another_owners_file_is_404_like_a_missing_one(
+    server: Server, upload: tuple[str, bytes]
+) -> None:
+    upload_id, _ = upload
+    with server.client("mallory-download") as other:
+        assert_problem(other.get(f"{FILES}/{upload_id}"), 404, "upload-not-found")
+        assert_problem(other.get(f"{FILES}/{'0' * 32}"), 404, "upload-not-found")
+
+
+def test_download_needs_a_token(server: Server, upload: tuple[str, bytes]) -> None:
+    upload_id, _ = upload
+    with server.client(None) as anonymous:
+        assert_problem(anonymous.get(f"{FILES}/{upload_id}"), 401, "unauthorized")
+
+
+def test_an_upload_not_completed_is_409(client: httpx.Client) -> None:
+    data = os.urandom(3 * KiB)
+    upload_id = init_upload(client, data, KiB)["upload_id"]
+
+    body = assert_problem(client.get(f"{FILES}/{upload_id}"), 409, "file-not-ready")
+
+    assert body["status"] == 409
+
+
+def test_without_the_final_file_bytes_come_from_the_chunks(
+    server: Server, client: httpx.Client
+) -> None:
+    data = os.urandom(9 * KiB + 7)
+    upload_id = completed_upload(client, data, chunk_size=2 * KiB)
+    shutil.rmtree(server.data_dir / "files" / upload_id)
+
+    whole = client.get(f"{FILES}/{upload_id}")
+    middle = client.get(f"{FILES}/{upload_id}", headers={"Range": "bytes=2047-6144"})
+    tail = client.get(f"{FILES}/{upload_id}", headers={"Range": "bytes=-3"})
+
+    assert whole.status_code == 200 and whole.content == data
+    assert blake3_hex(whole.content) == blake3_hex(data)
+    assert middle.status_code == 206 and middle.content == data[2047:6145]
+    assert tail.status_code == 206 and tail.content == data[-3:]
+
+
+def test_an_empty_file_downloads_as_zero_bytes(client: httpx.Client) -> None:
+    upload_id = init_upload(client, b"", KiB)["upload_id"]
+    assert complete(client, upload_id).status_code == 200
+
+    whole = client.get(f"{FILES}/{upload_id}")
+    ranged = client.get(f"{FILES}/{upload_id}", headers={"Range": "bytes=0-"})
+
+    assert whole.status_code == 200 and whole.content == b""
+    assert_problem(ranged, 416, "range-not-satisfiable")

@@ -1,0 +1,277 @@
+"""``chunkstore gc``: expire stale sessions, sweep what nothing live references, and
+never take a chunk from an upload in progress."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chunkstore.commands import InitRequest
+from chunkstore.errors import ChunkSwept
+from chunkstore.events import ChunkStored, UploadExpired
+from chunkstore.gc import collect
+from tests.conftest import MakeServer
+from tests.helpers import (
+    FakeClock,
+    blake3_hex,
+    complete,
+    init_upload,
+    put_chunk,
+    recorded_events,
+    split,
+    status_of,
+)
+from tests.test_audit import (
+    OWNER,
+    TTL,
+    KiB,
+    Store,
+    blob_file,
+    build_store,
+    open_service,
+    run_cli,
+    send,
+    start,
+)
+
+
+def gc(data_dir: Path, *args: str) -> dict[str, Any]:
+    result = run_cli("gc", "--data", str(data_dir), "--json", *args)
+    assert result.returncode == 0, result.stderr
+    answer: dict[str, Any] = json.loads(result.stdout)
+    return answer
+
+
+def snapshot(data_dir: Path) -> dict[str, tuple[int, str]]:
+    """path -> (size, sha256) of every file under the data dir, the database included."""
+    return {
+        str(path.relative_to(data_dir)): (
+            path.stat().st_size,
+            hashlib.sha256(path.read_bytes()).hexdigest(),
+        )
+        for path in sorted(data_dir.rglob("*"))
+        if path.is_file()
+    }
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    return build_store(tmp_path / "data")
+
+
+def ended_blobs(store: Store) -> set[Path]:
+    """The blobs only the failed and cancelled sessions reference (chunks and manifest)."""
+    service = open_service(store.data_dir)
+    try:
+        paths = set()
+        for upload_id in (store.failed, store.cancelled):
+            state = service.load(upload_id)
+            digests = {digest for digest, _ in state.chunks.values()}
+            if state.manifest is not None:
+                digests.add(state.manifest.manifest_digest)
+            paths |= {service.blobs.path_for(d) for d in digests}  # type: ignore[attr-defined]
+        return paths
+    finally:
+        service.close()
+
+
+# -- what is kept, what is swept ------------------------------------------------------------
+
+
+def test_recently_ended_sessions_keep_their_chunks(store: Store) -> None:
+    before = snapshot(store.data_dir)
+
+    answer = gc(store.data_dir, "--hours", "24", "--grace", "0")
+
+    assert answer["blobs_swept"] == 0 and answer["bytes_freed"] == 0
+    assert answer["blobs_examined"] == answer["blobs_referenced"] == 13
+    assert answer["sessions_expired"] == 0
+    assert {k for k in snapshot(store.data_dir) if k.startswith("objects")} == {
+        k for k in before if k.startswith("objects")
+    }
+
+
+def test_chunks_of_sessions_ended_longer_ago_than_hours_are_swept(store: Store) -> None:
+    doomed = ended_blobs(store)
+    freed = sum(path.stat().st_size for path in doomed)
+
+    answer = gc(store.data_dir, "--hours", "0", "--grace", "0")
+
+    assert answer["blobs_swept"] == len(doomed) == 4
+    assert answer["bytes_freed"] == freed
+    assert answer["sessions_released"] == 2
+    assert not any(path.exists() for path in doomed)
+    audit = run_cli("audit", "--data", str(store.data_dir))
+    assert audit.returncode == 0, audit.stdout  # completed and in-flight uploads intact
+
+
+def test_young_blobs_are_spared_by_the_grace_period(store: Store) -> None:
+    answer = gc(store.data_dir, "--hours", "0", "--grace", "3600")
+
+    assert answer["blobs_swept"] == 0
+    assert answer["blobs_in_grace"] == 4
+    assert all(path.exists() for path in ended_blobs(store))
+
+
+def test_a_blob_no_event_names_is_swept(store: Store) -> None:
+    service = open_service(store.data_dir)
+    stray = service.blobs.put(b"written, but its event never was")
+    service.close()
+
+    answer = gc(store.data_dir, "--grace", "0", "--verbose")
+
+    assert answer["swept"] == [stray.digest]
+
+
+def test_dry_run_changes_no_byte_on_disk(store: Store) -> None:
+    two_hours_ago = FakeClock(datetime.now(UTC) - timedelta(hours=2))
+    service = open_service(store.data_dir, two_hours_ago)
+    overdue = start(service, os.urandom(2 * KiB))
+    service.close()
+    (store.data_dir / "tmp" / f"assemble-{overdue}-abc.part").write_bytes(b"half")
+    before = snapshot(store.data_dir)
+
+    result = run_cli(
+        "gc", "--data", str(store.data_dir), "--hours", "0", "--grace", "0", "--dry-run"
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert "dry run" in result.stdout
+    assert "1 sessions would be expired, 1 staging files would be removed" in result.stdout
+    assert "4 of 13 blobs would be swept" in result.stdout
+    assert snapshot(store.data_dir) == before
+
+
+def test_dry_run_reports_what_the_real_run_does(store: Store) -> None:
+    planned = gc(store.data_dir, "--hours", "0", "--grace", "0", "--dry-run", "--verbose")
+    done = gc(store.data_dir, "--hours", "0", "--grace", "0", "--verbose")
+
+    for field in ("sessions_expired", "blobs_swept", "bytes_freed", "swept"):
+        assert planned[field] == done[field]
+    assert planned["dry_run"] is True and done["dry_run"] is False
+
+
+# -- expiry -------------------------------------------------------------------------------
+
+
+def test_gc_expires_sessions_past_their_ttl_and_removes_their_staging_files(
+    tmp_path: Path,
+) -> None:
+    clock = FakeClock(datetime.now(UTC))
+    service = open_service(tmp_path / "data", clock)
+    stale = start(service, os.urandom(2 * KiB))
+    send(service, stale, os.urandom(KiB), 1)
+    staging = service.tmp_dir / f"assemble-{stale}-0123.part"
+    staging.write_bytes(b"partial")
+    tail = service.settings.data_dir / "staging" / f"{stale}.1024"
+    tail.parent.mkdir(exist_ok=True)
+    tail.write_bytes(b"acknowledged tail")
+    clock.advance(TTL + 1)
+    fresh = start(service, os.urandom(KiB))
+    fresh_tail = tail.parent / f"{fresh}.0"
+    fresh_tail.write_bytes(b"live")
+
+    report = collect(service, hours=24, grace=3600)
+
+    assert report.sessions_expired == 1 and report.expired == [stale]
+    assert report.staging_files_removed == 2
+    assert not staging.exists() and not tail.exists()
+    assert fresh_tail.exists()
+    assert isinstance(service.events.read(stale)[-1].event, UploadExpired)
+    assert service.load(fresh).status == "active"
+    assert service.events.session_row(stale)["status"] == "expired"  # type: ignore[index]
+    service.close()
+
+
+def test_a_dry_run_expires_nothing(tmp_path: Path) -> None:
+    clock = FakeClock(datetime.now(UTC))
+    service = open_service(tmp_path / "data", clock)
+    stale = start(service, os.urandom(KiB))
+    clock.advance(TTL + 1)
+
+    report = collect(service, hours=24, grace=0, dry_run=True)
+
+    assert report.sessions_expired == 1
+    assert service.load(stale).status == "active"
+    assert len(service.events.read(stale)) == 1
+    service.close()
+
+
+def test_the_human_summary_states_the_statistics(store: Store) -> None:
+    result = run_cli("gc", "--data", str(store.data_dir), "--hours", "0", "--grace", "0")
+
+    assert result.returncode == 0
+    assert "0 sessions were expired" in result.stdout
+    assert "4 of 13 blobs were swept" in result.stdout
+
+
+# -- races with uploads --------------------------------------------------------------------
+
+
+def test_gc_during_an_upload_in_progress_loses_nothing_of_it(make_server: MakeServer) -> None:
+    server = make_server()
+    data = os.urandom(8 * KiB + 5)
+    pieces = split(data, KiB)
+    with server.client("alice") as client:
+        abandoned = init_upload(client, os.urandom(2 * KiB), KiB)["upload_id"]
+        assert put_chunk(client, abandoned, 0, os.urandom(KiB)).status_code == 200
+        assert (
+            client.post("/api/v1/upload/cancel", json={"upload_id": abandoned}).status_code == 200
+        )
+        upload_id = init_upload(client, data, KiB)["upload_id"]
+        for index in range(0, len(pieces), 2):
+            assert put_chunk(client, upload_id, index, pieces[index]).status_code == 200
+
+        answer = gc(server.data_dir, "--hours", "0", "--grace", "0")
+
+        assert answer["blobs_swept"] == 1  # the abandoned upload's chunk, nothing else
+        for index in range(1, len(pieces), 2):
+            assert put_chunk(client, upload_id, index, pieces[index]).status_code == 200
+        assert complete(client, upload_id).status_code == 200
+        assert client.get(f"/api/v1/files/{upload_id}").content == data
+        assert status_of(client, upload_id)["status"] == "completed"
+    final = server.data_dir / "files" / upload_id / "file.bin"
+    assert final.read_bytes() == data
+
+
+def test_a_swept_chunk_is_asked_for_again_not_assumed_held(tmp_path: Path) -> None:
+    clock = FakeClock(datetime.now(UTC))
+    service = open_service(tmp_path / "data", clock)
+    data = os.urandom(2 * KiB)
+    first = start(service, data)
+    send(service, first, data)
+    service.cancel_upload(OWNER, first)
+    clock.advance(1)
+    assert collect(service, hours=0, grace=0).blobs_swept == 2
+    chunks = [(blake3_hex(piece), len(piece)) for piece in split(data, KiB)]
+
+    again = service.init_upload(
+        OWNER, InitRequest(filename="again.bin", total_size=len(data), chunks=chunks)
+    )
+
+    assert again.needed_chunks == [0, 1]
+    service.close()
+
+
+def test_an_append_naming_a_swept_blob_is_refused_under_the_lock(store: Store) -> None:
+    # The one window gc leaves: a request found a chunk's blob, gc swept it, and the
+    # request's event comes after. The service re-checks under the append's lock.
+    service = open_service(store.data_dir)
+    state = service.load(store.in_flight)
+    piece = split(store.in_flight_data, KiB)[1]
+    gone = ChunkStored(index=1, digest=blake3_hex(piece), size=KiB)
+    blob_file(store.data_dir, piece).unlink()
+    fresh = ChunkStored(index=2, digest=blake3_hex(split(store.in_flight_data, KiB)[0]), size=KiB)
+
+    with pytest.raises(ChunkSwept):
+        service._append(state, [gone])
+    service._append(state, [fresh])
+
+    assert len(recorded_events(store.data_dir, store.in_flight)) == state.version + 1
+    service.close()

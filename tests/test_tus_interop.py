@@ -1,0 +1,190 @@
+"""Stock tus clients, unmodified, against a real server: tuspy (Python) and tus-js-client
+(Node). Each upload must arrive byte-exact, also when connections are cut midway."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from tusclient import client as tus_client
+
+from tests.conftest import Server
+from tests.flaky_proxy import FlakyProxy
+
+MiB = 1024 * 1024
+ROOT = Path(__file__).resolve().parent.parent
+#: tus-js-client is installed once into the virtualenv, next to the Python packages.
+NODE_PREFIX = ROOT / ".venv" / "tus-js"
+TUS_JS_VERSION = "4"
+
+NODE_UPLOAD = r"""
+const tus = require("tus-js-client");
+const fs = require("fs");
+const [endpoint, token, path, chunkSize, withCreation] = process.argv.slice(2);
+const data = fs.readFileSync(path);
+const options = {
+  endpoint,
+  headers: { Authorization: "Bearer " + token },
+  metadata: { filename: "from-node.bin", filetype: "application/octet-stream" },
+  retryDelays: [0, 100, 200, 500, 1000],
+  uploadDataDuringCreation: withCreation === "yes",
+  onError(error) { console.error(String(error)); process.exit(1); },
+  onSuccess() { console.log(JSON.stringify({ url: upload.url })); },
+};
+if (chunkSize !== "all") options.chunkSize = Number(chunkSize);
+const upload = new tus.Upload(data, options);
+upload.start();
+"""
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as source:
+        while piece := source.read(MiB):
+            digest.update(piece)
+    return digest.hexdigest()
+
+
+def write_random(path: Path, size: int) -> Path:
+    with open(path, "wb") as out:
+        remaining = size
+        while remaining:
+            piece = min(remaining, 4 * MiB)
+            out.write(os.urandom(piece))
+            remaining -= piece
+    return path
+
+
+def completed_file(server: Server, owner: str, url: str) -> Path:
+    upload_id = url.rstrip("/").rsplit("/", 1)[-1]
+    with server.client(owner) as api:
+        status = api.get(f"/api/v1/upload/status/{upload_id}").json()
+    assert status["status"] == "completed", status
+    return server.data_dir / status["file_path"]
+
+
+# -- tuspy -------------------------------------------------------------------------------
+
+
+def test_tuspy_uploads_a_file_byte_exact(server: Server, owner: str, tmp_path: Path) -> None:
+    path = write_random(tmp_path / "file.bin", 5 * MiB + 333)
+    client = tus_client.TusClient(
+        f"{server.url}/files/", headers={"Authorization": f"Bearer {server.token(owner)}"}
+    )
+    uploader = client.uploader(str(path), chunk_size=MiB, metadata={"filename": "py.bin"})
+    uploader.upload()
+    final = completed_file(server, owner, uploader.url)
+    assert final.name == "py.bin"
+    assert sha256_of(final) == sha256_of(path)
+
+
+def test_tuspy_resumes_after_cut_connections_and_finishes_byte_exact(
+    server: Server, owner: str, tmp_path: Path
+) -> None:
+    path = write_random(tmp_path / "file.bin", 12 * MiB + 5)
+    token = server.token(owner)
+    # Every connection is cut after a random number of bytes, until four have been; the
+    # client then asks HEAD for the offset and goes on from there.
+    with FlakyProxy(
+        server.port, drop_probability=1.0, max_cut_after=MiB, max_drops=4, seed=5
+    ) as proxy:
+        client = tus_client.TusClient(
+            f"{proxy.url}/files/", headers={"Authorization": f"Bearer {token}"}
+        )
+        uploader = client.uploader(str(path), chunk_size=2 * MiB, retries=20, retry_delay=0)
+        try:
+            uploader.upload()
+        except Exception:
+            # A cut during creation or during a HEAD is not retried by tuspy; a new
+            # uploader for the same URL resumes from the server's offset.
+            assert uploader.url, "the upload was never created"
+            uploader = client.uploader(
+                str(path), url=uploader.url, chunk_size=2 * MiB, retries=20, retry_delay=0
+            )
+            uploader.upload()
+    print(f"\nproxy: {proxy.connections} connections, {proxy.drops} cut")
+    assert proxy.drops >= 1
+    assert sha256_of(completed_file(server, owner, uploader.url)) == sha256_of(path)
+
+
+# -- tus-js-client -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def tus_js() -> Iterator[Path]:
+    """tus-js-client under ``.venv/tus-js`` (npm install once, kept for later runs)."""
+    node, npm = shutil.which("node"), shutil.which("npm")
+    assert node and npm, "node and npm are needed for the tus-js-client interop test"
+    package = NODE_PREFIX / "node_modules" / "tus-js-client"
+    if not package.exists():
+        subprocess.run(
+            [npm, "install", "--prefix", str(NODE_PREFIX), f"tus-js-client@{TUS_JS_VERSION}"],
+            check=True,
+            capture_output=True,
+            timeout=600,
+        )
+    script = NODE_PREFIX / "upload.js"
+    script.write_text(NODE_UPLOAD)
+    yield script
+
+
+def node_upload(
+    script: Path, endpoint: str, token: str, path: Path, chunk_size: str, with_creation: bool
+) -> str:
+    done = subprocess.run(
+        [
+            "node",
+            str(script),
+            endpoint,
+            token,
+            str(path),
+            chunk_size,
+            "yes" if with_creation else "no",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "NODE_PATH": str(NODE_PREFIX / "node_modules")},
+    )
+    assert done.returncode == 0, done.stderr
+    return str(json.loads(done.stdout.strip().splitlines()[-1])["url"])
+
+
+@pytest.mark.parametrize(
+    ("chunk_size", "with_creation"),
+    [(str(MiB), False), ("all", True)],
+    ids=["1MiB-patches", "creation-with-upload"],
+)
+def test_tus_js_client_uploads_a_file_byte_exact(
+    server: Server,
+    owner: str,
+    tmp_path: Path,
+    tus_js: Path,
+    chunk_size: str,
+    with_creation: bool,
+) -> None:
+    path = write_random(tmp_path / "file.bin", 3 * MiB + 77)
+    url = node_upload(
+        tus_js, f"{server.url}/files/", server.token(owner), path, chunk_size, with_creation
+    )
+    final = completed_file(server, owner, url)
+    assert final.name == "from-node.bin"
+    assert sha256_of(final) == sha256_of(path)
+
+
+def test_tus_js_client_resumes_through_cut_connections(
+    server: Server, owner: str, tmp_path: Path, tus_js: Path
+) -> None:
+    path = write_random(tmp_path / "file.bin", 6 * MiB + 1)
+    with FlakyProxy(
+        server.port, drop_probability=1.0, max_cut_after=2 * MiB, max_drops=3, seed=3
+    ) as proxy:
+        url = node_upload(tus_js, f"{proxy.url}/files/", server.token(owner), path, str(MiB), False)
+    assert proxy.drops >= 1
+    assert sha256_of(completed_file(server, owner, url)) == sha256_of(path)
