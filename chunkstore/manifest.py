@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import BinaryIO
 
 import blake3
@@ -21,6 +21,7 @@ from chunkstore.blobs.filesystem import write_all
 from chunkstore.errors import CorruptBlob
 
 READ_SIZE = 1024 * 1024
+HANDOFF_SIZE = 4 * 1024 * 1024
 
 
 class Manifest(msgspec.Struct, frozen=True, kw_only=True):
@@ -53,28 +54,52 @@ _pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="assemble")
 
 
 def assemble(blobs: BlobStore, chunks: Sequence[tuple[str, int]], out: BinaryIO) -> Assembled:
-    """Stream the chunks in order into ``out``, verifying each against its digest."""
+    """Stream the chunks in order into ``out``, verifying each against its digest.
+
+    This thread reads and BLAKE3-hashes (each chunk, and the whole file); SHA-256 and
+    the writes of the previous few MiB run meanwhile in the pool. Handing work over in
+    ``HANDOFF_SIZE`` buffers, not per chunk, keeps small chunks from paying a thread
+    round trip each. At most two buffers are in memory.
+    """
     whole_blake3 = blake3.blake3()
     whole_sha256 = hashlib.sha256()
     size = 0
-    for digest, expected_size in chunks:
-        chunk_hash = blake3.blake3()
-        chunk_size = 0
-        with blobs.open(digest) as blob:
-            while piece := blob.read(READ_SIZE):
-                sha_job = _pool.submit(whole_sha256.update, piece)
-                write_job = _pool.submit(write_all, out, piece)
-                chunk_hash.update(piece)
-                whole_blake3.update(piece)
-                sha_job.result()
-                write_job.result()
-                chunk_size += len(piece)
-        if chunk_hash.hexdigest() != digest:
-            raise CorruptBlob(f"blob {digest} does not hash to its name", digest=digest)
-        if chunk_size != expected_size:
-            raise CorruptBlob(
-                f"blob {digest} has {chunk_size} bytes, the manifest says {expected_size}",
-                digest=digest,
-            )
-        size += chunk_size
+    pending: list[Future[None]] = []
+    buffer: list[bytes] = []
+    buffered = 0
+
+    def hand_off() -> None:
+        nonlocal pending, buffer, buffered
+        data = buffer[0] if len(buffer) == 1 else b"".join(buffer)
+        for job in pending:  # keep SHA-256 updates and writes in file order
+            job.result()
+        pending = [_pool.submit(whole_sha256.update, data), _pool.submit(write_all, out, data)]
+        buffer, buffered = [], 0
+
+    try:
+        for digest, expected_size in chunks:
+            chunk_hash = blake3.blake3()
+            chunk_size = 0
+            with blobs.open(digest) as blob:
+                while piece := blob.read(READ_SIZE):
+                    chunk_hash.update(piece)
+                    whole_blake3.update(piece)
+                    buffer.append(piece)
+                    buffered += len(piece)
+                    chunk_size += len(piece)
+                    if buffered >= HANDOFF_SIZE:
+                        hand_off()
+            if chunk_hash.hexdigest() != digest:
+                raise CorruptBlob(f"blob {digest} does not hash to its name", digest=digest)
+            if chunk_size != expected_size:
+                raise CorruptBlob(
+                    f"blob {digest} has {chunk_size} bytes, the manifest says {expected_size}",
+                    digest=digest,
+                )
+            size += chunk_size
+        if buffer:
+            hand_off()
+    finally:
+        for job in pending:
+            job.result()
     return Assembled(size, whole_blake3.hexdigest(), whole_sha256.hexdigest())
