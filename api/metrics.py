@@ -75,7 +75,7 @@ class StoreCollector(Collector):
         self.ended: Tally[str] = Tally()
 
     def catch_up(self) -> None:
-        for recorded in self.service.events.scan(self.position):
+        for recorded in self.service.events.read_all(self.position):
             self.position = recorded.position
             match recorded.event:
                 case ChunkStored(size=size, reused=reused):

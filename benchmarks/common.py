@@ -10,30 +10,20 @@ from pathlib import Path
 MiB = 1024 * 1024
 
 
-def peak_rss_bytes(pid: int) -> int:
-    """Peak resident memory (VmHWM) of a process and all its descendants, summed."""
-    total = 0
-    for member in [pid, *descendants(pid)]:
-        try:
-            for line in Path(f"/proc/{member}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    total += int(line.split()[1]) * 1024
-        except FileNotFoundError:
-            continue
-    return total
+def _peak_rss(pid: int) -> int:
+    """VmHWM (peak resident memory) of one process, 0 if it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except FileNotFoundError:
+        pass
+    return 0
 
 
 def max_process_peak_rss(pid: int) -> int:
-    """The largest single-process VmHWM in the tree (the worker that did the work)."""
-    best = 0
-    for member in [pid, *descendants(pid)]:
-        try:
-            for line in Path(f"/proc/{member}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    best = max(best, int(line.split()[1]) * 1024)
-        except FileNotFoundError:
-            continue
-    return best
+    """The largest single-process peak RSS in the tree (the worker that did the work)."""
+    return max(_peak_rss(member) for member in [pid, *descendants(pid)])
 
 
 def descendants(pid: int) -> list[int]:

@@ -118,7 +118,7 @@ def replay_store(service: UploadService, findings: list[Finding] | None = None) 
     position = service.events.last_position()
     streams: dict[str, list[Event]] = defaultdict(list)
     count = 0
-    for recorded in service.events.scan():
+    for recorded in service.events.read_all():
         if recorded.position > position:
             break
         stream = streams[recorded.stream_id]

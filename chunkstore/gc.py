@@ -95,7 +95,7 @@ class References:
 
     def catch_up(self) -> None:
         pending: dict[str, list[Event]] = {}
-        for recorded in self.service.events.scan(self.position):
+        for recorded in self.service.events.read_all(self.position):
             pending.setdefault(recorded.stream_id, []).append(recorded.event)
             self.last_recorded[recorded.stream_id] = recorded.recorded_at
             self.position = recorded.position

@@ -321,37 +321,8 @@ class FileBlobStore:
             return False
 
     def digests(self) -> Iterator[str]:
-        for top in sorted(os.scandir(self.objects_dir), key=lambda e: e.name):
-            if not top.is_dir():
-                continue
-            for middle in sorted(os.scandir(top.path), key=lambda e: e.name):
-                if not middle.is_dir():
-                    continue
-                for entry in sorted(os.scandir(middle.path), key=lambda e: e.name):
-                    if is_digest(entry.name):
-                        yield entry.name
-
-    # -- audit and gc ------------------------------------------------------------------
-
-    def mtime(self, digest: str) -> float | None:
-        """When the blob's bytes were written (seconds since the epoch); None if absent.
-        gc spares young blobs: a chunk is committed just before its event is appended."""
-        try:
-            return self.path_for(digest).stat().st_mtime
-        except FileNotFoundError:
-            return None
-
-    def set_aside(self, digest: str, into: Path) -> Path | None:
-        """Move a (damaged) blob out of the store into ``into``, keeping it as evidence,
-        so that a good copy can take its name. None if there was no such blob."""
-        make_durable_dirs(into)
-        target = into / f"{digest}.{secrets.token_hex(4)}"
-        try:
-            os.replace(self.path_for(digest), target)
-        except FileNotFoundError:
-            return None
-        fsync_directory(into)
-        return target
+        for digest, _ in self.entries():
+            yield digest
 
     def entries(self) -> Iterator[tuple[str, str]]:
         """(digest, file path) of every blob, in ``digests()`` order. For readers of the

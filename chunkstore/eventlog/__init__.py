@@ -30,7 +30,9 @@ def iso(moment: datetime | None) -> str | None:
 
 
 def parse_iso(text: str) -> datetime:
-    return datetime.strptime(text, TIME_FORMAT).replace(tzinfo=UTC)
+    # fromisoformat reads the "Z" form since Python 3.11 and takes a tenth of the time
+    # of strptime, which was the largest cost of replaying the whole log.
+    return datetime.fromisoformat(text)
 
 
 class RecordedEvent(msgspec.Struct, frozen=True):
@@ -124,9 +126,6 @@ class EventStore(Protocol):
         """Overwrite projection rows (projection rebuild)."""
 
     # -- whole-store views (audit, gc, metrics) ------------------------------------------
-
-    def scan(self, after_position: int = 0) -> Iterator[RecordedEvent]:
-        """``read_all`` tuned for reading the whole log."""
 
     def last_position(self) -> int: ...
 

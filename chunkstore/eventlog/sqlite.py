@@ -342,26 +342,3 @@ class SQLiteEventStore:
             yield
         finally:
             conn.execute("COMMIT")
-
-    def scan(self, after_position: int = 0) -> Iterator[RecordedEvent]:
-        """``read_all`` for whole-log readers (audit, gc, metrics): the same events, with
-        ``recorded_at`` parsed by ``datetime.fromisoformat``, which took a tenth of the
-        time of ``strptime`` (the biggest cost of a full replay)."""
-        conn = self.connection()
-        while True:
-            rows = conn.execute(
-                "SELECT stream_id, version, position, data, recorded_at FROM events"
-                " WHERE position > ? ORDER BY position LIMIT ?",
-                (after_position, _READ_BATCH),
-            ).fetchall()
-            if not rows:
-                return
-            for stream_id, version, position, data, recorded_at in rows:
-                yield RecordedEvent(
-                    stream_id,
-                    version,
-                    position,
-                    datetime.fromisoformat(recorded_at),
-                    ev.decode(data),
-                )
-            after_position = rows[-1][2]
