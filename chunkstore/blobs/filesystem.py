@@ -324,6 +324,28 @@ class FileBlobStore:
         for digest, _ in self.entries():
             yield digest
 
+    # -- audit and gc ------------------------------------------------------------------
+
+    def mtime(self, digest: str) -> float | None:
+        """When the blob's bytes were written (seconds since the epoch); None if absent.
+        gc spares young blobs: a chunk is committed just before its event is appended."""
+        try:
+            return self.path_for(digest).stat().st_mtime
+        except FileNotFoundError:
+            return None
+
+    def set_aside(self, digest: str, into: Path) -> Path | None:
+        """Move a (damaged) blob out of the store into ``into``, keeping it as evidence,
+        so that a good copy can take its name. None if there was no such blob."""
+        make_durable_dirs(into)
+        target = into / f"{digest}.{secrets.token_hex(4)}"
+        try:
+            os.replace(self.path_for(digest), target)
+        except FileNotFoundError:
+            return None
+        fsync_directory(into)
+        return target
+
     def entries(self) -> Iterator[tuple[str, str]]:
         """(digest, file path) of every blob, in ``digests()`` order. For readers of the
         whole store (audit): building each path with pathlib cost more than hashing."""
