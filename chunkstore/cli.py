@@ -461,6 +461,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("chunkstore: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (``chunkstore replay ID | head``): stop quietly, as other
+        # command-line tools do. Point stdout at /dev/null so the interpreter's final
+        # flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

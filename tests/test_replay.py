@@ -169,3 +169,45 @@ def test_parse_moment_reads_utc_and_offsets() -> None:
     assert parse_moment("2030-01-01T12:00:00Z") == datetime(2030, 1, 1, 12, tzinfo=UTC)
     assert parse_moment("2030-01-01T12:00:00") == datetime(2030, 1, 1, 12, tzinfo=UTC)
     assert parse_moment("2030-01-01T14:00:00+02:00") == datetime(2030, 1, 1, 12, tzinfo=UTC)
+
+
+def test_replay_into_a_reader_that_stops_early_ends_quietly(tmp_path: Path) -> None:
+    # `chunkstore replay ID | head`: the reader closes the pipe after a few lines.
+    import os
+    import subprocess
+    import sys
+
+    from chunkstore.commands import InitRequest
+    from chunkstore.config import Settings
+    from chunkstore.service import UploadService
+
+    service = UploadService.open(Settings(data_dir=tmp_path / "data"))
+    data = os.urandom(3000)
+    state = service.init_upload(
+        "alice", InitRequest(filename="a.bin", total_size=3000, chunk_size=1)
+    )
+    for index in range(3000):
+        service.store_chunk("alice", state.upload_id, index, data[index : index + 1])
+    service.close()
+
+    reader = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "chunkstore.cli",
+            "replay",
+            state.upload_id,
+            "--data",
+            str(tmp_path / "data"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert reader.stdout is not None
+    first = reader.stdout.readline()
+    reader.stdout.close()
+    _, errors = reader.communicate(timeout=60)
+
+    assert first
+    assert reader.returncode == 0
+    assert b"Traceback" not in errors
