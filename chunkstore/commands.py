@@ -106,12 +106,7 @@ def decide_init(
     file_hash = request.file_hash.lower() if request.file_hash else None
     if file_hash is not None and not _SHA256_HEX.fullmatch(file_hash):
         raise InvalidRequest("file_hash must be a SHA-256 hex digest (64 hex characters)")
-    if open_sessions >= settings.max_open_sessions:
-        raise TooManySessions(
-            f"{open_sessions} upload sessions are open; the limit is {settings.max_open_sessions}."
-            " Complete or cancel one first.",
-            limit=settings.max_open_sessions,
-        )
+    check_open_sessions(open_sessions, settings)
     initiated = UploadInitiated(
         owner=owner,
         filename=filename,
@@ -131,6 +126,16 @@ def decide_init(
         if digest in known_digests
     ]
     return [initiated, *reused]
+
+
+def check_open_sessions(open_sessions: int, settings: Settings) -> None:
+    """Refuse one more session to an owner already at the limit."""
+    if open_sessions >= settings.max_open_sessions:
+        raise TooManySessions(
+            f"{open_sessions} upload sessions are open; the limit is {settings.max_open_sessions}."
+            " Complete or cancel one first.",
+            limit=settings.max_open_sessions,
+        )
 
 
 def _checked_chunk_size(request: InitRequest, settings: Settings) -> int:

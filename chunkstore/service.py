@@ -45,7 +45,6 @@ from chunkstore.errors import (
     IncompleteBody,
     InvalidRequest,
     TooLarge,
-    TooManySessions,
     UploadNotActive,
     ValidationFailed,
 )
@@ -391,14 +390,7 @@ class UploadService:
     def _check_open_sessions(self, owner: str, now: datetime) -> None:
         """decide_init counted already; counting again under the write lock is what
         keeps inits arriving at once from each seeing room for one more."""
-        open_sessions = self.events.count_open_sessions(owner, now)
-        limit = self.settings.max_open_sessions
-        if open_sessions >= limit:
-            raise TooManySessions(
-                f"{open_sessions} upload sessions are open; the limit is {limit}."
-                " Complete or cancel one first.",
-                limit=limit,
-            )
+        commands.check_open_sessions(self.events.count_open_sessions(owner, now), self.settings)
 
     def held_digests(self, owner: str, digests: Sequence[str]) -> set[str]:
         """Digests this owner has stored before and the store still holds."""

@@ -49,7 +49,6 @@ from chunkstore.errors import (
     InvalidRequest,
     SessionExpired,
     TooLarge,
-    TooManySessions,
     UploadNotActive,
     UploadNotFound,
 )
@@ -207,11 +206,7 @@ def decide_create(
             f"file of {length} bytes exceeds the limit of {settings.max_file_size}",
             limit=settings.max_file_size,
         )
-    if open_sessions >= settings.max_open_sessions:
-        raise TooManySessions(
-            f"{open_sessions} upload sessions are open; the limit is {settings.max_open_sessions}.",
-            limit=settings.max_open_sessions,
-        )
+    commands.check_open_sessions(open_sessions, settings)
     created = TusUploadCreated(
         owner=owner,
         filename=filename,
