@@ -19,6 +19,7 @@ from chunkstore.errors import (
     ChunkConflict,
     ChunkIndexOutOfRange,
     ChunkSizeMismatch,
+    ChunkTooLarge,
     InvalidRequest,
     SessionExpired,
     TooLarge,
@@ -192,15 +193,28 @@ def check_accepting(state: SessionState, now: datetime) -> None:
         )
 
 
-def check_chunk_target(state: SessionState, index: int, now: datetime) -> int:
-    """Whether chunk ``index`` may be sent now; returns the exact size it must have."""
+def check_chunk_target(
+    state: SessionState, index: int, now: datetime, declared_size: int | None = None
+) -> int:
+    """Whether chunk ``index`` may be sent now; returns the exact size it must have.
+
+    ``declared_size``: what the request says it carries (Content-Length, a batch frame's
+    length), refused before any byte of it is read when it cannot be right.
+    """
     check_accepting(state, now)
     if not 0 <= index < state.total_chunks:
         raise ChunkIndexOutOfRange(
             f"chunk index {index} is outside 0..{state.total_chunks - 1}",
             total_chunks=state.total_chunks,
         )
-    return state.expected_size(index)
+    expected = state.expected_size(index)
+    if declared_size is not None and declared_size != expected:
+        error = ChunkTooLarge if declared_size > expected else ChunkSizeMismatch
+        raise error(
+            f"chunk {index} must be {expected} bytes, the request declares {declared_size}",
+            expected=expected,
+        )
+    return expected
 
 
 def check_chunk_bytes(state: SessionState, index: int, digest: str, size: int) -> None:

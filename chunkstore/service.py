@@ -204,10 +204,7 @@ class BatchParser:
     def _start_frame(self) -> None:
         index, length = self.HEADER.unpack(self._header)
         self._header.clear()
-        expected = commands.check_chunk_target(self.state, index, self.clock())
-        if length != expected:
-            error = ChunkTooLarge if length > expected else ChunkSizeMismatch
-            raise error(f"chunk {index} must be {expected} bytes, the frame says {length}")
+        commands.check_chunk_target(self.state, index, self.clock(), length)
         self._index, self._size, self._remaining = index, length, length
         self._hasher, self._pieces = blake3.blake3(), []
 
@@ -414,17 +411,7 @@ class UploadService:
     ) -> tuple[int, str | None]:
         """Checks made before a chunk's body is read: (exact size, declared digest)."""
         state = self.get(owner, upload_id)
-        expected = commands.check_chunk_target(state, index, self.clock())
-        if content_length is not None and content_length > expected:
-            raise ChunkTooLarge(
-                f"chunk {index} must be {expected} bytes, the request declares {content_length}",
-                expected=expected,
-            )
-        if content_length is not None and content_length < expected:
-            raise ChunkSizeMismatch(
-                f"chunk {index} must be {expected} bytes, the request declares {content_length}",
-                expected=expected,
-            )
+        expected = commands.check_chunk_target(state, index, self.clock(), content_length)
         return expected, state.expected_digest(index)
 
     def store_chunk(

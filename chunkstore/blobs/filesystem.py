@@ -138,9 +138,7 @@ class FileBlobWriter:
             self._file = None
 
     def _discard(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        self._close()
         with contextlib.suppress(FileNotFoundError):
             self._path.unlink()
 
