@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import itertools
 import os
 import secrets
 import struct
@@ -66,7 +67,8 @@ from chunkstore.validator import detect_mime, find_problem
 #: Session states kept in memory; a cached state is caught up from the log on every load.
 STATE_CACHE_SIZE = 512
 _APPEND_ATTEMPTS = 1000
-_blob_writers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="blob-writer")
+_BLOB_WRITERS = 4
+_blob_writers = ThreadPoolExecutor(max_workers=_BLOB_WRITERS, thread_name_prefix="blob-writer")
 
 
 def utcnow() -> datetime:
@@ -501,30 +503,39 @@ class UploadService:
     def record_frames(self, owner: str, upload_id: str, frames: Sequence[Frame]) -> Recorded:
         """Write verified frames to blob writers, then record them (``record_arrivals``)."""
 
-        def write(frame: Frame) -> ChunkIntake:
-            writer = self.blobs.writer(frame.digest, verified=True)
-            intake = ChunkIntake(writer, frame.size, None)
+        def write(group: Sequence[Frame]) -> list[tuple[int, ChunkIntake]]:
+            written: list[tuple[int, ChunkIntake]] = []
             try:
-                intake.feed(frame.pieces)
+                for frame in group:
+                    writer = self.blobs.writer(frame.digest, verified=True)
+                    written.append((frame.index, ChunkIntake(writer, frame.size, None)))
+                    for piece in frame.pieces:
+                        writer.write(piece)
             except BaseException:
-                intake.writer.abort()
+                for _, intake in written:
+                    intake.writer.abort()
                 raise
-            return intake
+            return written
 
         # File creation dominates small chunks and runs in the kernel without the GIL,
-        # so a few threads write a batch's blobs side by side.
-        jobs = [_blob_writers.submit(write, frame) for frame in frames]
-        arrivals: list[tuple[int, ChunkIntake]] = []
+        # so a few threads write a batch's blobs side by side, each a share of them.
+        shares = [frames[n::_BLOB_WRITERS] for n in range(_BLOB_WRITERS)]
+        jobs = [_blob_writers.submit(write, share) for share in shares if share]
+        written: list[list[tuple[int, ChunkIntake]]] = []
         failure: BaseException | None = None
-        for frame, job in zip(frames, jobs, strict=True):
+        for job in jobs:
             try:
-                arrivals.append((frame.index, job.result()))
+                written.append(job.result())
             except BaseException as error:
                 failure = failure or error
         if failure is not None:
-            for _, intake in arrivals:
-                intake.writer.abort()
+            for share in written:
+                for _, intake in share:
+                    intake.writer.abort()
             raise failure
+        # Back into the body's order: share n holds frames n, n + 4, n + 8...
+        rows = itertools.zip_longest(*written)
+        arrivals = [arrival for row in rows for arrival in row if arrival is not None]
         return self.record_arrivals(owner, upload_id, arrivals)
 
     def record_arrivals(

@@ -173,7 +173,8 @@ def blob_path(data_dir: Path, data: bytes) -> Path:
 
 
 def temp_files(data_dir: Path) -> list[Path]:
-    return sorted((data_dir / "tmp").iterdir())
+    """Every file under the data dir's ``tmp/``, in its spread directories too."""
+    return sorted(path for path in (data_dir / "tmp").rglob("*") if path.is_file())
 
 
 def recorded_events(data_dir: Path, upload_id: str) -> list[Event]:

