@@ -27,7 +27,7 @@ def create_app() -> Litestar:
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @put("/upload/{name:str}", request_max_body_size=1 << 30)
+    @put("/upload/{name:str}", request_max_body_size=1 << 34)
     async def upload(request: Request[Any, Any, Any], name: str) -> dict[str, Any]:
         hasher = blake3.blake3()
         path = directory / f"{name}-{secrets.token_hex(4)}"
@@ -42,4 +42,4 @@ def create_app() -> Litestar:
         path.unlink()
         return {"size": size, "blake3": hasher.hexdigest()}
 
-    return Litestar(route_handlers=[healthz, upload], request_max_body_size=1 << 30)
+    return Litestar(route_handlers=[healthz, upload], request_max_body_size=1 << 34)

@@ -24,7 +24,13 @@ from benchmarks.raw_upload import upload as raw_upload
 from tests.conftest import Server
 
 
-def client_upload(server: Server, path: Path, parallel: int, state_dir: Path) -> float:
+def client_upload(
+    server: Server,
+    path: Path,
+    parallel: int,
+    state_dir: Path,
+    expected_sha256: str | None = None,
+) -> float:
     """Seconds for ``chunkstore upload`` as a user runs it (a separate process)."""
     started = time.perf_counter()
     done = subprocess.run(
@@ -50,6 +56,8 @@ def client_upload(server: Server, path: Path, parallel: int, state_dir: Path) ->
     seconds = time.perf_counter() - started
     result = msgspec.json.decode(done.stdout)
     assert result["status"] == "completed", result
+    if expected_sha256 is not None:
+        assert result["sha256"] == expected_sha256, "client: final file hash differs"
     return seconds
 
 
