@@ -48,16 +48,16 @@ class Assembled(msgspec.Struct, frozen=True):
     sha256: str
 
 
-# Hashing and writing release the GIL; a small pool lets SHA-256 and the write run
-# beside the BLAKE3 passes instead of after them.
-_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="assemble")
+# Hashing and writing release the GIL; a small pool lets the whole-file hashes and the
+# write run beside the chunk checks instead of after them.
+_pool = ThreadPoolExecutor(max_workers=3, thread_name_prefix="assemble")
 
 
 def assemble(blobs: BlobStore, chunks: Sequence[tuple[str, int]], out: BinaryIO) -> Assembled:
     """Stream the chunks in order into ``out``, verifying each against its digest.
 
-    This thread reads and BLAKE3-hashes (each chunk, and the whole file); SHA-256 and
-    the writes of the previous few MiB run meanwhile in the pool. Handing work over in
+    This thread reads and BLAKE3-hashes each chunk; the whole file's SHA-256 and BLAKE3
+    and the writes of the previous few MiB run meanwhile in the pool. Handing work over in
     ``HANDOFF_SIZE`` buffers, not per chunk, keeps small chunks from paying a thread
     round trip each. At most two buffers are in memory.
     """
@@ -73,7 +73,11 @@ def assemble(blobs: BlobStore, chunks: Sequence[tuple[str, int]], out: BinaryIO)
         data = buffer[0] if len(buffer) == 1 else b"".join(buffer)
         for job in pending:  # keep SHA-256 updates and writes in file order
             job.result()
-        pending = [_pool.submit(whole_sha256.update, data), _pool.submit(write_all, out, data)]
+        pending = [
+            _pool.submit(whole_sha256.update, data),
+            _pool.submit(whole_blake3.update, data),
+            _pool.submit(write_all, out, data),
+        ]
         buffer, buffered = [], 0
 
     try:
@@ -83,7 +87,6 @@ def assemble(blobs: BlobStore, chunks: Sequence[tuple[str, int]], out: BinaryIO)
             with blobs.open(digest) as blob:
                 while piece := blob.read(READ_SIZE):
                     chunk_hash.update(piece)
-                    whole_blake3.update(piece)
                     buffer.append(piece)
                     buffered += len(piece)
                     chunk_size += len(piece)

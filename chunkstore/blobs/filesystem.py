@@ -336,7 +336,7 @@ class FileBlobStore:
 
     def open(self, digest: str) -> BinaryIO:
         try:
-            return open(self.path_for(digest), "rb")  # noqa: SIM115
+            return open(self._path_str(digest), "rb")  # noqa: SIM115
         except FileNotFoundError:
             raise CorruptBlob(f"blob {digest} is missing", digest=digest) from None
 
