@@ -69,6 +69,8 @@ from tests.conftest import Server, free_port
 
 GiB = 1024 * MiB
 CHUNK = 8 * MiB
+#: The latest full run's results are kept in the repository, with the README's table.
+DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 #: The seed's JSON transport carries base64, a third larger; the server's JSON body limit
 #: is sized for the largest raw chunk, so JSON chunks are this size.
 JSON_CHUNK = 4 * MiB
@@ -716,7 +718,9 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m benchmarks", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--quick", action="store_true", help="256 MiB uploads, fewer runs")
-    parser.add_argument("--out", default="bench-results", help="directory for the results")
+    parser.add_argument(
+        "--out", default=str(DEFAULT_OUT), help="directory for the results (default %(default)s)"
+    )
     parser.add_argument("--runs", type=int, help="runs per figure (default 3, quick 2)")
     parser.add_argument(
         "--only",

@@ -404,6 +404,20 @@ def _add_client_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    """The benchmark suite lives beside the package in a source checkout."""
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "benchmarks" / "suite.py").exists():
+        print(
+            "chunkstore bench runs from a source checkout (benchmarks/ not found)", file=sys.stderr
+        )
+        return 2
+    sys.path.insert(0, str(root))
+    from benchmarks.suite import main as bench_main
+
+    return bench_main(args.bench_args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="chunkstore", description="Resumable, deduplicating file uploads."
@@ -416,6 +430,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--data", help="data directory (default $CHUNKSTORE_DATA or ./data)")
     serve.add_argument("--workers", type=int, default=1, help="server processes")
     serve.set_defaults(func=cmd_serve)
+
+    bench = commands.add_parser(
+        "bench",
+        help="run the benchmark suite (python -m benchmarks); --help after bench for its options",
+        add_help=False,
+    )
+    bench.set_defaults(func=cmd_bench, bench_args=[])
 
     token = commands.add_parser("token", help="manage bearer tokens")
     token_commands = token.add_subparsers(dest="token_command", required=True)
@@ -446,6 +467,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:
+        # Everything after "bench" is the suite's own: argparse would claim its options.
+        return cmd_bench(argparse.Namespace(bench_args=argv[1:]))
     args = build_parser().parse_args(argv)
     from chunkstore.client import ClientError
     from chunkstore.errors import ChunkstoreError
