@@ -135,8 +135,12 @@ def ensure_peer_env() -> dict[str, str]:
         [str(_peer_python()), "-c", probe, *REPORTED], check=True, capture_output=True, text=True
     ).stdout
     versions: dict[str, str] = json.loads(output)
-    versions["tuspy"] = importlib.metadata.version("tuspy")
-    return versions
+    return {f"{name} (peers)": version for name, version in versions.items()}
+
+
+def local_versions() -> dict[str, str]:
+    """Versions on chunkstore's side of the comparison: its server and tus client."""
+    return {name: importlib.metadata.version(name) for name in ("granian", "tuspy", "httpx")}
 
 
 def _free_port() -> int:

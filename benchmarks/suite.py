@@ -733,8 +733,10 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    versions = peers.ensure_peer_env()
     groups = args.only or ["throughput", "memory", "dedup", "eventlog"]
+    # Only the throughput group needs the peers (and their venv, built on first use).
+    versions = peers.ensure_peer_env() if "throughput" in groups else {}
+    versions = {**versions, **peers.local_versions()}
     work = scratch_dir()
     cases: list[Case] = []
     try:

@@ -182,9 +182,14 @@ class SQLiteEventStore:
             raise
         return recorded
 
+    # An upsert, not INSERT OR REPLACE: replacing deletes and re-inserts the row, which
+    # rewrites both of its indexes on every chunk; updating in place leaves them alone
+    # unless an indexed column changed.
     _UPSERT = (
-        f"INSERT OR REPLACE INTO sessions ({', '.join(SESSION_COLUMNS)})"
+        f"INSERT INTO sessions ({', '.join(SESSION_COLUMNS)})"
         f" VALUES ({', '.join('?' for _ in SESSION_COLUMNS)})"
+        " ON CONFLICT (upload_id) DO UPDATE SET "
+        + ", ".join(f"{column} = excluded.{column}" for column in SESSION_COLUMNS[1:])
     )
 
     def _upsert_session(self, conn: sqlite3.Connection, row: dict[str, Any]) -> None:
