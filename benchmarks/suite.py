@@ -126,11 +126,12 @@ def sha256_file(path: Path) -> str:
 class CeilingServer:
     """benchmarks.ceiling_app on granian, as chunkstore is served."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, durable: bool = True) -> None:
         self.directory = directory
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "CEILING_DIR": str(directory)}
+        env["CEILING_FSYNC"] = "1" if durable else "0"
         self.process = subprocess.Popen(
             [
                 sys.executable,
@@ -183,8 +184,8 @@ def stream_file(path: Path) -> object:
 # -- throughput -------------------------------------------------------------------------
 
 
-def run_ceiling(work: Path, path: Path, expected_blake3: str) -> float:
-    server = CeilingServer(work / "ceiling")
+def run_ceiling(work: Path, path: Path, expected_blake3: str, durable: bool = True) -> float:
+    server = CeilingServer(work / "ceiling", durable)
     try:
         started = time.perf_counter()
         answer = httpx.put(f"{server.url}/upload/bench", content=stream_file(path), timeout=600)
@@ -331,6 +332,11 @@ def throughput(profile: Profile, work: Path) -> list[Case]:
 
     add(ceiling, f"one PUT of {label}, granian", lambda d: run_ceiling(d, path, expected_blake3))
     add(
+        "bare Litestar without fsync (as the peers write)",
+        "the same app, the file left in the page cache",
+        lambda d: run_ceiling(d, path, expected_blake3, durable=False),
+    )
+    add(
         "chunkstore raw chunks, 1 connection",
         "8 MiB PUTs, fsync each",
         on_chunkstore(lambda s: run_raw(s, path, expected), "raw1"),
@@ -419,7 +425,16 @@ def dedup(profile: Profile, work: Path) -> list[Case]:
     tars = release_tars(versions=profile.releases)
     total = sum(tar.stat().st_size for tar in tars)
     label = f"django {profile.releases[0]}-{profile.releases[-1]} ({len(tars)} sdists)"
-    cases = []
+    cases = [
+        Case(
+            "dedup: the releases' total size",
+            "dedup",
+            "MiB",
+            runs=[total / MiB],
+            lower_is_better=True,
+            note=f"{label}, re-tarred uncompressed, uploaded in order",
+        )
+    ]
     for chunker in ("fixed", "cdc"):
         unique = {c.digest: c.size for tar in tars for c in chunk_file(tar, chunker)}
         ideal = sum(unique.values()) / MiB

@@ -261,13 +261,13 @@ class FileBlobStore:
             digest = writer.digest()  # type: ignore[attr-defined]
             size = writer.size  # type: ignore[attr-defined]
             target = self._path_str(digest)
-            if isinstance(writer, VerifyingWriter) or os.path.exists(target):
-                if isinstance(writer, VerifyingWriter) and not os.path.exists(target):
+            if isinstance(writer, VerifyingWriter):
+                if not os.path.exists(target):
                     raise CorruptBlob(f"blob {digest} vanished while it was being verified")
                 refs[position] = BlobRef(digest, size, created=False)
-                if isinstance(writer, FileBlobWriter):
-                    writer._discard()
                 continue
+            # No existence check first: a link onto an existing name fails, and _link
+            # reports that as not created (a stat per chunk saved).
             to_link.append((position, writer, target))
         try:
             if len(to_link) == 1 or (to_link and _syncfs is None):

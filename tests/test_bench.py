@@ -1,0 +1,37 @@
+"""The benchmark suite runs end to end and writes what it promises: a smoke run of its
+cheapest group through ``chunkstore bench``, as a user would start it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+@pytest.mark.slow
+def test_chunkstore_bench_writes_results_table_and_plot(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    done = subprocess.run(
+        [sys.executable, "-m", "chunkstore.cli", "bench", "--quick", "--runs", "1"]
+        + ["--only", "eventlog", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+
+    results = json.loads((out / "results.json").read_text())
+    cases = {case["name"]: case for case in results["cases"]}
+    append = cases["event log append, 1 transaction per chunk"]
+    bare = cases[append["baseline"]]
+    assert append["unit"] == "events/s" and append["figure"] > 0
+    assert append["ratio"] == pytest.approx(append["figure"] / bare["figure"], rel=1e-3)
+    audit = cases["audit re-hash of blobs"]
+    assert audit["unit"] == "GB/s" and audit["figure"] > 0 and audit["ratio"] > 0
+    assert results["meta"]["versions"]["granian"]
+    table = (out / "results.md").read_text()
+    assert "| event log | replay (read + decode + fold every stream) |" in table
+    assert (out / "eventlog.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
