@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
@@ -53,6 +54,14 @@ def random_file(size: int, directory: Path | None = None) -> Path:
             out.write(os.urandom(piece))
             remaining -= piece
     return Path(name)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as source:
+        while piece := source.read(8 * MiB):
+            digest.update(piece)
+    return digest.hexdigest()
 
 
 def scratch_dir() -> Path:

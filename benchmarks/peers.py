@@ -36,7 +36,14 @@ from typing import IO
 
 from tusclient import client as tus_client
 
-from benchmarks.common import MiB, max_process_peak_rss, random_file, remove, scratch_dir
+from benchmarks.common import (
+    MiB,
+    max_process_peak_rss,
+    random_file,
+    remove,
+    scratch_dir,
+    sha256_file,
+)
 
 PEER_VENV = Path.home() / ".cache" / "chunkstore-bench" / "peers-venv"
 PEER_PINS = (
@@ -293,14 +300,6 @@ def tus_upload(
     uploader.upload()
     seconds = time.perf_counter() - started
     return TusUpload(seconds=seconds, url=str(uploader.url))
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as source:
-        while piece := source.read(8 * MiB):
-            digest.update(piece)
-    return digest.hexdigest()
 
 
 def main() -> None:

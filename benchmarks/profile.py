@@ -20,7 +20,7 @@ from collections import Counter
 from pathlib import Path
 
 from benchmarks import suite
-from benchmarks.common import MiB, descendants, random_file, remove, scratch_dir
+from benchmarks.common import MiB, descendants, random_file, remove, scratch_dir, sha256_file
 
 CASES = ("raw", "raw4", "json", "tus", "client")
 #: Innermost frames of a thread that is waiting, not working.
@@ -88,7 +88,7 @@ def main() -> None:
     work = scratch_dir()
     try:
         path = random_file(args.size_mib * MiB, work)
-        expected = suite.sha256_file(path)
+        expected = sha256_file(path)
         server = suite.chunkstore_server(work, args.case)
         try:
             worker = [server.process.pid, *descendants(server.process.pid)][-1]  # type: ignore[union-attr]

@@ -6,10 +6,16 @@ python -m benchmarks.raw_upload [--size-mib 1024] [--chunk-mib 8]
 from __future__ import annotations
 
 import argparse
-import hashlib
 import time
 
-from benchmarks.common import MiB, max_process_peak_rss, random_file, remove, scratch_dir
+from benchmarks.common import (
+    MiB,
+    max_process_peak_rss,
+    random_file,
+    remove,
+    scratch_dir,
+    sha256_file,
+)
 from tests.conftest import Server
 
 
@@ -52,10 +58,7 @@ def main() -> None:
     work = scratch_dir()
     try:
         path = random_file(args.size_mib * MiB, work)
-        expected = hashlib.sha256()
-        with open(path, "rb") as source:
-            while piece := source.read(8 * MiB):
-                expected.update(piece)
+        expected = sha256_file(path)
         server = Server(work / "data").start()
         try:
             baseline_rss = max_process_peak_rss(server.process.pid)
@@ -64,7 +67,7 @@ def main() -> None:
         finally:
             server.stop()
         size = args.size_mib * MiB
-        assert result["sha256"] == expected.hexdigest(), "final file hash differs"
+        assert result["sha256"] == expected, "final file hash differs"
         print(f"file: {args.size_mib} MiB in {args.chunk_mib} MiB chunks (raw PUT, 1 connection)")
         print(
             f"chunks: {size / result['chunks_seconds'] / 1e6:.0f} MB/s "

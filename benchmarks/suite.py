@@ -52,7 +52,14 @@ import httpx
 
 from benchmarks import peers
 from benchmarks.client_upload import client_upload
-from benchmarks.common import MiB, max_process_peak_rss, random_file, remove, scratch_dir
+from benchmarks.common import (
+    MiB,
+    max_process_peak_rss,
+    random_file,
+    remove,
+    scratch_dir,
+    sha256_file,
+)
 from benchmarks.dedup_releases import upload_all
 from benchmarks.raw_upload import upload as raw_upload
 from benchmarks.releases import DJANGO_RELEASES, release_tars
@@ -114,10 +121,6 @@ def profile_for(quick: bool, runs: int | None) -> Profile:
 
 def log(message: str) -> None:
     print(f"bench: {message}", file=sys.stderr, flush=True)
-
-
-def sha256_file(path: Path) -> str:
-    return peers.sha256_file(path)
 
 
 # -- servers ----------------------------------------------------------------------------
@@ -199,13 +202,6 @@ def run_ceiling(work: Path, path: Path, expected_blake3: str, durable: bool = Tr
 
 def chunkstore_server(work: Path, name: str) -> Server:
     return Server(work / f"data-{name}").start()
-
-
-def check_completed(server: Server, upload_id: str, expected_sha256: str) -> None:
-    with server.client("bench") as client:
-        status = client.get(f"/api/v1/upload/status/{upload_id}").json()
-    assert status["status"] == "completed", status
-    assert status["sha256"] == expected_sha256, "final file hash differs"
 
 
 def run_raw(server: Server, path: Path, expected: str) -> float:

@@ -11,14 +11,20 @@ client's 8 MiB chunks as they are. The machine's load average is printed with th
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import time
 from pathlib import Path
 
 from tusclient import client as tus_client
 
-from benchmarks.common import MiB, max_process_peak_rss, random_file, remove, scratch_dir
+from benchmarks.common import (
+    MiB,
+    max_process_peak_rss,
+    random_file,
+    remove,
+    scratch_dir,
+    sha256_file,
+)
 from benchmarks.raw_upload import upload as raw_upload
 from tests.conftest import Server
 
@@ -60,17 +66,14 @@ def main() -> None:
     work = scratch_dir()
     try:
         path = random_file(size, work)
-        expected = hashlib.sha256()
-        with open(path, "rb") as source:
-            while piece := source.read(8 * MiB):
-                expected.update(piece)
+        expected = sha256_file(path)
         print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         raw, raw_peak = measure(work, "raw", lambda s: raw_upload(s, path, chunk))
         raw_seconds = float(raw["chunks_seconds"]) + float(raw["complete_seconds"])
         tus, tus_peak = measure(work, "tus", lambda s: tus_upload(s, path, chunk))
         print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-        assert raw["sha256"] == expected.hexdigest(), "raw: final file hash differs"
-        assert tus["sha256"] == expected.hexdigest(), "tus: final file hash differs"
+        assert raw["sha256"] == expected, "raw: final file hash differs"
+        assert tus["sha256"] == expected, "tus: final file hash differs"
         print(f"file: {args.size_mib} MiB, {args.chunk_mib} MiB per request, one connection")
         print(
             f"raw PUT chunks, end to end: {size / raw_seconds / 1e6:.0f} MB/s"
