@@ -157,7 +157,7 @@ def types_agree(declared: str, detected: str) -> bool:
     """
     if declared == detected or declared == "application/octet-stream":
         return True
-    if detected == "text/plain" and _is_textual(declared):
+    if detected in ("text/plain", *_TEXT_GUESSES) and _is_textual(declared):
         return True
     if detected == "application/zip" and declared in _ZIP_CONTAINERS:
         return True
@@ -214,6 +214,11 @@ _ZIP_CONTAINERS = frozenset(
         "application/java-archive",
     }
 )
+#: Text formats libmagic names from a couple of letters at the start of a file: it calls
+#: plain text starting with "PA", "IN" or "NP" (about 0.1% of random base64) HP-GL
+#: plotter commands. Such content is still text, so a textual declared type stands.
+_TEXT_GUESSES = ("application/vnd.hp-HPGL",)
+
 _COMPATIBLE: dict[str, tuple[str, ...]] = {
     "application/json": ("application/json", "text/plain"),
     "application/xml": ("text/xml", "text/plain"),

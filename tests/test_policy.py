@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from chunkstore.config import Settings
 from chunkstore.errors import DisallowedType, InvalidFilename
 from chunkstore.policy import check_declared_type, clean_filename, type_problem, types_agree
+from chunkstore.validator import detect_mime
 
 
 @pytest.mark.parametrize(
@@ -131,3 +134,17 @@ def test_declared_types_are_normalized() -> None:
 def test_a_declared_type_that_is_not_a_mime_type_is_refused() -> None:
     with pytest.raises(DisallowedType):
         check_declared_type("not a type", Settings())
+
+
+def test_text_that_libmagic_takes_for_plotter_commands_may_still_be_declared_text(
+    tmp_path: Path,
+) -> None:
+    # Base64 text that happens to start with "PA": libmagic says HP-GL.
+    path = tmp_path / "note.txt"
+    path.write_bytes(b"PACNgjWG/ViGQ2xvdWRz" * 50)
+    detected = detect_mime(path)
+
+    assert detected == "application/vnd.hp-HPGL"
+    assert types_agree("text/plain", detected)
+    assert types_agree("text/csv", detected)
+    assert not types_agree("image/png", detected)
