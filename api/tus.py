@@ -211,14 +211,22 @@ class TusController(Controller):
             concat,
             part_ids,
         )
+        location = f"{FILES}/{state.upload_id}"
         if with_body:
             try:
                 state = await write_body(request, tus_uploads, state.upload_id, 0)
             except IncompleteBody:
                 state = await asyncio.to_thread(tus_uploads.head, owner, state.upload_id)
+            except ChunkstoreError as error:
+                # The upload exists although its first bytes were refused (a checksum
+                # mismatch): say where it is, so the client can resume instead of
+                # leaving it to expire.
+                refused = tus_error(request, error)
+                refused.headers["Location"] = location
+                return refused
         elif tus_uploads.needs_completion(state):
             state = await asyncio.to_thread(tus_uploads.complete, owner, state)
-        headers = {"Location": f"{FILES}/{state.upload_id}", **offset_headers(state)}
+        headers = {"Location": location, **offset_headers(state)}
         return Response(content=b"", status_code=201, headers=headers)
 
     @head("/{upload_id:str}")

@@ -218,6 +218,26 @@ def test_creation_with_upload_stores_the_body_and_reports_its_offset(
     assert final_bytes(server, client, url) == data
 
 
+def test_creation_with_upload_refused_by_its_checksum_says_where_the_upload_is(
+    server: Server, client: httpx.Client
+) -> None:
+    data = os.urandom(300_000)
+    answer = client.post(
+        "/files/",
+        content=data[:200_000],
+        headers={
+            **OFFSET_BODY,
+            "Upload-Length": str(len(data)),
+            "Upload-Checksum": checksum("sha1", b"other bytes"),
+        },
+    )
+    assert_problem(answer, 460)
+    url = answer.headers["Location"]
+    assert offset_of(client, url) == 0
+    assert send(client, url, 0, data).status_code == 204
+    assert final_bytes(server, client, url) == data
+
+
 def test_deferred_length_is_declared_by_a_later_patch(server: Server, client: httpx.Client) -> None:
     data = os.urandom(500_000)
     url = create(client, None)
