@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
 
 from benchmarks.common import (
     MiB,
@@ -19,7 +23,22 @@ from benchmarks.common import (
 from tests.conftest import Server
 
 
-def upload(server: Server, path, chunk_size: int) -> dict[str, float]:
+def put_raw(client: httpx.Client, upload_id: str, index: int, chunk: bytes) -> httpx.Response:
+    return client.put(
+        f"/api/v1/upload/{upload_id}/chunks/{index}",
+        content=chunk,
+        headers={"Content-Type": "application/octet-stream"},
+    )
+
+
+def upload(
+    server: Server,
+    path: Path,
+    chunk_size: int,
+    send: Callable[[httpx.Client, str, int, bytes], httpx.Response] = put_raw,
+) -> dict[str, float]:
+    """One session, its chunks in order over one connection (``send`` carries each),
+    then completion."""
     size = path.stat().st_size
     with server.client("bench") as client, open(path, "rb") as source:
         started = time.perf_counter()
@@ -31,12 +50,7 @@ def upload(server: Server, path, chunk_size: int) -> dict[str, float]:
         upload_id = init.json()["upload_id"]
         index = 0
         while chunk := source.read(chunk_size):
-            answer = client.put(
-                f"/api/v1/upload/{upload_id}/chunks/{index}",
-                content=chunk,
-                headers={"Content-Type": "application/octet-stream"},
-            )
-            answer.raise_for_status()
+            send(client, upload_id, index, chunk).raise_for_status()
             index += 1
         chunks_done = time.perf_counter()
         done = client.post("/api/v1/upload/complete", json={"upload_id": upload_id})

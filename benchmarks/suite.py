@@ -251,34 +251,23 @@ def run_raw_parallel(server: Server, path: Path, expected: str, parallel: int = 
     return seconds
 
 
+def post_json(client: httpx.Client, upload_id: str, index: int, chunk: bytes) -> httpx.Response:
+    """The seed's transport: the chunk base64 in a JSON body with its SHA-256."""
+    return client.post(
+        "/api/v1/upload/chunk",
+        json={
+            "upload_id": upload_id,
+            "chunk_index": index,
+            "chunk_data": base64.b64encode(chunk).decode(),
+            "checksum": hashlib.sha256(chunk).hexdigest(),
+        },
+    )
+
+
 def run_json(server: Server, path: Path, expected: str) -> float:
-    """The seed's transport: each chunk base64 in a JSON body with its SHA-256."""
-    size = path.stat().st_size
-    with server.client("bench") as client, open(path, "rb") as source:
-        started = time.perf_counter()
-        init = client.post(
-            "/api/v1/upload/init",
-            json={"filename": "bench.bin", "total_size": size, "chunk_size": JSON_CHUNK},
-        )
-        init.raise_for_status()
-        upload_id = init.json()["upload_id"]
-        index = 0
-        while chunk := source.read(JSON_CHUNK):
-            answer = client.post(
-                "/api/v1/upload/chunk",
-                json={
-                    "upload_id": upload_id,
-                    "chunk_index": index,
-                    "chunk_data": base64.b64encode(chunk).decode(),
-                    "checksum": hashlib.sha256(chunk).hexdigest(),
-                },
-            )
-            answer.raise_for_status()
-            index += 1
-        done = client.post("/api/v1/upload/complete", json={"upload_id": upload_id})
-        seconds = time.perf_counter() - started
-    assert done.json()["sha256"] == expected, "json: final file hash differs"
-    return seconds
+    timing = raw_upload(server, path, JSON_CHUNK, send=post_json)
+    assert timing["sha256"] == expected, "json: final file hash differs"
+    return timing["chunks_seconds"] + timing["complete_seconds"]
 
 
 def run_tus(server: Server, path: Path, expected: str) -> float:
