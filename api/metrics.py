@@ -14,17 +14,19 @@ Access: no auth by default (the figures are aggregate counts: no owner names, up
 ids, file names or tokens), ``CHUNKSTORE_METRICS_TOKEN`` to require a bearer token of
 its own, ``CHUNKSTORE_METRICS=0`` to switch the route off.
 
-With several granian workers (``--workers N``), a scrape reaches whichever worker accepts
-the connection: the request and gc counters are that one process's share, so they jump
-between scrapes and undercount (prometheus-client's multiprocess mode, or one metrics
-port per worker, would fix that). The event-derived and projection figures are read
-from the shared store, so they are whole-store whichever worker answers (each counts
-from its own start, so they differ only by the events before the later start).
+With several granian workers (``--workers N``), ``chunkstore serve`` turns on
+prometheus-client's multiprocess mode (``PROMETHEUS_MULTIPROC_DIR`` = ``data/metrics``,
+emptied at start): every worker writes its request and gc counters to files there, and a
+scrape, whichever worker answers it, reports their sum. The event-derived and projection
+figures are read from the shared store, so they are whole-store whichever worker answers
+(each counts from its own start, so they differ only by the events before the later
+start).
 """
 
 from __future__ import annotations
 
 import hmac
+import os
 import threading
 from collections import Counter as Tally
 from collections.abc import Iterator
@@ -36,6 +38,7 @@ from litestar.exceptions import NotFoundException
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from chunkstore.config import Settings
@@ -165,7 +168,8 @@ class Metrics:
         self.gc_failures = Counter(
             "chunkstore_gc_failures", "Background gc runs that raised", registry=self.registry
         )
-        self.registry.register(StoreCollector(service))
+        self.store = StoreCollector(service)
+        self.registry.register(self.store)
 
     def record_gc(self, report: GcReport) -> None:
         self.gc_runs.inc()
@@ -174,7 +178,14 @@ class Metrics:
         self.gc_freed.inc(report.bytes_freed)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            return generate_latest(self.registry)
+        # Several workers: the counters are the sum of every worker's files (this
+        # process's own included), the store figures are read once, by this one.
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        registry.register(self.store)
+        return generate_latest(registry)
 
     def middleware(self, app: ASGIApp) -> ASGIApp:
         """Counts every HTTP request by its route template (never the raw path: upload

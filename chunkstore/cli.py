@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import threading
 import time
@@ -27,6 +28,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     os.environ["CHUNKSTORE_DATA"] = str(data_dir)
     if args.workers > 1 and "CHUNKSTORE_TEMP_GRACE" not in os.environ:
         os.environ["CHUNKSTORE_TEMP_GRACE"] = "3600"
+    if args.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        # prometheus-client's multiprocess mode: each worker writes its counters to
+        # files here, and /metrics sums them, whichever worker answers the scrape.
+        metrics_dir = data_dir / "metrics"
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        metrics_dir.mkdir(parents=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     Settings.from_env()  # fail fast on a bad setting, before the server starts
     print(
         f"chunkstore serving http://{args.host}:{args.port} (data: {data_dir})",

@@ -29,8 +29,9 @@ def free_port() -> int:
 class Server:
     """A ``chunkstore serve`` process group with its own data directory."""
 
-    def __init__(self, data_dir: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, data_dir: Path, env: dict[str, str] | None = None, workers: int = 1) -> None:
         self.data_dir = data_dir
+        self.workers = workers
         self.env = {**os.environ, **(env or {})}
         self.env.pop("CHUNKSTORE_DATA", None)
         self.port = free_port()
@@ -53,6 +54,8 @@ class Server:
                 str(self.port),
                 "--data",
                 str(self.data_dir),
+                "--workers",
+                str(self.workers),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
@@ -200,3 +201,30 @@ def test_refused_and_unrouted_requests_are_counted_with_their_real_status(
         )
         == 1
     )
+
+
+def test_with_several_workers_every_scrape_counts_every_workers_requests(
+    tmp_path: Path,
+) -> None:
+    server = Server(tmp_path / "data", workers=2).start()
+    try:
+        auth = {"Authorization": f"Bearer {server.token('alice')}"}
+        for number in range(30):
+            # A connection each, so the kernel spreads them over both workers.
+            answer = httpx.get(f"{server.url}{UPLOAD}/status/missing{number}", headers=auth)
+            assert answer.status_code == 404
+        route = f"{UPLOAD}/status/{{upload_id:str}}"
+        for _ in range(6):
+            samples = scrape(server)
+            assert (
+                value(
+                    samples,
+                    "chunkstore_http_requests_total",
+                    route=route,
+                    method="GET",
+                    status="404",
+                )
+                == 30
+            )
+    finally:
+        server.stop()
