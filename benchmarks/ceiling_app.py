@@ -35,7 +35,7 @@ def create_app() -> Litestar:
         with open(path, "wb", buffering=0) as out:
             async for piece in request.stream():
                 hasher.update(piece)
-                write_all(out, piece)
+                write_all(out.write, piece)
                 size += len(piece)
             if durable:
                 os.fsync(out.fileno())

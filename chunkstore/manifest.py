@@ -71,12 +71,12 @@ def assemble(blobs: BlobStore, chunks: Sequence[tuple[str, int]], out: BinaryIO)
     def hand_off() -> None:
         nonlocal pending, buffer, buffered
         data = buffer[0] if len(buffer) == 1 else b"".join(buffer)
-        for job in pending:  # keep SHA-256 updates and writes in file order
+        for job in pending:  # keep the whole-file hash updates and writes in file order
             job.result()
         pending = [
             _pool.submit(whole_sha256.update, data),
             _pool.submit(whole_blake3.update, data),
-            _pool.submit(write_all, out, data),
+            _pool.submit(write_all, out.write, data),
         ]
         buffer, buffered = [], 0
 

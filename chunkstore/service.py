@@ -508,9 +508,9 @@ class UploadService:
             try:
                 for frame in group:
                     writer = self.blobs.writer(frame.digest, verified=True)
-                    written.append((frame.index, ChunkIntake(writer, frame.size, None)))
-                    for piece in frame.pieces:
-                        writer.write(piece)
+                    intake = ChunkIntake(writer, frame.size, None)
+                    written.append((frame.index, intake))
+                    intake.feed(frame.pieces)
             except BaseException:
                 for _, intake in written:
                     intake.writer.abort()

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import secrets
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -28,11 +29,12 @@ DIGEST_LENGTH = 64
 WRITE_SLICE = 256 * 1024
 
 
-def write_all(out: BinaryIO, data: bytes | memoryview) -> None:
-    """Write every byte of ``data`` in slices of at most ``WRITE_SLICE``."""
+def write_all(write: Callable[[memoryview], int | None], data: bytes | memoryview) -> None:
+    """Write every byte of ``data`` in slices of at most ``WRITE_SLICE`` through
+    ``write`` (a file's ``write``, or ``os.write`` bound to a descriptor)."""
     view = memoryview(data)
     while view:
-        written = out.write(view[:WRITE_SLICE])
+        written = write(view[:WRITE_SLICE])
         view = view[written if written is not None else len(view[:WRITE_SLICE]) :]
 
 
@@ -114,6 +116,7 @@ class FileBlobWriter:
             # thread, rather than one after another when the batch is committed.
             store.ensure_dir_for(verified_digest)
         self._fd: int | None = os.open(self._path, _CREATE_FLAGS, 0o644)
+        self._write = functools.partial(os.write, self._fd)
 
     @property
     def size(self) -> int:
@@ -123,9 +126,7 @@ class FileBlobWriter:
         assert self._fd is not None, "writer already finished"
         if self._hasher is not None:
             self._hasher.update(data)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self._fd, view[:WRITE_SLICE]) :]
+        write_all(self._write, data)
         self._size += len(data)
 
     def digest(self) -> str:
