@@ -31,6 +31,16 @@ def put_raw(client: httpx.Client, upload_id: str, index: int, chunk: bytes) -> h
     )
 
 
+def start_session(client: httpx.Client, size: int, chunk_size: int) -> str:
+    """init for a fixed-size upload of ``size`` bytes; returns its upload id."""
+    init = client.post(
+        "/api/v1/upload/init",
+        json={"filename": "bench.bin", "total_size": size, "chunk_size": chunk_size},
+    )
+    init.raise_for_status()
+    return str(init.json()["upload_id"])
+
+
 def upload(
     server: Server,
     path: Path,
@@ -39,15 +49,9 @@ def upload(
 ) -> dict[str, float]:
     """One session, its chunks in order over one connection (``send`` carries each),
     then completion."""
-    size = path.stat().st_size
     with server.client("bench") as client, open(path, "rb") as source:
         started = time.perf_counter()
-        init = client.post(
-            "/api/v1/upload/init",
-            json={"filename": "bench.bin", "total_size": size, "chunk_size": chunk_size},
-        )
-        init.raise_for_status()
-        upload_id = init.json()["upload_id"]
+        upload_id = start_session(client, path.stat().st_size, chunk_size)
         index = 0
         while chunk := source.read(chunk_size):
             send(client, upload_id, index, chunk).raise_for_status()

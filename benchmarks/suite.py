@@ -61,6 +61,7 @@ from benchmarks.common import (
     sha256_file,
 )
 from benchmarks.dedup_releases import upload_all
+from benchmarks.raw_upload import put_raw, start_session
 from benchmarks.raw_upload import upload as raw_upload
 from benchmarks.releases import DJANGO_RELEASES, release_tars
 from benchmarks.tus_upload import tus_upload as chunkstore_tus_upload
@@ -217,24 +218,14 @@ def run_raw_parallel(server: Server, path: Path, expected: str, parallel: int = 
     failures: list[BaseException] = []
     with server.client("bench") as client:
         started = time.perf_counter()
-        init = client.post(
-            "/api/v1/upload/init",
-            json={"filename": "bench.bin", "total_size": size, "chunk_size": CHUNK},
-        )
-        init.raise_for_status()
-        upload_id = init.json()["upload_id"]
+        upload_id = start_session(client, size, CHUNK)
 
         def send(lane: int) -> None:
             try:
                 with server.client("bench") as own, open(path, "rb") as source:
                     for index in range(lane, count, parallel):
                         source.seek(index * CHUNK)
-                        answer = own.put(
-                            f"/api/v1/upload/{upload_id}/chunks/{index}",
-                            content=source.read(CHUNK),
-                            headers={"Content-Type": "application/octet-stream"},
-                        )
-                        answer.raise_for_status()
+                        put_raw(own, upload_id, index, source.read(CHUNK)).raise_for_status()
             except BaseException as error:  # reported by the caller
                 failures.append(error)
 
