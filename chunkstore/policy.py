@@ -17,6 +17,17 @@ MAX_FILENAME_BYTES = 255
 
 #: Extensions that run code on a desktop or a web server. Refused anywhere in the name,
 #: so "invoice.php.jpg" (a classic way past an extension check) is refused too.
+#:
+#: Also refused: what a desktop runs or follows when the file is opened, though it is
+#: text: ``.js``, ``.jse``, ``.wsc``, ``.sct`` (Windows Script Host runs them), launchers
+#: (``.desktop``'s ``Exec=``, ``.url``/``.website``/``.webloc``/``.fileloc``/``.inetloc``,
+#: ``.scf``, ``.command``, ``.terminal``, ``.tool``) and compiled help (``.chm``) or
+#: management consoles (``.msc``). Such files have little reason to be in a file store.
+#: Accepted: ``.html``, ``.htm``, ``.xhtml``, ``.mht``, ``.svg``. They run script only
+#: when a browser renders them; downloads are sent as attachments, so never rendered in
+#: the service's origin, and they are among the commonest documents (saved pages,
+#: reports, icons). Where files are served inline elsewhere, their detected types can be
+#: added to ``CHUNKSTORE_DENIED_TYPES``.
 DANGEROUS_EXTENSIONS = frozenset(
     [
         "exe",
@@ -68,6 +79,22 @@ DANGEROUS_EXTENSIONS = frozenset(
         "cgi",
         "pl",
         "htaccess",
+        "js",
+        "jse",
+        "wsc",
+        "sct",
+        "desktop",
+        "url",
+        "website",
+        "webloc",
+        "fileloc",
+        "inetloc",
+        "scf",
+        "command",
+        "terminal",
+        "tool",
+        "chm",
+        "msc",
     ]
 )
 
@@ -78,6 +105,22 @@ _WINDOWS_RESERVED = frozenset(
 )
 _UNSAFE_CHARS = re.compile(r'[<>:"|?*\x00-\x1f\x7f]')
 
+#: Characters drawn like "/" or "\\" that NFKC leaves alone (those it maps to a real
+#: separator, such as U+FF0F FULLWIDTH SOLIDUS or U+FE68 SMALL REVERSE SOLIDUS, are found
+#: through NFKC). From Unicode's confusables for SOLIDUS and REVERSE SOLIDUS, symbols only:
+#: letters and ideographs that resemble a stroke (KATAKANA NO) are text.
+_SEPARATOR_LOOKALIKES = frozenset(
+    "\u2215\u2044\u29f8\u2571\u27cb\u2041\u1735"  # DIVISION, FRACTION, BIG SOLIDUS, ...
+    "\u2216\u29f5\u29f9\u2572\u27cd"  # SET MINUS, REVERSE SOLIDUS OPERATOR, ...
+)
+#: Characters drawn like "." that NFKC leaves alone (U+2024 ONE DOT LEADER, U+FF0E
+#: FULLWIDTH FULL STOP and U+FE52 SMALL FULL STOP become "." through NFKC; U+FF61 becomes
+#: U+3002). They are not refused: U+3002 IDEOGRAPHIC FULL STOP is ordinary punctuation in
+#: Chinese and Japanese names. They only count as dots where extensions are looked for.
+_DOT_LOOKALIKES = str.maketrans(dict.fromkeys("\u3002\u0701\u0702\ua60e\ua4f8\u0660\u06f0", "."))
+#: How many distinct offending characters a refusal names.
+_NAMED_CHARACTERS = 8
+
 
 def clean_filename(name: str) -> str:
     """The name a file is stored under, or ``InvalidFilename``.
@@ -85,15 +128,32 @@ def clean_filename(name: str) -> str:
     Path separators and ".." components are refused rather than stripped: a client that
     sends "../../etc/passwd" is wrong, and guessing what it meant hides the error.
     Characters that are unsafe on common filesystems are replaced with "_".
+
+    The name is normalized to NFC first, so that every later check sees one spelling.
+    Format characters (Unicode category Cf: bidirectional overrides, zero-width spaces and
+    joiners, the BOM, the soft hyphen) are refused: they are invisible, so they make a name
+    read as something it is not ("x\\u202egnp.js" shows as "xsj.png") or slip an extension
+    past a check ("x.exe\\u200b") that a tool which drops them would then see. Characters
+    drawn like a slash are refused as separators are; characters drawn like a dot, and
+    compatibility forms (NFKC: fullwidth letters and dots), count when extensions are
+    looked for, so "x\\u2024exe" and "x.\\uff45\\uff58\\uff45" are refused like "x.exe".
     """
     if not isinstance(name, str) or not name.strip():
         raise InvalidFilename("filename is empty")
     name = unicodedata.normalize("NFC", name.strip())
     if "\x00" in name:
         raise InvalidFilename("filename contains a NUL byte")
-    if "/" in name or "\\" in name:
-        raise InvalidFilename("filename must not contain a path separator")
-    if name in (".", "..") or name.strip(".") == "":
+    invisible = format_characters(name)
+    if invisible:
+        raise InvalidFilename(
+            f"filename contains invisible format characters ({', '.join(invisible)});"
+            " send the name without them",
+            characters=invisible,
+        )
+    compatible = unicodedata.normalize("NFKC", name)
+    if "/" in compatible or "\\" in compatible or not _SEPARATOR_LOOKALIKES.isdisjoint(name):
+        raise InvalidFilename("filename must not contain a path separator (or a look-alike)")
+    if extension_skeleton(name).strip(".") == "":
         raise InvalidFilename("filename must not be a relative path component")
     cleaned = _UNSAFE_CHARS.sub("_", name)
     if len(cleaned.encode("utf-8")) > MAX_FILENAME_BYTES:
@@ -111,11 +171,32 @@ def clean_filename(name: str) -> str:
 
 
 def dangerous_extensions(name: str) -> list[str]:
-    """Every dangerous extension in ``name``, including inner ones ("a.php.jpg")."""
-    parts = name.lower().split(".")
-    # parts[0] is the stem; for a hidden file (".htaccess") it is empty and the name
-    # itself is the extension.
-    return [part.strip() for part in parts[1:] if part.strip() in DANGEROUS_EXTENSIONS]
+    """Every dangerous extension in ``name``, including inner ones ("a.php.jpg"), as
+    written or as its look-alike dots and compatibility forms would make it read."""
+    found: list[str] = []
+    for form in (name, extension_skeleton(name)):
+        # parts[0] is the stem; for a hidden file (".htaccess") it is empty and the name
+        # itself is the extension.
+        for part in form.lower().split(".")[1:]:
+            extension = part.strip()
+            if extension in DANGEROUS_EXTENSIONS and extension not in found:
+                found.append(extension)
+    return found
+
+
+def extension_skeleton(name: str) -> str:
+    """``name`` as NFKC spells it, with characters drawn like a dot made dots: what a
+    reader (or a tool that normalizes) takes for its extensions."""
+    return unicodedata.normalize("NFKC", name).translate(_DOT_LOOKALIKES)
+
+
+def format_characters(name: str) -> list[str]:
+    """The distinct format characters (category Cf) in ``name`` as "U+XXXX", at most
+    ``_NAMED_CHARACTERS`` of them."""
+    found = dict.fromkeys(
+        f"U+{ord(char):04X}" for char in name if unicodedata.category(char) == "Cf"
+    )
+    return list(found)[:_NAMED_CHARACTERS]
 
 
 def normalize_mime(mime: str) -> str:

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import unicodedata
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from chunkstore.config import Settings
 from chunkstore.errors import DisallowedType, InvalidFilename
+from chunkstore.events import UploadInitiated
+from chunkstore.manifest import Assembled
 from chunkstore.policy import check_declared_type, clean_filename, type_problem, types_agree
-from chunkstore.validator import detect_mime
+from chunkstore.session import replay
+from chunkstore.validator import detect_mime, find_problem
 
 
 @pytest.mark.parametrize(
@@ -148,3 +153,144 @@ def test_text_that_libmagic_takes_for_plotter_commands_may_still_be_declared_tex
     assert types_agree("text/plain", detected)
     assert types_agree("text/csv", detected)
     assert not types_agree("image/png", detected)
+
+
+# -- names that read as something they are not ---------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "character"),
+    [
+        ("x\u202egnp.js", "U+202E"),  # RIGHT-TO-LEFT OVERRIDE: shows as "xsj.png"
+        ("x.exe\u200b", "U+200B"),  # ZERO WIDTH SPACE after the extension
+        ("in\u200dvoice.pdf", "U+200D"),  # ZERO WIDTH JOINER
+        ("\ufeffreport.pdf", "U+FEFF"),  # BOM
+        ("x.e\u00adxe", "U+00AD"),  # SOFT HYPHEN
+        ("a\u2066b\u2069.txt", "U+2066"),  # LEFT-TO-RIGHT ISOLATE
+        ("x\u061c.txt", "U+061C"),  # ARABIC LETTER MARK
+    ],
+    ids=["rlo", "zwsp", "zwj", "bom", "soft-hyphen", "lri", "alm"],
+)
+def test_a_name_with_an_invisible_format_character_is_refused_and_says_which(
+    name: str, character: str
+) -> None:
+    with pytest.raises(InvalidFilename) as refused:
+        clean_filename(name)
+
+    assert character in refused.value.extensions["characters"]
+    assert character in refused.value.detail
+
+
+def test_a_refusal_names_a_bounded_number_of_format_characters() -> None:
+    name = "".join(chr(0x2060 + n) + "a" for n in range(5)) + "\u200b\u200c\u200d\u200e\u200f.txt"
+
+    with pytest.raises(InvalidFilename) as refused:
+        clean_filename(name * 20)
+
+    assert len(refused.value.extensions["characters"]) == 8
+
+
+@pytest.mark.parametrize(
+    "separator",
+    ["\u2215", "\u2044", "\uff0f", "\u29f8", "\uff3c", "\ufe68", "\u2216", "\u29f5", "\u2571"],
+    ids=[
+        "division-slash",
+        "fraction-slash",
+        "fullwidth-solidus",
+        "big-solidus",
+        "fullwidth-reverse-solidus",
+        "small-reverse-solidus",
+        "set-minus",
+        "reverse-solidus-operator",
+        "box-diagonal",
+    ],
+)
+def test_a_character_drawn_like_a_path_separator_is_refused(separator: str) -> None:
+    with pytest.raises(InvalidFilename, match="path separator"):
+        clean_filename(f"..{separator}..{separator}etc{separator}passwd")
+    with pytest.raises(InvalidFilename, match="path separator"):
+        clean_filename(f"photos{separator}cat.jpg")
+
+
+@pytest.mark.parametrize(
+    "dot",
+    ["\u2024", "\uff0e", "\ufe52", "\u3002", "\uff61", "\ua60e", "\u0701"],
+    ids=[
+        "one-dot-leader",
+        "fullwidth-full-stop",
+        "small-full-stop",
+        "ideographic-full-stop",
+        "halfwidth-ideographic-full-stop",
+        "vai-full-stop",
+        "syriac-full-stop",
+    ],
+)
+def test_a_character_drawn_like_a_dot_cannot_hide_a_dangerous_extension(dot: str) -> None:
+    with pytest.raises(InvalidFilename) as refused:
+        clean_filename(f"invoice{dot}exe")
+    assert refused.value.extensions["extensions"] == ["exe"]
+    with pytest.raises(InvalidFilename):
+        clean_filename(f"invoice{dot}php{dot}jpg")
+
+
+def test_fullwidth_letters_in_an_extension_are_read_as_the_extension() -> None:
+    with pytest.raises(InvalidFilename) as refused:
+        clean_filename("setup.\uff45\uff58\uff45")
+
+    assert refused.value.extensions["extensions"] == ["exe"]
+
+
+def test_look_alike_dots_alone_are_a_relative_path_component() -> None:
+    with pytest.raises(InvalidFilename, match="relative path component"):
+        clean_filename("\uff0e\uff0e")
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["app.js", "x.JSE", "launcher.desktop", "site.url", "place.webloc", "run.command", "h.chm"],
+)
+def test_files_a_desktop_runs_or_follows_when_opened_are_refused(name: str) -> None:
+    with pytest.raises(InvalidFilename, match="runs code"):
+        clean_filename(name)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "page.html",
+        "page.htm",
+        "page.xhtml",
+        "saved.mht",
+        "logo.svg",
+        "議事録。最終版.txt",  # an ideographic full stop in ordinary Japanese
+        "رسالة٠١.pdf",  # Arabic-Indic digits, one of them zero
+        "naïve café.txt",
+    ],
+)
+def test_documents_a_browser_renders_and_ordinary_names_in_other_scripts_are_kept(
+    name: str,
+) -> None:
+    assert clean_filename(name) == unicodedata.normalize("NFC", name)
+
+
+def test_the_validator_refuses_a_recorded_name_the_policy_no_longer_accepts() -> None:
+    # A session recorded before the rule existed: completion applies today's policy.
+    now = datetime(2030, 1, 1, tzinfo=UTC)
+    state = replay(
+        [
+            UploadInitiated(
+                owner="alice",
+                filename="invoice.exe\u200b",
+                total_size=3,
+                mime_type="application/octet-stream",
+                chunk_size=3,
+                total_chunks=1,
+                created_at=now,
+                expires_at=now + timedelta(hours=1),
+            )
+        ]
+    )
+
+    problem = find_problem(state, Assembled(3, "b" * 64, "s" * 64), "text/plain", Settings())
+
+    assert problem is not None and problem[0] == "invalid-filename"

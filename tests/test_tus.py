@@ -202,6 +202,22 @@ def test_a_dangerous_filename_in_metadata_is_refused(client: httpx.Client) -> No
     assert_problem(answer, 400)
 
 
+@pytest.mark.parametrize(
+    "filename",
+    ["x.exe\u200b", "x\u202egnp.js", "a\uff0fb.txt"],
+    ids=["zero-width-space", "bidi-override", "fullwidth-solidus"],
+)
+def test_a_metadata_filename_that_reads_as_something_it_is_not_is_refused(
+    client: httpx.Client, filename: str
+) -> None:
+    answer = client.post(
+        "/files/",
+        headers={**TUS, "Upload-Length": "5", "Upload-Metadata": metadata(filename=filename)},
+    )
+    assert_problem(answer, 400)
+    assert answer.json()["type"] == "/problems/invalid-filename"
+
+
 def test_creation_with_upload_stores_the_body_and_reports_its_offset(
     server: Server, client: httpx.Client
 ) -> None:

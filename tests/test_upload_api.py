@@ -138,6 +138,21 @@ def test_init_refuses_an_unsafe_filename(client: httpx.Client, filename: str) ->
     assert_problem(response, 400, "invalid-filename")
 
 
+@pytest.mark.parametrize(
+    "filename",
+    ["x\u202egnp.js", "x.exe\u200b", "a\u2215b.txt", "invoice\u2024exe"],
+    ids=["bidi-override", "zero-width-space", "division-slash", "one-dot-leader"],
+)
+def test_init_refuses_a_filename_that_reads_as_something_it_is_not(
+    client: httpx.Client, filename: str
+) -> None:
+    response = client.post(
+        f"{UPLOAD}/init", json={"filename": filename, "total_size": 10, "chunk_size": KiB}
+    )
+
+    assert_problem(response, 400, "invalid-filename")
+
+
 def test_init_accepts_an_ordinary_filename_with_spaces_and_unicode(client: httpx.Client) -> None:
     answer = init_upload(client, os.urandom(10), KiB, filename="Résumé 2024 (final).pdf")
 
