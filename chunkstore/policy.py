@@ -218,15 +218,20 @@ def check_declared_type(mime: str, settings: Settings) -> str:
 
 
 def type_problem(declared: str, detected: str, settings: Settings) -> tuple[str, str] | None:
-    """(reason, detail) when detected bytes break policy, else None."""
+    """(reason, detail) when detected bytes break policy, else None.
+
+    A declared type the content contradicts is named first (an ELF binary sent as
+    image/png is a ``mime-mismatch``): it is what the client got wrong. Content that
+    declared nothing (``application/octet-stream``) or its own type meets the type lists.
+    """
     declared = normalize_mime(declared)
     detected = normalize_mime(detected)
+    if not types_agree(declared, detected):
+        return "mime-mismatch", f"declared {declared} but the content is {detected}"
     if detected in settings.denied_mime_types:
         return "disallowed-type", f"content is {detected}, which is not accepted"
     if settings.allowed_mime_types and not _allowed(detected, settings.allowed_mime_types):
         return "disallowed-type", f"content is {detected}, which is not in the allowed types"
-    if not types_agree(declared, detected):
-        return "mime-mismatch", f"declared {declared} but the content is {detected}"
     return None
 
 

@@ -294,3 +294,9 @@ def test_the_validator_refuses_a_recorded_name_the_policy_no_longer_accepts() ->
     problem = find_problem(state, Assembled(3, "b" * 64, "s" * 64), "text/plain", Settings())
 
     assert problem is not None and problem[0] == "invalid-filename"
+
+
+def test_an_executable_declared_as_an_image_is_a_mime_mismatch() -> None:
+    problem = type_problem("image/png", "application/x-pie-executable", Settings())
+
+    assert problem is not None and problem[0] == "mime-mismatch"
