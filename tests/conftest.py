@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -40,7 +41,10 @@ class Server:
         self.log_path = data_dir.parent / f"{data_dir.name}-server.log"
         make_durable_dirs(data_dir)
 
-    def start(self) -> Server:
+    def start(self, timeout: float = 30) -> Server:
+        """Start and wait until ``/healthz`` answers; a server that exits or does not
+        answer within ``timeout`` seconds is killed (its whole process group) before
+        the error is raised, so no test leaves a server behind."""
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         self.process = subprocess.Popen(
             [
@@ -63,16 +67,19 @@ class Server:
             start_new_session=True,
         )
         log.close()
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
+                self.kill9()  # its workers, if any outlived it
                 raise RuntimeError(f"server exited early:\n{self.log()}")
             try:
                 if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
                     return self
             except httpx.TransportError:
-                time.sleep(0.05)
-        raise RuntimeError(f"server did not start:\n{self.log()}")
+                pass
+            time.sleep(0.05)
+        self.kill9()
+        raise RuntimeError(f"server did not start within {timeout} s:\n{self.log()}")
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -80,7 +87,8 @@ class Server:
     def kill9(self) -> None:
         """SIGKILL the whole process group: no shutdown handler runs."""
         assert self.process is not None
-        os.killpg(self.process.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):  # the group has already gone
+            os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(timeout=10)
         self.process = None
 

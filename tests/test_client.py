@@ -32,7 +32,14 @@ from chunkstore.events import ManifestWritten
 from chunkstore.validator import detect_mime
 from tests.conftest import MakeServer, Server
 from tests.flaky_proxy import FlakyProxy
-from tests.helpers import UPLOAD, assert_problem, blake3_hex, recorded_events, status_of
+from tests.helpers import (
+    UPLOAD,
+    assert_problem,
+    blake3_hex,
+    init_upload,
+    recorded_events,
+    status_of,
+)
 
 MiB = 1024 * 1024
 RESULT_KEYS = {"upload_id", "status", "bytes_total", "bytes_sent", "bytes_deduplicated", "sha256"}
@@ -230,25 +237,66 @@ def test_killed_upload_resumes_and_sends_only_what_was_missing(
     assert list(state_dir.iterdir()) == []
 
 
-def wait_for_upload_id(state_dir: Path, process: subprocess.Popen[bytes]) -> str:
+#: How long a test waits for a client process to get somewhere before giving up on it.
+CLIENT_WAIT = 120.0
+
+
+def wait_for_upload_id(
+    state_dir: Path, process: subprocess.Popen[bytes], timeout: float = CLIENT_WAIT
+) -> str:
     """The upload id the client remembered, once it has started the upload."""
-    while process.poll() is None:
+    deadline = time.monotonic() + timeout
+    while process.poll() is None and time.monotonic() < deadline:
         for record in state_dir.glob("*.json"):
             return str(json.loads(record.read_bytes())["upload_id"])
         time.sleep(0.02)
-    raise AssertionError(f"client exited before starting: {process.communicate()}")
+    raise AssertionError(client_gave_up(process, "started the upload", timeout))
 
 
 def wait_for_some_chunks(
-    api: httpx.Client, upload_id: str, process: subprocess.Popen[bytes]
+    api: httpx.Client,
+    upload_id: str,
+    process: subprocess.Popen[bytes],
+    timeout: float = CLIENT_WAIT,
 ) -> dict[str, Any]:
     """The first status answer that shows chunks received."""
-    while process.poll() is None:
+    deadline = time.monotonic() + timeout
+    while process.poll() is None and time.monotonic() < deadline:
         status = status_of(api, upload_id)
         if status["received_chunks"]:
             return status
         time.sleep(0.02)
-    raise AssertionError(f"client exited before any chunk arrived: {process.communicate()}")
+    raise AssertionError(client_gave_up(process, "sent a chunk", timeout))
+
+
+def client_gave_up(process: subprocess.Popen[bytes], what: str, timeout: float) -> str:
+    """Why a wait for the client ended; a client still running is killed first, so a
+    failed test leaves no process behind."""
+    if process.poll() is None:
+        process.kill()
+        return f"the client had not {what} within {timeout} s: {process.communicate(timeout=30)}"
+    return f"the client exited before it {what}: {process.communicate()}"
+
+
+def test_waiting_for_a_client_that_never_gets_going_ends_at_the_deadline(
+    server: Server, owner: str, tmp_path: Path
+) -> None:
+    silent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        with pytest.raises(AssertionError, match="within 0.2 s"):
+            wait_for_upload_id(tmp_path, silent, timeout=0.2)
+        assert silent.poll() is not None  # killed, not left behind
+
+        silent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+        with server.client(owner) as api:
+            upload_id = init_upload(api, b"x" * 10, 10)["upload_id"]
+            with pytest.raises(AssertionError, match="within 0.2 s"):
+                wait_for_some_chunks(api, upload_id, silent, timeout=0.2)
+        assert silent.poll() is not None
+    finally:
+        if silent.poll() is None:
+            silent.kill()
+            silent.wait(timeout=30)
 
 
 class InterruptAfter:
