@@ -172,6 +172,13 @@ def blob_path(data_dir: Path, data: bytes) -> Path:
     return data_dir / "objects" / digest[:2] / digest[2:4] / digest
 
 
+def flip_byte(path: Path, offset: int = 0) -> None:
+    """Damage a file on disk: the byte at ``offset`` XOR 0xFF, so it always changes."""
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
 def temp_files(data_dir: Path) -> list[Path]:
     """Every file under the data dir's ``tmp/``, in its spread directories too."""
     return sorted(path for path in (data_dir / "tmp").rglob("*") if path.is_file())

@@ -23,7 +23,7 @@ from chunkstore.commands import InitRequest
 from chunkstore.config import Settings
 from chunkstore.errors import ValidationFailed
 from chunkstore.service import UploadService
-from tests.helpers import FakeClock, blake3_hex, split
+from tests.helpers import FakeClock, blake3_hex, flip_byte, split
 
 KiB = 1024
 TTL = 3600.0
@@ -97,12 +97,6 @@ def build_store(data_dir: Path) -> Store:
 def blob_file(data_dir: Path, data: bytes) -> Path:
     digest = blake3_hex(data)
     return data_dir / "objects" / digest[:2] / digest[2:4] / digest
-
-
-def flip_byte(path: Path, offset: int = 0) -> None:
-    data = bytearray(path.read_bytes())
-    data[offset] ^= 0xFF
-    path.write_bytes(bytes(data))
 
 
 def final_file(store: Store) -> Path:

@@ -44,6 +44,7 @@ from tests.helpers import (
     FakeClock,
     blake3_hex,
     blob_path,
+    flip_byte,
     sha256_hex,
     split,
     temp_files,
@@ -440,7 +441,7 @@ def test_a_chunk_damaged_on_disk_fails_validation_and_no_file_appears(
     upload_id = start(service, data)
     send_all(service, upload_id, data)
     damaged = blob_path(data_dir, data[KiB:])
-    damaged.write_bytes(b"\x00" + damaged.read_bytes()[1:])
+    flip_byte(damaged)
 
     with pytest.raises(ValidationFailed) as failed:
         service.complete_upload(OWNER, upload_id)

@@ -908,15 +908,41 @@ def test_a_cancelled_upload_no_longer_counts_against_the_open_session_limit(
 # -- expiry ----------------------------------------------------------------------------
 
 
+def wait_until_expired(client: httpx.Client, upload_id: str, timeout: float = 60) -> None:
+    """Ask status until the server itself says the session has expired."""
+    deadline = time.monotonic() + timeout
+    while status_of(client, upload_id)["status"] != "expired":
+        assert time.monotonic() < deadline, f"{upload_id} did not expire within {timeout} s"
+        time.sleep(0.05)
+
+
 def test_a_chunk_sent_after_the_session_expired_is_refused_with_410(
     make_server: MakeServer,
 ) -> None:
-    server = make_server(CHUNKSTORE_SESSION_TTL="1")
     data = os.urandom(2 * KiB)
+    pieces = split(data, KiB)
+    # Chunk 0 must be in the session before it expires, whatever the machine's pace: it
+    # is stored first under the default TTL, then the server restarts with a 1 s TTL and
+    # the new session is born holding it (init with the chunk list reuses held chunks).
+    server = make_server()
     with server.client("late") as client:
-        upload_id = init_upload(client, data, KiB)["upload_id"]
-        assert post_chunk(client, upload_id, 0, data[:KiB]).status_code == 200
-        time.sleep(1.5)
+        holder = init_upload(client, pieces[0], KiB)["upload_id"]
+        assert put_chunk(client, holder, 0, pieces[0]).status_code == 200
+    server.stop()
+    server.env["CHUNKSTORE_SESSION_TTL"] = "1"
+    server.start()
+    with server.client("late") as client:
+        started = client.post(
+            f"{UPLOAD}/init",
+            json={
+                "filename": "late.bin",
+                "total_size": len(data),
+                "chunks": [{"digest": blake3_hex(p), "size": len(p)} for p in pieces],
+            },
+        )
+        assert started.status_code == 201, started.text
+        upload_id = started.json()["upload_id"]
+        wait_until_expired(client, upload_id)
 
         json_chunk = post_chunk(client, upload_id, 1, data[KiB:])
         raw_chunk = put_chunk(client, upload_id, 1, data[KiB:])
