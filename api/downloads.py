@@ -7,6 +7,7 @@ when that file is gone; it is never loaded whole.
 
 from __future__ import annotations
 
+import itertools
 import re
 from typing import Any
 from urllib.parse import quote
@@ -98,8 +99,13 @@ def _stream(
     if chosen is not None:
         headers["Content-Range"] = f"bytes {first}-{last}/{file.size}"
     headers["Content-Length"] = str(last - first + 1)
+    pieces = read_range(file, service.blobs, first, last)
+    # The first piece is read (and its chunk re-hashed) before the answer starts, so a
+    # damaged first chunk is a corrupt-blob problem; damage further on can only cut the
+    # body short, once the status has gone out.
+    opening = next(pieces, None)
     return Stream(
-        read_range(file, service.blobs, first, last),
+        itertools.chain([opening], pieces) if opening is not None else iter(()),
         status_code=206 if chosen is not None else 200,
         media_type=file.mime_type,
         headers=headers,

@@ -119,14 +119,23 @@ def chunks_range(
 def _chunk_slice(
     blobs: BlobStore, digest: str, size: int, first: int, last: int
 ) -> Iterator[bytes]:
+    """Bytes ``first`` to ``last`` of one chunk. The last piece is held back until the
+    whole chunk has been re-hashed: a damaged chunk then never completes a response
+    (the body ends short), and a chunk of up to ``READ_SIZE`` bytes, which is every
+    content-defined chunk, sends none of its bytes at all."""
     hasher = blake3.blake3()
     position = 0
+    held: bytes | None = None
     with blobs.open(digest) as blob:
         while piece := blob.read(READ_SIZE):
             hasher.update(piece)
             piece_start, piece_end = position, position + len(piece) - 1
             position += len(piece)
             if piece_end >= first and piece_start <= last:
-                yield piece[max(0, first - piece_start) : last - piece_start + 1]
+                if held is not None:
+                    yield held
+                held = piece[max(0, first - piece_start) : last - piece_start + 1]
     if position != size or hasher.hexdigest() != digest:
         raise CorruptBlob(f"blob {digest} is damaged", digest=digest)
+    if held is not None:
+        yield held

@@ -12,10 +12,13 @@ from tests.conftest import Server
 from tests.helpers import (
     assert_problem,
     blake3_hex,
+    blob_path,
     complete,
+    flip_byte,
     init_upload,
     put_chunk,
     sha256_hex,
+    split,
     tiny_png,
     upload_whole,
 )
@@ -194,3 +197,56 @@ def test_an_empty_file_downloads_as_zero_bytes(client: httpx.Client) -> None:
 
     assert whole.status_code == 200 and whole.content == b""
     assert_problem(ranged, 416, "range-not-satisfiable")
+
+
+def read_download(client: httpx.Client, url: str, **headers: str) -> tuple[int, bytes, bool]:
+    """(status, the body bytes that arrived, whether the body ended as announced)."""
+    received = bytearray()
+    try:
+        with client.stream("GET", url, headers=headers) as response:
+            for piece in response.iter_bytes():
+                received += piece
+    except httpx.TransportError:
+        return response.status_code, bytes(received), False
+    return response.status_code, bytes(received), True
+
+
+def damaged_download(server: Server, client: httpx.Client, data: bytes, damaged: int) -> str:
+    """A completed upload in 2 KiB chunks whose final file is gone and whose chunk
+    ``damaged`` has one byte flipped on disk; returns its download URL."""
+    upload_id = completed_upload(client, data, chunk_size=2 * KiB)
+    shutil.rmtree(server.data_dir / "files" / upload_id)
+    flip_byte(blob_path(server.data_dir, split(data, 2 * KiB)[damaged]), 1000)
+    return f"{FILES}/{upload_id}"
+
+
+@pytest.mark.parametrize("damaged", [2, 4], ids=["middle-chunk", "last-chunk"])
+def test_a_damaged_chunk_cuts_the_body_short_before_any_of_its_bytes(
+    server: Server, client: httpx.Client, damaged: int
+) -> None:
+    data = os.urandom(9 * KiB + 7)
+    url = damaged_download(server, client, data, damaged)
+
+    status, received, whole = read_download(client, url)
+
+    assert status == 200  # sent with the first chunk's bytes, which were sound
+    assert not whole
+    assert received == data[: damaged * 2 * KiB]
+
+
+def test_a_damaged_first_chunk_is_a_corrupt_blob_problem(
+    server: Server, client: httpx.Client
+) -> None:
+    data = os.urandom(9 * KiB + 7)
+    url = damaged_download(server, client, data, 0)
+
+    assert_problem(client.get(url), 500, "corrupt-blob")
+
+
+def test_a_range_inside_a_damaged_chunk_is_a_corrupt_blob_problem(
+    server: Server, client: httpx.Client
+) -> None:
+    data = os.urandom(9 * KiB + 7)
+    url = damaged_download(server, client, data, -1)
+
+    assert_problem(client.get(url, headers={"Range": "bytes=-3"}), 500, "corrupt-blob")
