@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import struct
+import time
 import zlib
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -13,6 +16,7 @@ from typing import Any
 import blake3
 import httpx
 
+from chunkstore.client import BATCH_MEDIA_TYPE
 from chunkstore.eventlog.sqlite import SQLiteEventStore
 from chunkstore.events import Event
 
@@ -148,6 +152,52 @@ def upload_whole(
         response = put_chunk(client, upload_id, index, piece)
         assert response.status_code == 200, response.text
     return str(upload_id)
+
+
+def frame(index: int, data: bytes) -> bytes:
+    """One frame of a batch body: u32 index, u32 length (big-endian), the bytes."""
+    return struct.pack(">II", index, len(data)) + data
+
+
+def init_manifest(api: httpx.Client, pieces: list[bytes], filename: str = "pieces.bin") -> str:
+    """Start an upload that declares ``pieces`` as its chunks; returns the upload id."""
+    response = api.post(
+        f"{UPLOAD}/init",
+        json={
+            "filename": filename,
+            "total_size": sum(len(piece) for piece in pieces),
+            "chunks": [{"digest": blake3_hex(piece), "size": len(piece)} for piece in pieces],
+        },
+    )
+    assert response.status_code == 201, response.text
+    return str(response.json()["upload_id"])
+
+
+def send_frames(api: httpx.Client, upload_id: str, body: Any) -> httpx.Response:
+    """POST a batch body (bytes, or an iterator of bytes, which httpx sends chunked)."""
+    return api.post(
+        f"{UPLOAD}/{upload_id}/batch", content=body, headers={"Content-Type": BATCH_MEDIA_TYPE}
+    )
+
+
+def access_log_entry(log: Callable[[], str], request_id: str, timeout: float = 60) -> Any:
+    """The server's access log line for one request, once the server has finished with
+    it (the line is written then); ``log`` reads the server's log."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for line in log().splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue  # granian's own lines, or a line still being written
+            if (
+                isinstance(entry, dict)
+                and entry.get("logger") == "chunkstore.access"
+                and entry.get("request_id") == request_id
+            ):
+                return entry
+        assert time.monotonic() < deadline, f"request {request_id} not logged in {timeout} s"
+        time.sleep(0.02)
 
 
 def assert_problem(response: httpx.Response, status: int, slug: str) -> dict[str, Any]:

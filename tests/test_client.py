@@ -6,7 +6,6 @@ import hashlib
 import json
 import os
 import signal
-import struct
 import subprocess
 import sys
 import time
@@ -21,7 +20,6 @@ from chunkstore.chunking import ChunkInfo, chunk_file
 from chunkstore.cli import render_progress
 from chunkstore.client import (
     BATCH_BYTES,
-    BATCH_MEDIA_TYPE,
     RetryPolicy,
     UploadClient,
     UploadResult,
@@ -35,9 +33,11 @@ from tests.flaky_proxy import FlakyProxy
 from tests.helpers import (
     UPLOAD,
     assert_problem,
-    blake3_hex,
+    frame,
+    init_manifest,
     init_upload,
     recorded_events,
+    send_frames,
     status_of,
 )
 
@@ -397,29 +397,6 @@ def test_overloaded_answers_503_and_429_are_retried(
 
 
 # -- the batch endpoint, spoken directly -------------------------------------------------
-
-
-def frame(index: int, data: bytes) -> bytes:
-    return struct.pack(">II", index, len(data)) + data
-
-
-def init_manifest(api: httpx.Client, pieces: list[bytes]) -> str:
-    response = api.post(
-        f"{UPLOAD}/init",
-        json={
-            "filename": "pieces.bin",
-            "total_size": sum(len(piece) for piece in pieces),
-            "chunks": [{"digest": blake3_hex(piece), "size": len(piece)} for piece in pieces],
-        },
-    )
-    assert response.status_code == 201, response.text
-    return str(response.json()["upload_id"])
-
-
-def send_frames(api: httpx.Client, upload_id: str, body: bytes) -> httpx.Response:
-    return api.post(
-        f"{UPLOAD}/{upload_id}/batch", content=body, headers={"Content-Type": BATCH_MEDIA_TYPE}
-    )
 
 
 def test_batch_frame_whose_bytes_do_not_match_its_digest_is_refused_and_not_recorded(
