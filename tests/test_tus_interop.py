@@ -8,8 +8,8 @@ import json
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 from tusclient import client as tus_client
@@ -19,28 +19,10 @@ from tests.flaky_proxy import FlakyProxy
 
 MiB = 1024 * 1024
 ROOT = Path(__file__).resolve().parent.parent
-#: tus-js-client is installed once into the virtualenv, next to the Python packages.
-NODE_PREFIX = ROOT / ".venv" / "tus-js"
-TUS_JS_VERSION = "4"
-
-NODE_UPLOAD = r"""
-const tus = require("tus-js-client");
-const fs = require("fs");
-const [endpoint, token, path, chunkSize, withCreation] = process.argv.slice(2);
-const data = fs.readFileSync(path);
-const options = {
-  endpoint,
-  headers: { Authorization: "Bearer " + token },
-  metadata: { filename: "from-node.bin", filetype: "application/octet-stream" },
-  retryDelays: [0, 100, 200, 500, 1000],
-  uploadDataDuringCreation: withCreation === "yes",
-  onError(error) { console.error(String(error)); process.exit(1); },
-  onSuccess() { console.log(JSON.stringify({ url: upload.url })); },
-};
-if (chunkSize !== "all") options.chunkSize = Number(chunkSize);
-const upload = new tus.Upload(data, options);
-upload.start();
-"""
+#: tus-js-client at the versions of tests/tus-js/package-lock.json, installed by ./run test
+#: into the virtualenv, next to the Python packages.
+NODE_MODULES = ROOT / ".venv" / "tus-js" / "node_modules"
+NODE_UPLOAD = ROOT / "tests" / "tus-js" / "upload.js"
 
 
 def sha256_of(path: Path) -> str:
@@ -117,26 +99,22 @@ def test_tuspy_resumes_after_cut_connections_and_finishes_byte_exact(
 
 
 @pytest.fixture(scope="session")
-def tus_js() -> Iterator[Path]:
-    """tus-js-client under ``.venv/tus-js`` (npm install once, kept for later runs)."""
-    node, npm = shutil.which("node"), shutil.which("npm")
-    assert node and npm, "node and npm are needed for the tus-js-client interop test"
-    package = NODE_PREFIX / "node_modules" / "tus-js-client"
-    if not package.exists():
-        subprocess.run(
-            [npm, "install", "--prefix", str(NODE_PREFIX), f"tus-js-client@{TUS_JS_VERSION}"],
-            check=True,
-            capture_output=True,
-            timeout=600,
-        )
-    script = NODE_PREFIX / "upload.js"
-    script.write_text(NODE_UPLOAD)
-    yield script
+def tus_js() -> Path:
+    """The Node script that uploads with tus-js-client (``./run test`` installs both)."""
+    assert shutil.which("node"), "Node.js is needed: ./run test installs it"
+    assert (NODE_MODULES / "tus-js-client").is_dir(), "./run test installs tus-js-client"
+    return NODE_UPLOAD
+
+
+class NodeUpload(NamedTuple):
+    url: str
+    #: The Upload-Offset of the creation answer (the bytes sent with the POST).
+    creation_offset: int
 
 
 def node_upload(
     script: Path, endpoint: str, token: str, path: Path, chunk_size: str, with_creation: bool
-) -> str:
+) -> NodeUpload:
     done = subprocess.run(
         [
             "node",
@@ -150,10 +128,11 @@ def node_upload(
         capture_output=True,
         text=True,
         timeout=300,
-        env={**os.environ, "NODE_PATH": str(NODE_PREFIX / "node_modules")},
+        env={**os.environ, "NODE_PATH": str(NODE_MODULES)},
     )
     assert done.returncode == 0, done.stderr
-    return str(json.loads(done.stdout.strip().splitlines()[-1])["url"])
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    return NodeUpload(str(result["url"]), int(result["creationOffset"]))
 
 
 @pytest.mark.parametrize(
@@ -172,7 +151,7 @@ def test_tus_js_client_uploads_a_file_byte_exact(
     path = write_random(tmp_path / "file.bin", 3 * MiB + 77)
     url = node_upload(
         tus_js, f"{server.url}/files/", server.token(owner), path, chunk_size, with_creation
-    )
+    ).url
     final = completed_file(server, owner, url)
     assert final.name == "from-node.bin"
     assert sha256_of(final) == sha256_of(path)
@@ -185,6 +164,8 @@ def test_tus_js_client_resumes_through_cut_connections(
     with FlakyProxy(
         server.port, drop_probability=1.0, max_cut_after=2 * MiB, max_drops=3, seed=3
     ) as proxy:
-        url = node_upload(tus_js, f"{proxy.url}/files/", server.token(owner), path, str(MiB), False)
+        url = node_upload(
+            tus_js, f"{proxy.url}/files/", server.token(owner), path, str(MiB), False
+        ).url
     assert proxy.drops >= 1
     assert sha256_of(completed_file(server, owner, url)) == sha256_of(path)
