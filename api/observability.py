@@ -57,11 +57,13 @@ def configure_logging(level: str = "INFO") -> None:
     root.propagate = False
 
 
-def _has_body(scope: Scope) -> bool:
+def has_body(scope: Scope) -> bool:
+    """Whether the request comes with a body: a Content-Length above 0, or any
+    Transfer-Encoding (a chunked body announces no length; RFC 9112 6.3)."""
     for name, value in scope["headers"]:
-        if name == b"content-length":
-            return value.strip() not in (b"", b"0")
         if name == b"transfer-encoding":
+            return True
+        if name == b"content-length" and value.strip().lstrip(b"0") != b"":
             return True
     return False
 
@@ -80,7 +82,7 @@ def request_id_middleware(app: ASGIApp) -> ASGIApp:
         started = time.perf_counter()
         status = 500
         sent = 0
-        body_pending = _has_body(scope)
+        body_pending = has_body(scope)
 
         async def receive_tracked() -> Message:
             nonlocal body_pending

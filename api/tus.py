@@ -19,6 +19,7 @@ from litestar.exceptions import InternalServerException
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import problems
+from api.observability import has_body
 from chunkstore import tus
 from chunkstore.config import Settings
 from chunkstore.errors import (
@@ -198,7 +199,7 @@ class TusController(Controller):
                 raise InvalidRequest("Upload-Defer-Length must be 1")
             if (length is None) == (deferred is None):
                 raise InvalidRequest("send either Upload-Length or Upload-Defer-Length: 1")
-        with_body = bool(int_header(request, "content-length"))
+        with_body = has_body(request.scope)
         if with_body:
             require_offset_body(request)
             checksum_of(request)  # an unknown algorithm is refused before anything exists

@@ -234,6 +234,24 @@ def test_creation_with_upload_stores_the_body_and_reports_its_offset(
     assert final_bytes(server, client, url) == data
 
 
+def test_creation_with_upload_reads_a_chunked_body(server: Server, client: httpx.Client) -> None:
+    data = os.urandom(3 * MiB + 5)
+    first = data[: 2 * MiB]
+    answer = client.post(
+        "/files/",
+        content=(first[start : start + 256 * 1024] for start in range(0, len(first), 256 * 1024)),
+        headers={**OFFSET_BODY, "Upload-Length": str(len(data))},
+    )
+    assert "content-length" not in answer.request.headers
+    assert answer.request.headers["transfer-encoding"] == "chunked"
+    assert answer.status_code == 201, answer.text
+    assert answer.headers["Upload-Offset"] == str(len(first))
+    url = answer.headers["Location"]
+    assert offset_of(client, url) == len(first)
+    assert send(client, url, len(first), data[len(first) :]).status_code == 204
+    assert final_bytes(server, client, url) == data
+
+
 def test_creation_with_upload_refused_by_its_checksum_says_where_the_upload_is(
     server: Server, client: httpx.Client
 ) -> None:

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 from pathlib import Path
 from typing import NamedTuple
@@ -113,8 +114,15 @@ class NodeUpload(NamedTuple):
 
 
 def node_upload(
-    script: Path, endpoint: str, token: str, path: Path, chunk_size: str, with_creation: bool
+    script: Path,
+    endpoint: str,
+    token: str,
+    path: Path,
+    chunk_size: str,
+    with_creation: bool,
+    package: str = "tus-js-client",
 ) -> NodeUpload:
+    """Upload ``path`` with tus-js-client (``package``: a name from tests/tus-js/package.json)."""
     done = subprocess.run(
         [
             "node",
@@ -128,7 +136,7 @@ def node_upload(
         capture_output=True,
         text=True,
         timeout=300,
-        env={**os.environ, "NODE_PATH": str(NODE_MODULES)},
+        env={**os.environ, "NODE_PATH": str(NODE_MODULES), "TUS_JS_CLIENT": package},
     )
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -155,6 +163,26 @@ def test_tus_js_client_uploads_a_file_byte_exact(
     final = completed_file(server, owner, url)
     assert final.name == "from-node.bin"
     assert sha256_of(final) == sha256_of(path)
+
+
+@pytest.mark.parametrize(
+    "package", ["tus-js-client", "tus-js-client-5"], ids=["4.3.1", "5.0.0-pre2"]
+)
+def test_tus_js_client_creation_with_upload_sends_the_whole_buffer_with_the_post(
+    server: Server, owner: str, tmp_path: Path, tus_js: Path, package: str
+) -> None:
+    # 4.3.1 sends a Buffer's bytes with the POST with a Content-Length, 5.0 chunked.
+    path = write_random(tmp_path / "file.bin", 6 * MiB + 3)
+    upload = node_upload(
+        tus_js, f"{server.url}/files/", server.token(owner), path, "all", True, package
+    )
+
+    assert upload.creation_offset == path.stat().st_size
+    assert sha256_of(completed_file(server, owner, upload.url)) == sha256_of(path)
+    # One upload: no retried creation left an empty one behind.
+    with sqlite3.connect(server.data_dir / "chunkstore.sqlite3") as db:
+        uploads = db.execute("SELECT upload_id FROM sessions WHERE owner = ?", (owner,)).fetchall()
+    assert uploads == [(upload.url.rsplit("/", 1)[-1],)]
 
 
 def test_tus_js_client_resumes_through_cut_connections(

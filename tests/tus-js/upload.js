@@ -3,7 +3,8 @@
 // The last argument turns on creation-with-upload (the file's bytes go with the POST; for
 // Buffer input tus-js-client sends them with Transfer-Encoding: chunked). Prints one JSON
 // line: the upload's URL and the Upload-Offset the creation answer reported.
-const tus = require("tus-js-client");
+// TUS_JS_CLIENT names the package to use (default tus-js-client; see package.json).
+const tus = require(process.env.TUS_JS_CLIENT || "tus-js-client");
 const fs = require("fs");
 
 const [endpoint, token, path, chunkSize, withCreation] = process.argv.slice(2);
