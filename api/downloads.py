@@ -1,4 +1,5 @@
 """``GET /api/v1/files/{upload_id}``: a completed upload's bytes, whole or one range.
+``GET /files/{upload_id}`` on a tus upload's URL answers the same (``download``).
 
 The owner only (another owner's upload is a 404, like a missing one); a session that is
 not completed is a 409. The body is streamed from the final file, or from the chunks
@@ -64,6 +65,12 @@ def _wants_range(request: AnyRequest, etag: str) -> str | None:
 
 @get("/api/v1/files/{upload_id:str}", sync_to_thread=True)
 def download_file(request: AnyRequest, upload_id: str, service: UploadService) -> Response[Any]:
+    return download(request, service, upload_id)
+
+
+def download(request: AnyRequest, service: UploadService, upload_id: str) -> Response[Any]:
+    """A completed upload's bytes for its owner, whole or the range asked for; also
+    what ``GET /files/{upload_id}`` (tus) answers."""
     state = service.get(str(request.user), upload_id)
     file = stored_file(state, service.settings.data_dir)
     etag = f'"{file.sha256}"'

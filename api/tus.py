@@ -13,12 +13,12 @@ import email.utils
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
-from litestar import Controller, Request, Response, delete, head, patch, post, route
+from litestar import Controller, Request, Response, delete, get, head, patch, post, route
 from litestar.enums import HttpMethod
 from litestar.exceptions import InternalServerException
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from api import problems
+from api import downloads, problems
 from api.observability import has_body
 from chunkstore import tus
 from chunkstore.config import Settings
@@ -28,6 +28,7 @@ from chunkstore.errors import (
     InvalidRequest,
     UnsupportedMediaType,
 )
+from chunkstore.service import UploadService
 from chunkstore.session import SessionState
 from chunkstore.tus import TUS_VERSION, TusUploads, UploadChecksum
 
@@ -47,14 +48,16 @@ STATUS_BY_TUS_ERROR: dict[type[ChunkstoreError], int] = {
 EXPOSED_HEADERS = (
     "Location, Upload-Offset, Upload-Length, Upload-Defer-Length, Upload-Metadata,"
     " Upload-Concat, Upload-Expires, Tus-Version, Tus-Resumable, Tus-Max-Size,"
-    " Tus-Extension, Tus-Checksum-Algorithm, X-Request-ID"
+    " Tus-Extension, Tus-Checksum-Algorithm, X-Request-ID,"
+    " ETag, Content-Range, Content-Disposition, Accept-Ranges"
 )
 ALLOWED_HEADERS = (
     "Authorization, Content-Type, Origin, X-Requested-With, X-Request-ID,"
     " X-HTTP-Method-Override, Upload-Length, Upload-Offset, Upload-Metadata,"
-    " Upload-Defer-Length, Upload-Concat, Upload-Checksum, Tus-Resumable"
+    " Upload-Defer-Length, Upload-Concat, Upload-Checksum, Tus-Resumable,"
+    " Range, If-Range, If-None-Match"
 )
-ALLOWED_METHODS = "POST, HEAD, PATCH, DELETE, OPTIONS"
+ALLOWED_METHODS = "POST, GET, HEAD, PATCH, DELETE, OPTIONS"
 
 
 def tus_error(request: AnyRequest, error: Exception) -> Response[bytes]:
@@ -238,6 +241,14 @@ class TusController(Controller):
         state = await asyncio.to_thread(tus_uploads.head, owner_of(request), upload_id)
         # Litestar wants HEAD handlers typed bodiless; b"" keeps it from encoding None.
         return Response(content=b"", status_code=200, headers=upload_headers(state))  # type: ignore[arg-type]
+
+    @get("/{upload_id:str}", sync_to_thread=True)
+    def download_upload(
+        self, request: AnyRequest, upload_id: str, service: UploadService
+    ) -> Response[Any]:
+        """Not tus itself: as tusd does, an upload's URL downloads the completed file,
+        exactly as ``GET /api/v1/files/{upload_id}`` (owner only, Range, ETag)."""
+        return downloads.download(request, service, upload_id)
 
     @patch("/{upload_id:str}", status_code=204, request_max_body_size=None)
     async def patch_upload(

@@ -448,6 +448,50 @@ def test_cors_preflight_and_exposed_headers(make_server: MakeServer) -> None:
         assert "Access-Control-Allow-Origin" not in stranger.headers
 
 
+# -- GET on an upload's URL: the download, as tusd serves it ---------------------------------
+
+
+def test_get_on_a_completed_upload_url_downloads_it_whole_and_by_range(
+    client: httpx.Client,
+) -> None:
+    data = os.urandom(MiB + 123)
+    url = create(client, len(data))
+    assert send(client, url, 0, data).status_code == 204
+
+    whole = client.get(url)
+    part = client.get(url, headers={"Range": "bytes=1000-1999"})
+    same = client.get(f"/api/v1/files/{url.rsplit('/', 1)[-1]}")
+
+    assert whole.status_code == 200
+    assert whole.content == data
+    assert whole.headers["ETag"] == f'"{hashlib.sha256(data).hexdigest()}"'
+    assert part.status_code == 206
+    assert part.content == data[1000:2000]
+    assert part.headers["Content-Range"] == f"bytes 1000-1999/{len(data)}"
+    assert same.content == data and same.headers["ETag"] == whole.headers["ETag"]
+
+
+def test_get_on_another_owners_upload_url_is_404(server: Server, client: httpx.Client) -> None:
+    url = create(client, 5)
+    assert send(client, url, 0, b"12345").status_code == 204
+
+    with server.client("someone-else") as stranger:
+        answer = stranger.get(url)
+
+    assert_problem(answer, 404)
+    assert answer.json()["type"] == "/problems/upload-not-found"
+
+
+def test_get_on_an_unfinished_upload_url_is_409_file_not_ready(client: httpx.Client) -> None:
+    url = create(client, 10)
+    assert send(client, url, 0, b"12345").status_code == 204
+
+    answer = client.get(url)
+
+    assert_problem(answer, 409)
+    assert answer.json()["type"] == "/problems/file-not-ready"
+
+
 # -- concurrency and durability ---------------------------------------------------------------
 
 
