@@ -32,6 +32,7 @@ STATUS_BY_ERROR: dict[type[errors.ChunkstoreError], int] = {
     errors.UnsupportedMediaType: 415,
     errors.ValidationFailed: 422,
     errors.TooManySessions: 429,
+    errors.UploadLocked: 423,
     errors.CorruptBlob: 500,
     errors.ConcurrencyConflict: 503,
     errors.ChunkSwept: 503,

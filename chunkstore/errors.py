@@ -100,6 +100,14 @@ class TooManySessions(ChunkstoreError):
     title = "Too many open upload sessions"
 
 
+class UploadLocked(ChunkstoreError):
+    """Another request is writing to, completing or ending this upload right now; retry
+    after it ends (a tus client: HEAD for the offset, then PATCH again)."""
+
+    slug = "upload-locked"
+    title = "Upload is busy"
+
+
 class UnsupportedMediaType(ChunkstoreError):
     slug = "unsupported-media-type"
     title = "Unsupported media type"

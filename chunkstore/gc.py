@@ -31,7 +31,7 @@ from datetime import datetime, timedelta
 import msgspec
 
 from chunkstore.blobs import BlobStore
-from chunkstore.errors import CorruptBlob
+from chunkstore.errors import CorruptBlob, UploadLocked
 from chunkstore.events import Event
 from chunkstore.files import load_manifest
 from chunkstore.service import UploadService
@@ -161,6 +161,16 @@ def staging_files(service: UploadService, upload_ids: Iterable[str]) -> list[str
     return sorted(found)
 
 
+def _expire(service: UploadService, upload_id: str) -> bool:
+    """Expire one session; a busy one (a completion under way holds its lock) is left
+    to a later run."""
+    try:
+        service.expire_upload(upload_id)
+    except UploadLocked:
+        return False
+    return True
+
+
 def collect(
     service: UploadService,
     hours: float | None = None,
@@ -175,11 +185,10 @@ def collect(
     report = GcReport(dry_run=dry_run, hours=hours, grace=grace)
     now = service.clock()
     expiring = expirable(service, now)
+    if not dry_run:
+        expiring = [upload_id for upload_id in expiring if _expire(service, upload_id)]
     report.expired = expiring
     report.sessions_expired = len(expiring)
-    if not dry_run:
-        for upload_id in expiring:
-            service.expire_upload(upload_id)
     references = References(
         service,
         released_before=now - timedelta(hours=hours),

@@ -60,6 +60,7 @@ from chunkstore.events import (
 from chunkstore.events import (
     ValidationFailed as ValidationFailedEvent,
 )
+from chunkstore.locks import UploadLocks
 from chunkstore.manifest import Manifest, assemble
 from chunkstore.session import COMPLETED, SessionState, replay
 from chunkstore.validator import detect_mime, find_problem
@@ -274,9 +275,10 @@ class UploadService:
         self.clock = clock
         self.files_dir = settings.data_dir / "files"
         self.tmp_dir = settings.data_dir / "tmp"
+        self.locks = UploadLocks(settings.data_dir / "locks")
+        # The only per-upload state kept in memory: a bounded cache of sessions that exist.
         self._states: OrderedDict[str, SessionState] = OrderedDict()
         self._states_lock = threading.Lock()
-        self._completion_locks: dict[str, threading.Lock] = {}
 
     @classmethod
     def open(cls, settings: Settings, clock: Callable[[], datetime] = utcnow) -> UploadService:
@@ -314,6 +316,12 @@ class UploadService:
                 self._states.move_to_end(state.upload_id)
                 while len(self._states) > STATE_CACHE_SIZE:
                     self._states.popitem(last=False)
+
+    def cached_upload_ids(self) -> list[str]:
+        """Upload ids this process keeps state of in memory (at most STATE_CACHE_SIZE, and
+        only of uploads that exist)."""
+        with self._states_lock:
+            return list(self._states)
 
     def get(self, owner: str, upload_id: str) -> SessionState:
         return commands.require_owned(self.load(upload_id), owner)
@@ -584,17 +592,28 @@ class UploadService:
         )
 
     def cancel_upload(self, owner: str, upload_id: str, reason: str = "") -> SessionState:
-        return self._decide_and_append(
-            owner, upload_id, lambda state: commands.decide_cancel(state, reason)
-        )
+        """Cancel under the upload's lock, so that a completion is either wholly before
+        (and the cancel is refused) or wholly after (and refused itself)."""
+        state = self.get(owner, upload_id)
+        if not commands.decide_cancel(state, reason):
+            return state
+        with self.locks.hold(upload_id, self.settings.lock_wait):
+            return self._decide_and_append(
+                owner, upload_id, lambda state: commands.decide_cancel(state, reason)
+            )
 
     def expire_upload(self, upload_id: str) -> SessionState:
         """Record ``UploadExpired`` for a session past its TTL (an operator's action:
-        no owner check). A session not yet past its TTL is left as it is."""
-        owner = self.load(upload_id).owner
-        return self._decide_and_append(
-            owner, upload_id, lambda state: commands.decide_expire(state, self.clock())
-        )
+        no owner check). A session not yet past its TTL is left as it is. A session
+        whose lock is held (a completion under way) raises ``UploadLocked``: a later
+        gc run expires it if it is still open then."""
+        state = self.load(upload_id)
+        if not commands.decide_expire(state, self.clock()):
+            return state
+        with self.locks.hold(upload_id):
+            return self._decide_and_append(
+                state.owner, upload_id, lambda state: commands.decide_expire(state, self.clock())
+            )
 
     def status(self, owner: str, upload_id: str) -> SessionState:
         return self.get(owner, upload_id)
@@ -602,8 +621,16 @@ class UploadService:
     # -- completion ----------------------------------------------------------------------
 
     def complete_upload(self, owner: str, upload_id: str) -> Completion:
-        """Write the manifest, validate, and materialize the final file (idempotent)."""
-        with self._completion_lock(upload_id):
+        """Write the manifest, validate, and materialize the final file (idempotent).
+
+        Runs under the upload's lock (waiting for a PATCH or another completion to end),
+        after the upload was found and its owner checked: no per-upload state, not even
+        a lock file, exists for an id that is not the caller's."""
+        state = self.get(owner, upload_id)
+        if state.status == COMPLETED:
+            return completion_of(state)
+        commands.check_completable(state, self.clock())
+        with self.locks.hold(upload_id, self.settings.lock_wait):
             state = self.get(owner, upload_id)
             if state.status == COMPLETED:
                 return completion_of(state)
@@ -663,10 +690,6 @@ class UploadService:
                 f"upload {state.upload_id} changed during completion (now {current.status})",
                 status=current.status,
             ) from None
-
-    def _completion_lock(self, upload_id: str) -> threading.Lock:
-        with self._states_lock:
-            return self._completion_locks.setdefault(upload_id, threading.Lock())
 
     # -- tus (see chunkstore.tus) --------------------------------------------------------
 

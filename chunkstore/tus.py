@@ -13,9 +13,10 @@ as ``TusTailStaged``, so ``Upload-Offset`` is a replay of the log like everythin
 Crash safety of the staging file: a new tail is written to a file named after its own
 base and fsynced before the events that make it current are appended; files of other
 bases, and bytes past the recorded tail length, are leftovers of an unfinished request
-and are ignored (then removed or truncated). A PATCH holds an ``flock`` on the upload's
-lock file, which dies with its process, so no stale lock survives a crash and workers of
-one data directory never interleave bytes; the append still states the version it saw.
+and are ignored (then removed or truncated). A PATCH holds the upload's lock
+(``chunkstore.locks``: an ``flock`` that dies with its process, so no stale lock survives
+a crash and workers of one data directory never interleave bytes); the append still
+states the version it saw.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import asyncio
 import base64
 import binascii
 import contextlib
-import fcntl
 import hashlib
 import os
 import uuid
@@ -52,6 +52,9 @@ from chunkstore.errors import (
     UploadNotActive,
     UploadNotFound,
 )
+
+# The per-upload lock's refusal (chunkstore.locks), answered 423 on tus routes too.
+from chunkstore.errors import UploadLocked as UploadLocked
 from chunkstore.events import (
     ChunkStored,
     KnownEvent,
@@ -92,13 +95,6 @@ class OffsetMismatch(ChunkstoreError):
 
     slug = "offset-mismatch"
     title = "Upload-Offset does not match the upload"
-
-
-class UploadLocked(ChunkstoreError):
-    """Another request is writing to this upload right now; retry after it ends."""
-
-    slug = "upload-locked"
-    title = "Upload is busy"
 
 
 class UnsupportedChecksumAlgorithm(InvalidRequest):
@@ -296,17 +292,6 @@ def decide_append(
 # -- staging -------------------------------------------------------------------------------
 
 
-class StagingLock:
-    """An exclusive ``flock`` on an upload's lock file; the kernel drops it when the
-    holder's process dies, so a crash leaves no stale lock."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-
-    def release(self) -> None:
-        os.close(self.fd)
-
-
 class Staging:
     """The durable tails of tus uploads: ``staging/<upload_id>.<base>``."""
 
@@ -316,17 +301,6 @@ class Staging:
 
     def path(self, upload_id: str, base: int) -> Path:
         return self.directory / f"{upload_id}.{base}"
-
-    def lock(self, upload_id: str) -> StagingLock:
-        fd = os.open(self.directory / f"{upload_id}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise UploadLocked(
-                f"another request is writing to upload {upload_id}; retry when it ends"
-            ) from None
-        return StagingLock(fd)
 
     def read_tail(self, upload_id: str, base: int, size: int) -> bytes:
         if size == 0:
@@ -359,13 +333,12 @@ class Staging:
             os.fsync(staged.fileno())
         fsync_directory(self.directory)
 
-    def discard(self, upload_id: str, keep_base: int | None = None, lock: bool = False) -> None:
-        """Remove an upload's staging files, but the one at ``keep_base``."""
+    def discard(self, upload_id: str, keep_base: int | None = None) -> None:
+        """Remove an upload's staging files, but the one at ``keep_base`` (and a
+        ``<upload_id>.lock`` left by versions that locked uploads here)."""
         for entry in os.scandir(self.directory):
             name, _, suffix = entry.name.partition(".")
             if name != upload_id or suffix == str(keep_base):
-                continue
-            if suffix == "lock" and not lock:
                 continue
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(entry.path)
@@ -503,7 +476,7 @@ class TusUploads:
     def complete(self, owner: str, state: SessionState) -> SessionState:
         """Reaching Upload-Length completes through the manifest and validator path."""
         self.service.complete_upload(owner, state.upload_id)
-        self.staging.discard(state.upload_id, lock=True)
+        self.staging.discard(state.upload_id)
         return self.service.get(owner, state.upload_id)
 
     async def patch(
@@ -518,9 +491,11 @@ class TusUploads:
     ) -> SessionState:
         """Append a body at ``offset``. Without a checksum, the bytes that arrived before
         a broken body are kept; with one, all or nothing."""
-        # Not even a lock file for an upload that is not the owner's, or not live.
-        await asyncio.to_thread(self.head, owner, upload_id)
-        lock = await asyncio.to_thread(self.staging.lock, upload_id)
+        # Refused before any lock or byte when it cannot be right: not the owner's, not
+        # live, not a tus upload, or not at this offset. Then checked again under the lock.
+        state = await asyncio.to_thread(self.head, owner, upload_id)
+        check_patchable(state, offset, self.service.clock())
+        lock = await asyncio.to_thread(self.service.locks.acquire, upload_id)
         try:
             state = await asyncio.to_thread(self.service.get, owner, upload_id)
             check_patchable(state, offset, self.service.clock())
@@ -596,15 +571,9 @@ class TusUploads:
         return state
 
     def terminate(self, owner: str, upload_id: str) -> None:
-        self.head(owner, upload_id)
-        lock = self.staging.lock(upload_id)
-        try:
-            state = self.service.get(owner, upload_id)
-            if state.status == CANCELLED:
-                raise UploadNotFound(f"no upload {upload_id}", upload_id=upload_id)
-            if state.status == COMPLETED:
-                raise UploadNotActive(f"upload {upload_id} is completed", status=state.status)
-            self.service.cancel_upload(owner, upload_id, "terminated by the client (tus)")
-        finally:
-            lock.release()
-        self.staging.discard(upload_id, lock=True)
+        """Cancel the upload, waiting for a PATCH or a completion under way to end."""
+        state = self.head(owner, upload_id)
+        if state.status == COMPLETED:
+            raise UploadNotActive(f"upload {upload_id} is completed", status=state.status)
+        self.service.cancel_upload(owner, upload_id, "terminated by the client (tus)")
+        self.staging.discard(upload_id)
