@@ -165,6 +165,11 @@ class Metrics:
         self.gc_freed = Counter(
             "chunkstore_gc_bytes_freed", "Bytes gc freed", registry=self.registry
         )
+        self.gc_orphans = Counter(
+            "chunkstore_gc_orphan_files_removed",
+            "Files no completed upload owned that gc removed",
+            registry=self.registry,
+        )
         self.gc_failures = Counter(
             "chunkstore_gc_failures", "Background gc runs that raised", registry=self.registry
         )
@@ -175,7 +180,8 @@ class Metrics:
         self.gc_runs.inc()
         self.gc_expired.inc(report.sessions_expired)
         self.gc_swept.inc(report.blobs_swept)
-        self.gc_freed.inc(report.bytes_freed)
+        self.gc_freed.inc(report.bytes_freed + report.orphan_bytes_freed)
+        self.gc_orphans.inc(report.orphan_files_removed)
 
     def render(self) -> bytes:
         if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

@@ -8,7 +8,9 @@ What is checked, and against what:
 - every chunk a live session (active, assembling, completed) or its manifest names must
   exist with the size it was recorded with (an ended session's chunks are gc's to sweep);
 - every manifest must hash to its name, decode, and agree with its ``ManifestWritten``;
-- every completed upload's final file must exist and hash to its manifest's BLAKE3.
+- every completed upload's final file must exist and hash to its manifest's BLAKE3;
+- every file under ``files/`` must be a completed upload's final file (``file-orphan``
+  otherwise: gc removes those once they are older than its grace period).
 
 Repair never deletes evidence: projections are rebuilt from the events (which are never
 touched); a damaged final file or blob is moved into ``quarantine/`` before a good copy
@@ -39,6 +41,7 @@ from chunkstore.errors import ConcurrencyConflict, CorruptBlob
 from chunkstore.eventlog import session_row
 from chunkstore.events import ChunkStored, Event
 from chunkstore.files import load_manifest
+from chunkstore.gc import confirm_orphan, orphan_candidates
 from chunkstore.manifest import Manifest, assemble
 from chunkstore.service import UploadService, publish
 from chunkstore.session import ACTIVE, ASSEMBLING, COMPLETED, SessionState, replay
@@ -378,6 +381,18 @@ def check_file(
     return []
 
 
+def check_orphan_files(service: UploadService, store: _Store) -> list[Finding]:
+    """Files under ``files/`` that no completed upload owns (a cancelled upload's file, a
+    deleted upload's file that outlived its deletion, a stray)."""
+    findings = []
+    data_dir = service.settings.data_dir
+    for path in orphan_candidates(service, store.states):
+        why = confirm_orphan(service, path)
+        if why is not None:
+            findings.append(Finding("file-orphan", str(path.relative_to(data_dir)), why))
+    return findings
+
+
 def _total_bytes(service: UploadService, store: _Store) -> int:
     """Bytes the audit will read (for the progress bar): blobs plus final files."""
     total = 0
@@ -412,6 +427,7 @@ def audit(service: UploadService, progress: ProgressCallback | None = None) -> A
             findings.extend(check_chunks(upload_id, chunks, sizes))
         if state.status == COMPLETED:
             findings.extend(check_file(service, state, summary, progress, total_bytes))
+    findings.extend(check_orphan_files(service, store))
     summary.seconds = round(time.perf_counter() - started, 3)
     return AuditReport(findings=findings, summary=summary)
 

@@ -672,9 +672,25 @@ class UploadService:
         if problem is not None:
             self._fail(state, *problem)
         relative = Path("files") / state.upload_id / state.filename
-        publish(part, self.settings.data_dir / relative)
-        state = self._append_or_settle(state, [UploadCompleted(str(relative), detected)])
+        final = self.settings.data_dir / relative
+        publish(part, final)
+        try:
+            state = self._append_or_settle(state, [UploadCompleted(str(relative), detected)])
+        except BaseException:
+            # Under the lock nothing else ends the upload meanwhile; a writer that took
+            # no lock (a crash leftover's retry, an older version) may have. Never leave
+            # a file for an upload the log does not call completed.
+            self._withdraw(state.upload_id, final, str(relative))
+            raise
         return completion_of(state)
+
+    def _withdraw(self, upload_id: str, final: Path, relative: str) -> None:
+        """Remove a published final file unless the log says the upload completed into it."""
+        with contextlib.suppress(Exception):  # the log unreadable: the file goes
+            current = self.load(upload_id)
+            if current.status == COMPLETED and current.file_path == relative:
+                return
+        remove_final(final)
 
     def _fail(self, state: SessionState, reason: str, detail: str) -> None:
         self._append_or_settle(state, [ValidationFailedEvent(reason=reason, detail=detail)])
@@ -731,6 +747,17 @@ def publish(part: Path, final: Path) -> None:
     make_durable_dirs(final.parent)
     os.replace(part, final)
     fsync_directory(final.parent)
+
+
+def remove_final(final: Path) -> None:
+    """Remove a final file, and its upload's directory once empty, durably."""
+    with contextlib.suppress(FileNotFoundError):
+        final.unlink()
+    with contextlib.suppress(FileNotFoundError):
+        fsync_directory(final.parent)
+    with contextlib.suppress(OSError):  # not empty, or gone already
+        final.parent.rmdir()
+        fsync_directory(final.parent.parent)
 
 
 def state_summary(state: SessionState, now: datetime) -> dict[str, Any]:
