@@ -27,6 +27,7 @@ STATUS_BY_ERROR: dict[type[errors.ChunkstoreError], int] = {
     errors.ChunkConflict: 409,
     errors.UploadNotActive: 409,
     errors.UploadIncomplete: 409,
+    errors.WrongUploadProtocol: 409,
     errors.SessionExpired: 410,
     errors.TooLarge: 413,
     errors.UnsupportedMediaType: 415,

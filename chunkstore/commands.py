@@ -21,6 +21,7 @@ from chunkstore.errors import (
     ChunkSizeMismatch,
     ChunkTooLarge,
     InvalidRequest,
+    NotAChunkUpload,
     SessionExpired,
     TooLarge,
     TooManySessions,
@@ -193,6 +194,20 @@ def check_accepting(state: SessionState, now: datetime) -> None:
         )
 
 
+def check_takes_chunks(state: SessionState, now: datetime) -> None:
+    """Whether the session takes chunks by index now (the JSON, raw and batch routes).
+    Run before any body is read."""
+    if state.mode == "tus":
+        # Its chunks are cut from the tus byte stream; an index sent here would be
+        # recorded beside that stream's own.
+        raise NotAChunkUpload(
+            f"upload {state.upload_id} was created through tus; send its bytes with"
+            f" PATCH /files/{state.upload_id}",
+            upload_id=state.upload_id,
+        )
+    check_accepting(state, now)
+
+
 def check_chunk_target(
     state: SessionState, index: int, now: datetime, declared_size: int | None = None
 ) -> int:
@@ -201,7 +216,7 @@ def check_chunk_target(
     ``declared_size``: what the request says it carries (Content-Length, a batch frame's
     length), refused before any byte of it is read when it cannot be right.
     """
-    check_accepting(state, now)
+    check_takes_chunks(state, now)
     if not 0 <= index < state.total_chunks:
         raise ChunkIndexOutOfRange(
             f"chunk index {index} is outside 0..{state.total_chunks - 1}",
@@ -242,7 +257,7 @@ def decide_chunks(
     nothing; with another digest it is a conflict. Storing a digest also fills every
     other missing index declared with that digest.
     """
-    check_accepting(state, now)
+    check_takes_chunks(state, now)
     taken: dict[int, str] = {}
     new_events: list[KnownEvent] = []
     for index, digest, size in arrivals:

@@ -492,7 +492,7 @@ class UploadService:
         if content_length is not None and content_length > limit:
             raise TooLarge(f"a batch may carry at most {limit} bytes", limit=limit)
         state = await asyncio.to_thread(self.get, owner, upload_id)
-        commands.check_accepting(state, self.clock())
+        commands.check_takes_chunks(state, self.clock())
         parser = BatchParser(state, limit, self.clock)
         failure: ChunkstoreError | None = None
         try:

@@ -8,7 +8,7 @@ long stream stays linear while each state a caller holds stays unchanged.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -244,3 +244,14 @@ def replay(events: Iterable[Event], state: SessionState | None = None) -> Sessio
 
 def apply(state: SessionState, event: Event) -> SessionState:
     return replay((event,), state)
+
+
+def replay_steps(events: Iterable[Event]) -> Iterator[tuple[SessionState, Event]]:
+    """Each event with the state just before it: what a check of a stream's own rules
+    needs. The states share the fold's chunk map, which the next step extends (a copy per
+    step would make a stream of n chunks cost n squared): look at each state before
+    taking the next step, and keep none."""
+    fold = _Fold(SessionState.empty())
+    for event in events:
+        yield fold.result(), event
+        fold.apply(event)

@@ -47,6 +47,7 @@ from chunkstore.errors import (
     ChunkstoreError,
     IncompleteBody,
     InvalidRequest,
+    NotATusUpload,
     SessionExpired,
     TooLarge,
     UploadNotActive,
@@ -243,6 +244,14 @@ def check_readable(state: SessionState, now: datetime) -> None:
 
 def check_patchable(state: SessionState, offset: int, now: datetime) -> None:
     """Checks made before a PATCH's body is read."""
+    if state.mode != "tus":
+        # Its chunks are indexed by the JSON API; stream bytes would be recorded as
+        # chunks past its last index.
+        raise NotATusUpload(
+            f"upload {state.upload_id} was started through the JSON API; send its chunks"
+            f" with PUT /api/v1/upload/{state.upload_id}/chunks/{{index}}",
+            upload_id=state.upload_id,
+        )
     if state.tus_concat == "final":
         raise FinalUploadImmutable(f"upload {state.upload_id} is a final upload")
     check_readable(state, now)

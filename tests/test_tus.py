@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from tests.conftest import MakeServer, Server
-from tests.helpers import PROBLEM_JSON
+from tests.helpers import PROBLEM_JSON, recorded_events, stored_objects
 
 MiB = 1024 * 1024
 TUS = {"Tus-Resumable": "1.0.0"}
@@ -340,6 +340,29 @@ def test_an_unknown_checksum_algorithm_is_400(client: httpx.Client) -> None:
     answer = send(client, url, 0, b"0123456789", **{"Upload-Checksum": "crc99 AAAA"})
     assert_problem(answer, 400)
     assert offset_of(client, url) == 0
+
+
+def test_a_patch_to_an_upload_started_through_the_json_api_is_refused_and_stores_nothing(
+    server: Server, client: httpx.Client
+) -> None:
+    init = client.post(
+        "/api/v1/upload/init",
+        json={"filename": "a.bin", "total_size": 2 * MiB, "chunk_size": MiB},
+    )
+    assert init.status_code == 201, init.text
+    upload_id = init.json()["upload_id"]
+    objects_before = stored_objects(server.data_dir)
+
+    answer = send(client, f"/files/{upload_id}", 0, os.urandom(MiB))
+
+    assert_problem(answer, 409)
+    assert answer.json()["type"] == "/problems/not-a-tus-upload"
+    assert [type(e).__name__ for e in recorded_events(server.data_dir, upload_id)] == [
+        "UploadInitiated"
+    ]
+    assert stored_objects(server.data_dir) == objects_before
+    status = client.get(f"/api/v1/upload/status/{upload_id}").json()
+    assert status["progress"] == 0 and status["missing_chunks"] == [0, 1]
 
 
 # -- termination ----------------------------------------------------------------------------
