@@ -47,6 +47,7 @@ from chunkstore.events import (
     ChunkStored,
     UploadCancelled,
     UploadCompleted,
+    UploadDeleted,
     UploadExpired,
     ValidationFailed,
 )
@@ -57,11 +58,12 @@ from chunkstore.session import (
     ASSEMBLING,
     CANCELLED,
     COMPLETED,
+    DELETED,
     EXPIRED,
     FAILED,
 )
 
-_STATUSES = (ACTIVE, ASSEMBLING, COMPLETED, FAILED, CANCELLED, EXPIRED)
+_STATUSES = (ACTIVE, ASSEMBLING, COMPLETED, FAILED, CANCELLED, EXPIRED, DELETED)
 
 
 class StoreCollector(Collector):
@@ -95,6 +97,8 @@ class StoreCollector(Collector):
                     self.ended[CANCELLED] += 1
                 case UploadExpired():
                     self.ended[EXPIRED] += 1
+                case UploadDeleted():
+                    self.ended[DELETED] += 1
 
     def collect(self) -> Iterator[Metric]:
         with self.lock:
@@ -125,7 +129,7 @@ class StoreCollector(Collector):
             ended = CounterMetricFamily(
                 "chunkstore_uploads_ended", "Uploads that reached a final status", labels=["status"]
             )
-            for status in (COMPLETED, CANCELLED, EXPIRED):
+            for status in (COMPLETED, CANCELLED, EXPIRED, DELETED):
                 ended.add_metric([status], self.ended[status])
             yield ended
         by_status = self.service.events.count_sessions_by_status()

@@ -53,6 +53,7 @@ from chunkstore.events import (
     UnknownEvent,
     UploadCancelled,
     UploadCompleted,
+    UploadDeleted,
     UploadInitiated,
     event_type,
 )
@@ -141,9 +142,10 @@ class _Store(msgspec.Struct, kw_only=True):
 
 # -- a stream's own rules -------------------------------------------------------------
 
-#: What may still follow a final status: cancelling a failed or expired upload (which
-#: records that the owner gave up on it).
+#: What may still follow a final status: deleting a completed upload, cancelling a
+#: failed or expired one (which records that the owner gave up on it).
 _AFTER_END: dict[str, tuple[type[Event], ...]] = {
+    COMPLETED: (UploadDeleted,),
     FAILED: (UploadCancelled,),
     EXPIRED: (UploadCancelled,),
 }
@@ -196,6 +198,8 @@ def _broken_rule(state: SessionState, event: Event) -> tuple[str, str] | None:
         case UploadCompleted():
             if state.status != ASSEMBLING:
                 return "event-out-of-order", "completed without a manifest"
+        case UploadDeleted():
+            return "event-out-of-order", f"deleted while {state.status}, not completed"
     return None
 
 

@@ -34,11 +34,20 @@ from chunkstore.events import (
     ChunkStored,
     KnownEvent,
     UploadCancelled,
+    UploadDeleted,
     UploadExpired,
     UploadInitiated,
 )
 from chunkstore.policy import check_declared_type, clean_filename
-from chunkstore.session import ACTIVE, ASSEMBLING, CANCELLED, COMPLETED, FAILED, SessionState
+from chunkstore.session import (
+    ACTIVE,
+    ASSEMBLING,
+    CANCELLED,
+    COMPLETED,
+    DELETED,
+    FAILED,
+    SessionState,
+)
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
@@ -324,9 +333,26 @@ def decide_expire(state: SessionState, now: datetime) -> list[KnownEvent]:
 def decide_cancel(state: SessionState, reason: str) -> list[KnownEvent]:
     if state.status == COMPLETED:
         raise UploadNotActive(
-            f"upload {state.upload_id} is completed; it can no longer be cancelled",
+            f"upload {state.upload_id} is completed; it can no longer be cancelled:"
+            f" delete it instead (DELETE /api/v1/files/{state.upload_id})",
             status=state.status,
         )
+    if state.status == DELETED:
+        raise UploadNotActive(f"upload {state.upload_id} was deleted", status=state.status)
     if state.status == CANCELLED:
         return []
     return [UploadCancelled(reason=reason)]
+
+
+def decide_delete(state: SessionState, reason: str) -> list[KnownEvent]:
+    """Delete a completed upload. A deleted one is gone (404, as a missing one); an
+    unfinished one is cancelled, not deleted."""
+    if state.status == DELETED:
+        raise UploadNotFound(f"no upload {state.upload_id}", upload_id=state.upload_id)
+    if state.status != COMPLETED:
+        raise UploadNotActive(
+            f"upload {state.upload_id} is {state.status}, not completed: there is no file"
+            " to delete (cancel an unfinished upload instead)",
+            status=state.status,
+        )
+    return [UploadDeleted(reason=reason)]

@@ -4,7 +4,8 @@ A blob is kept when anything live names it:
 - a chunk of an active, assembling or completed session (the ``ChunkStored`` events);
 - a completed session's manifest, and every chunk that manifest lists;
 - the chunks and manifest of a cancelled, failed or expired session that ended less
-  than ``hours`` ago (so a recent failure can still be looked into).
+  than ``hours`` ago (so a recent failure can still be looked into). A deleted upload's
+  are released at once: its owner asked for them to go.
 Anything else is swept, but only once its file is older than ``grace`` seconds.
 
 gc also removes files under ``files/`` that no completed upload owns (left by a
@@ -44,6 +45,7 @@ from chunkstore.session import (
     ACTIVE,
     ASSEMBLING,
     COMPLETED,
+    DELETED,
     FINAL_STATUSES,
     SessionState,
     replay,
@@ -130,6 +132,9 @@ class References:
             self.released.add(state.upload_id)
 
     def _keeps(self, state: SessionState) -> bool:
+        if state.status == DELETED:
+            # Its owner asked for the bytes to go: released at once, not after ``hours``.
+            return False
         if state.upload_id in self.ending_now and self.ended_at is not None:
             return self.ended_at > self.released_before
         if state.status not in FINAL_STATUSES or state.status in _LIVE_STATUSES:

@@ -602,6 +602,21 @@ class UploadService:
                 owner, upload_id, lambda state: commands.decide_cancel(state, reason)
             )
 
+    def delete_upload(self, owner: str, upload_id: str, reason: str = "") -> SessionState:
+        """Delete a completed upload: record ``UploadDeleted``, then remove its final file
+        (a file outliving a crash in between is an orphan gc removes). Its chunks are
+        released at gc's next run."""
+        state = self.get(owner, upload_id)
+        commands.decide_delete(state, reason)
+        with self.locks.hold(upload_id, self.settings.lock_wait):
+            file_path = self.get(owner, upload_id).file_path
+            state = self._decide_and_append(
+                owner, upload_id, lambda state: commands.decide_delete(state, reason)
+            )
+            if file_path is not None:
+                remove_final(self.settings.data_dir / file_path)
+        return state
+
     def expire_upload(self, upload_id: str) -> SessionState:
         """Record ``UploadExpired`` for a session past its TTL (an operator's action:
         no owner check). A session not yet past its TTL is left as it is. A session

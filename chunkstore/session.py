@@ -22,6 +22,7 @@ from chunkstore.events import (
     UnknownEvent,
     UploadCancelled,
     UploadCompleted,
+    UploadDeleted,
     UploadExpired,
     UploadInitiated,
     ValidationFailed,
@@ -33,9 +34,11 @@ COMPLETED = "completed"
 FAILED = "failed"
 CANCELLED = "cancelled"
 EXPIRED = "expired"
+#: A completed upload its owner deleted: the file is gone, the history stays.
+DELETED = "deleted"
 NEW = "new"
 #: Statuses after which a session takes no more chunks.
-FINAL_STATUSES = frozenset({COMPLETED, FAILED, CANCELLED, EXPIRED})
+FINAL_STATUSES = frozenset({COMPLETED, FAILED, CANCELLED, EXPIRED, DELETED})
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,6 +230,8 @@ class _Fold:
                 v.update(status=CANCELLED, cancel_reason=reason)
             case UploadExpired():
                 v.update(status=EXPIRED)
+            case UploadDeleted():
+                v.update(status=DELETED, file_path=None)
             case UnknownEvent():
                 pass  # written by a newer version; counted, otherwise ignored
 

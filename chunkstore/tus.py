@@ -65,7 +65,7 @@ from chunkstore.events import (
 )
 from chunkstore.policy import check_declared_type, clean_filename
 from chunkstore.service import UploadService
-from chunkstore.session import ACTIVE, CANCELLED, COMPLETED, SessionState
+from chunkstore.session import ACTIVE, CANCELLED, COMPLETED, DELETED, SessionState
 
 TUS_VERSION = "1.0.0"
 EXTENSIONS = (
@@ -234,7 +234,7 @@ def check_part_complete(part: SessionState) -> int:
 
 def check_readable(state: SessionState, now: datetime) -> None:
     """HEAD: a terminated upload is gone (404), an expired one is Gone (410)."""
-    if state.status == CANCELLED:
+    if state.status in (CANCELLED, DELETED):
         raise UploadNotFound(f"no upload {state.upload_id}", upload_id=state.upload_id)
     if state.is_expired(now):
         raise SessionExpired(
@@ -580,9 +580,18 @@ class TusUploads:
         return state
 
     def terminate(self, owner: str, upload_id: str) -> None:
-        """Cancel the upload, waiting for a PATCH or a completion under way to end."""
+        """Termination: an unfinished upload is cancelled, a completed one deleted (its
+        file removed), each waiting for a PATCH or a completion under way to end."""
+        reason = "terminated by the client (tus)"
         state = self.head(owner, upload_id)
+        if state.status != COMPLETED:
+            try:
+                self.service.cancel_upload(owner, upload_id, reason)
+            except UploadNotActive:
+                # A completion got there first: the upload now has a file to delete.
+                state = self.service.get(owner, upload_id)
+                if state.status != COMPLETED:
+                    raise
         if state.status == COMPLETED:
-            raise UploadNotActive(f"upload {upload_id} is completed", status=state.status)
-        self.service.cancel_upload(owner, upload_id, "terminated by the client (tus)")
+            self.service.delete_upload(owner, upload_id, reason)
         self.staging.discard(upload_id)

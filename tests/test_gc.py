@@ -213,6 +213,37 @@ def test_the_human_summary_states_the_statistics(store: Store) -> None:
     assert "4 of 13 blobs were swept" in result.stdout
 
 
+def test_a_deleted_uploads_unshared_chunks_are_swept_at_once_and_shared_ones_kept(
+    tmp_path: Path,
+) -> None:
+    data_dir = tmp_path / "data"
+    service = open_service(data_dir)
+    shared = os.urandom(KiB)
+    deleted_data, kept_data = shared + os.urandom(KiB), shared + os.urandom(KiB)
+    ids = []
+    for data in (deleted_data, kept_data):
+        upload_id = start(service, data)
+        send(service, upload_id, data)
+        service.complete_upload(OWNER, upload_id)
+        ids.append(upload_id)
+    manifest = service.load(ids[0]).manifest
+    assert manifest is not None
+    service.delete_upload(OWNER, ids[0])
+    service.close()
+
+    # --hours 24: a cancelled or failed upload would keep its chunks for a day.
+    answer = gc(data_dir, "--hours", "24", "--grace", "0", "--verbose")
+
+    assert sorted(answer["swept"]) == sorted(
+        [blake3_hex(deleted_data[KiB:]), manifest.manifest_digest]
+    )
+    assert answer["sessions_released"] == 1
+    assert blob_file(data_dir, shared).exists()
+    assert blob_file(data_dir, kept_data[KiB:]).exists()
+    audit = run_cli("audit", "--data", str(data_dir))
+    assert audit.returncode == 0, audit.stdout
+
+
 # -- orphan files and stale locks -----------------------------------------------------------
 
 

@@ -25,6 +25,7 @@ from chunkstore.events import (
     UnknownEvent,
     UploadCancelled,
     UploadCompleted,
+    UploadDeleted,
     UploadExpired,
     UploadInitiated,
     ValidationFailed,
@@ -98,6 +99,7 @@ def kinds(events: list[Event]) -> list[str]:
         [tus_created(), ChunkStored(0, A, 60), TusTailStaged(40), ChunkStored(1, B, 40)],
         [tus_created(None), TusTailStaged(30), TusLengthDeclared(80), TusTailStaged(80)],
         [fixed(), UnknownEvent("FromTheFuture", {"x": 1}), ChunkStored(0, A, 100)],
+        [*WHOLE, MANIFEST, UploadCompleted("files/u1/f.bin", "x"), UploadDeleted("gone")],
     ],
 )
 def test_streams_the_service_writes_have_no_findings(events: list[Event]) -> None:
@@ -165,6 +167,12 @@ def test_events_after_a_final_status_are_named() -> None:
     assert kinds([*cancelled, UploadExpired()]) == ["event-after-end"]
     completed = [*WHOLE, MANIFEST, UploadCompleted("files/u1/f.bin", "x")]
     assert kinds([*completed, UploadCancelled("late")]) == ["event-after-end"]
+
+
+def test_deleting_an_upload_that_never_completed_is_named() -> None:
+    assert kinds([*WHOLE, UploadDeleted("early")]) == ["event-out-of-order"]
+    deleted = [*WHOLE, MANIFEST, UploadCompleted("files/u1/f.bin", "x"), UploadDeleted()]
+    assert kinds([*deleted, UploadDeleted()]) == ["event-after-end"]
 
 
 def test_a_manifest_before_every_chunk_is_there_is_named() -> None:

@@ -380,6 +380,26 @@ def test_delete_terminates_the_upload(server: Server, client: httpx.Client) -> N
     assert not list((server.data_dir / "staging").glob(f"{upload_id}*"))
 
 
+def test_delete_of_a_completed_upload_deletes_it_and_its_file(
+    server: Server, client: httpx.Client
+) -> None:
+    data = os.urandom(300_000)
+    url = create(client, len(data))
+    assert send(client, url, 0, data).status_code == 204
+    final = server.data_dir / str(status_of(client, url)["file_path"])
+    assert final.read_bytes() == data
+
+    answer = client.delete(url, headers=TUS)
+
+    assert answer.status_code == 204
+    assert answer.headers["Tus-Resumable"] == "1.0.0"
+    assert not final.exists()
+    assert_problem(client.head(url, headers=TUS), 404)
+    assert status_of(client, url)["status"] == "deleted"
+    assert client.get(f"/api/v1/files/{url.rsplit('/', 1)[-1]}").status_code == 404
+    assert_problem(client.delete(url, headers=TUS), 404)
+
+
 # -- concatenation --------------------------------------------------------------------------
 
 
