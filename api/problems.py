@@ -30,6 +30,7 @@ STATUS_BY_ERROR: dict[type[errors.ChunkstoreError], int] = {
     errors.WrongUploadProtocol: 409,
     errors.SessionExpired: 410,
     errors.TooLarge: 413,
+    errors.QuotaExceeded: 413,
     errors.UnsupportedMediaType: 415,
     errors.ValidationFailed: 422,
     errors.TooManySessions: 429,

@@ -22,6 +22,7 @@ from chunkstore.errors import (
     ChunkTooLarge,
     InvalidRequest,
     NotAChunkUpload,
+    QuotaExceeded,
     SessionExpired,
     TooLarge,
     TooManySessions,
@@ -81,9 +82,11 @@ def decide_init(
     now: datetime,
     open_sessions: int,
     known_digests: frozenset[str] = frozenset(),
+    bytes_held: int = 0,
 ) -> list[KnownEvent]:
     """``known_digests``: digests of the declared chunks that this owner already has
-    stored (manifest mode); their indexes are recorded at once as reused."""
+    stored (manifest mode); their indexes are recorded at once as reused. ``bytes_held``:
+    what already counts towards the owner's quota."""
     filename = clean_filename(request.filename)
     mime_type = check_declared_type(request.mime_type, settings)
     if request.total_size < 0:
@@ -118,6 +121,7 @@ def decide_init(
     if file_hash is not None and not _SHA256_HEX.fullmatch(file_hash):
         raise InvalidRequest("file_hash must be a SHA-256 hex digest (64 hex characters)")
     check_open_sessions(open_sessions, settings)
+    check_quota(bytes_held, request.total_size, settings)
     initiated = UploadInitiated(
         owner=owner,
         filename=filename,
@@ -147,6 +151,28 @@ def check_open_sessions(open_sessions: int, settings: Settings) -> None:
             " Complete or cancel one first.",
             limit=settings.max_open_sessions,
         )
+
+
+def check_quota(bytes_held: int, adding: int, settings: Settings) -> None:
+    """Refuse ``adding`` bytes to an owner whose quota they would overrun (0: no quota).
+    A file may repeat its own content, but every repeat is written out in full, so a
+    small upload can declare a huge file: this is what bounds it."""
+    limit = settings.quota_bytes
+    if limit and bytes_held + adding > limit:
+        raise QuotaExceeded(
+            f"{adding} more bytes would bring your uploads to {bytes_held + adding} bytes;"
+            f" your quota is {limit} bytes, of which {bytes_held} are in use. Delete"
+            " completed uploads or cancel open ones to make room.",
+            quota="bytes per owner",
+            used=bytes_held,
+            limit=limit,
+            requested=adding,
+        )
+
+
+def quota_room(bytes_held: int, settings: Settings) -> int | None:
+    """Bytes the owner may still add; None without a quota."""
+    return max(0, settings.quota_bytes - bytes_held) if settings.quota_bytes else None
 
 
 def _checked_chunk_size(request: InitRequest, settings: Settings) -> int:

@@ -100,6 +100,15 @@ class TooManySessions(ChunkstoreError):
     title = "Too many open upload sessions"
 
 
+class QuotaExceeded(ChunkstoreError):
+    """The upload would take the owner past its byte quota (open uploads' declared sizes
+    plus completed files). Delete completed uploads or cancel open ones to make room;
+    retrying the same request does not help."""
+
+    slug = "quota-exceeded"
+    title = "Storage quota exceeded"
+
+
 class UploadLocked(ChunkstoreError):
     """Another request is writing to, completing or ending this upload right now; retry
     after it ends (a tus client: HEAD for the offset, then PATCH again)."""

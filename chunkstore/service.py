@@ -387,17 +387,32 @@ class UploadService:
             now,
             self.events.count_open_sessions(owner, now),
             known,
+            self.events.bytes_held(owner, now),
         )
         return self._append(
             SessionState.empty(upload_id),
             new_events,
-            lambda: self._check_open_sessions(owner, now),
+            lambda: self._check_owner_limits(owner, now, request.total_size),
         )
 
     def _check_open_sessions(self, owner: str, now: datetime) -> None:
         """decide_init counted already; counting again under the write lock is what
         keeps inits arriving at once from each seeing room for one more."""
         commands.check_open_sessions(self.events.count_open_sessions(owner, now), self.settings)
+
+    def _check_quota(self, owner: str, now: datetime, adding: int) -> None:
+        """Likewise for the quota: concurrent inits never add up past it."""
+        commands.check_quota(self.events.bytes_held(owner, now), adding, self.settings)
+
+    def _check_owner_limits(self, owner: str, now: datetime, adding: int) -> None:
+        """A new session's checks under the write lock: open sessions and quota."""
+        self._check_open_sessions(owner, now)
+        self._check_quota(owner, now, adding)
+
+    def quota_usage(self, owner: str) -> tuple[int, int | None]:
+        """(bytes counting towards the owner's quota, the quota or None for none)."""
+        used = self.events.bytes_held(owner, self.clock())
+        return used, self.settings.quota_bytes or None
 
     def held_digests(self, owner: str, digests: Sequence[str]) -> set[str]:
         """Digests this owner has stored before and the store still holds."""
@@ -729,15 +744,26 @@ class UploadService:
         state: SessionState,
         new_events: Sequence[KnownEvent],
         new_session_of: str | None = None,
+        adds_bytes: int = 0,
     ) -> SessionState:
         """Append events decided on ``state``, at its version; ConcurrencyConflict if
         the log moved on. tus decisions cover bytes already staged, so they are not
         re-decided on a conflict. ``new_session_of``: the owner of a session being
-        created, whose open sessions are recounted under the write lock."""
-        if new_session_of is None:
-            return self._append(state, new_events)
-        owner, now = new_session_of, self.clock()
-        return self._append(state, new_events, lambda: self._check_open_sessions(owner, now))
+        created, whose open sessions are recounted under the write lock. ``adds_bytes``:
+        what the events add to the owner's quota use (a declared length), checked there
+        too."""
+        now = self.clock()
+        if new_session_of is not None:
+            owner = new_session_of
+            return self._append(
+                state, new_events, lambda: self._check_owner_limits(owner, now, adds_bytes)
+            )
+        if adds_bytes:
+            owner = state.owner
+            return self._append(
+                state, new_events, lambda: self._check_quota(owner, now, adds_bytes)
+            )
+        return self._append(state, new_events)
 
 
 def completion_of(state: SessionState) -> Completion:

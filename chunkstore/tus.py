@@ -189,8 +189,10 @@ def decide_create(
     open_sessions: int,
     concat: str = "",
     parts: Sequence[SessionState] = (),
+    bytes_held: int = 0,
 ) -> list[KnownEvent]:
-    """A new tus upload; a final one (``parts`` given) is born with its parts' chunks."""
+    """A new tus upload; a final one (``parts`` given) is born with its parts' chunks.
+    ``bytes_held``: what already counts towards the owner's quota."""
     metadata = parse_metadata(metadata_header)
     filename = clean_filename(metadata.get("filename") or upload_id)
     mime_type = check_declared_type(metadata.get("filetype") or "", settings)
@@ -204,6 +206,8 @@ def decide_create(
             limit=settings.max_file_size,
         )
     commands.check_open_sessions(open_sessions, settings)
+    # A final upload may list one partial upload many times: each copy is written out.
+    commands.check_quota(bytes_held, length or 0, settings)
     created = TusUploadCreated(
         owner=owner,
         filename=filename,
@@ -263,8 +267,11 @@ def check_patchable(state: SessionState, offset: int, now: datetime) -> None:
         )
 
 
-def decide_length(state: SessionState, length: int | None, settings: Settings) -> int | None:
-    """The upload's length after this PATCH (which may declare a deferred one)."""
+def decide_length(
+    state: SessionState, length: int | None, settings: Settings, bytes_held: int = 0
+) -> int | None:
+    """The upload's length after this PATCH (which may declare a deferred one).
+    ``bytes_held``: what counts towards the owner's quota, this upload included."""
     if length is None or not state.tus_length_deferred:
         if length is not None and length != state.total_size:
             raise InvalidRequest(f"Upload-Length is already {state.total_size}")
@@ -276,7 +283,14 @@ def decide_length(state: SessionState, length: int | None, settings: Settings) -
             f"file of {length} bytes exceeds the limit of {settings.max_file_size}",
             limit=settings.max_file_size,
         )
+    commands.check_quota(bytes_held, declared_growth(state, length), settings)
     return length
+
+
+def declared_growth(state: SessionState, length: int) -> int:
+    """What declaring a deferred ``length`` adds to the owner's quota use: until then
+    the upload counted the bytes it had received."""
+    return length - min(length, state.bytes_received)
 
 
 def decide_append(
@@ -463,9 +477,15 @@ class TusUploads:
             self.service.events.count_open_sessions(owner, now),
             concat,
             parts,
+            self.service.events.bytes_held(owner, now),
         )
+        created = new_events[0]
+        assert isinstance(created, TusUploadCreated)
         return self.service.append_decided(
-            SessionState.empty(upload_id), new_events, new_session_of=owner
+            SessionState.empty(upload_id),
+            new_events,
+            new_session_of=owner,
+            adds_bytes=created.total_size or 0,
         )
 
     def head(self, owner: str, upload_id: str) -> SessionState:
@@ -507,11 +527,19 @@ class TusUploads:
         lock = await asyncio.to_thread(self.service.locks.acquire, upload_id)
         try:
             state = await asyncio.to_thread(self.service.get, owner, upload_id)
-            check_patchable(state, offset, self.service.clock())
-            length = decide_length(state, declared_length, self.settings)
+            now = self.service.clock()
+            check_patchable(state, offset, now)
+            held = 0
+            if state.tus_length_deferred:
+                held = await asyncio.to_thread(self.service.events.bytes_held, owner, now)
+            length = decide_length(state, declared_length, self.settings, held)
             limit = (length if length is not None else self.settings.max_file_size) - offset
             if content_length is not None and content_length > limit:
                 raise TooLarge(f"the body would go {content_length - limit} bytes past the end")
+            # Of unknown length still: its bytes count towards the quota as they arrive.
+            room = commands.quota_room(held, self.settings) if length is None else None
+            if room is not None and content_length is not None and content_length > room:
+                commands.check_quota(held, content_length, self.settings)
             base = state.tus_offset - state.tus_tail
             tail = await asyncio.to_thread(self.staging.read_tail, upload_id, base, state.tus_tail)
             cutter = StreamCutter(self.service.blobs, tail)
@@ -523,6 +551,8 @@ class TusUploads:
                     received += len(piece)
                     if received > limit:
                         raise TooLarge("the body goes past the upload's length")
+                    if room is not None and received > room:
+                        commands.check_quota(held, received, self.settings)
                     cutter.feed(piece)
                     if hasher is not None:
                         hasher.update(piece)
@@ -574,7 +604,8 @@ class TusUploads:
         elif tail:
             self.staging.write(state.upload_id, new_base, tail)
         new_events = decide_append(state, cutter.chunks, len(tail), declared_length)
-        state = self.service.append_decided(state, new_events)
+        adds = declared_growth(state, declared_length) if declared_length is not None else 0
+        state = self.service.append_decided(state, new_events, adds_bytes=adds)
         if new_base != old_base:
             self.staging.discard(state.upload_id, keep_base=new_base)
         return state
