@@ -8,7 +8,7 @@ import logging
 import math
 from typing import Any
 
-from litestar import Litestar
+from litestar import Litestar, Router
 from litestar.connection import ASGIConnection
 from litestar.di import Provide
 from litestar.middleware import (
@@ -20,7 +20,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
 import chunkstore
-from api.downloads import download_file
+from api.downloads import delete_file, download_file
 from api.metrics import Metrics, metrics_endpoint
 from api.observability import configure_logging, request_id_middleware
 from api.problems import EXCEPTION_HANDLERS
@@ -112,8 +112,12 @@ def create_app(settings: Settings | None = None) -> Litestar:
     background = BackgroundGc(service, settings, metrics)
 
     tus_uploads = TusUploads(service)
+    # GET and DELETE of one path registered together: Litestar registers every handler
+    # of a path again when another handler joins it, and a sync handler registered
+    # twice is no longer awaited (its GET answered 500).
+    files_router = Router(path="/", route_handlers=[download_file, delete_file])
     app = Litestar(
-        route_handlers=[*ROUTES, download_file, metrics_endpoint, TusController],
+        route_handlers=[*ROUTES, files_router, metrics_endpoint, TusController],
         dependencies={
             "service": Provide(lambda: service, sync_to_thread=False, use_cache=True),
             "tus_uploads": Provide(lambda: tus_uploads, sync_to_thread=False, use_cache=True),

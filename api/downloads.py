@@ -1,19 +1,21 @@
-"""``GET /api/v1/files/{upload_id}``: a completed upload's bytes, whole or one range.
-``GET /files/{upload_id}`` on a tus upload's URL answers the same (``download``).
+"""``GET /api/v1/files/{upload_id}``: a completed upload's bytes, whole or one range;
+``DELETE`` of the same URL deletes it. ``GET /files/{upload_id}`` on a tus upload's URL
+answers the same as the GET (``download``).
 
 The owner only (another owner's upload is a 404, like a missing one); a session that is
-not completed is a 409. The body is streamed from the final file, or from the chunks
-when that file is gone; it is never loaded whole.
+not completed is a 409, a deleted one a 404. The body is streamed from the final file,
+or from the chunks when that file is gone; it is never loaded whole.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import re
 from typing import Any
 from urllib.parse import quote
 
-from litestar import Request, Response, get
+from litestar import Request, Response, delete, get
 from litestar.response import Stream
 
 from api import problems
@@ -94,6 +96,13 @@ def download(request: AnyRequest, service: UploadService, upload_id: str) -> Res
             headers={"Content-Range": f"bytes */{file.size}"},
         )
     return _stream(service, file, chosen, headers)
+
+
+@delete("/api/v1/files/{upload_id:str}", status_code=204)
+async def delete_file(request: AnyRequest, upload_id: str, service: UploadService) -> None:
+    """Delete a completed upload: its file now, its unshared chunks at gc's next run."""
+    owner = str(request.user)
+    await asyncio.to_thread(service.delete_upload, owner, upload_id, "deleted by the owner")
 
 
 def _stream(

@@ -47,6 +47,7 @@ from chunkstore.events import (
     ChunkStored,
     UploadCancelled,
     UploadCompleted,
+    UploadDeleted,
     UploadExpired,
     ValidationFailed,
 )
@@ -57,11 +58,12 @@ from chunkstore.session import (
     ASSEMBLING,
     CANCELLED,
     COMPLETED,
+    DELETED,
     EXPIRED,
     FAILED,
 )
 
-_STATUSES = (ACTIVE, ASSEMBLING, COMPLETED, FAILED, CANCELLED, EXPIRED)
+_STATUSES = (ACTIVE, ASSEMBLING, COMPLETED, FAILED, CANCELLED, EXPIRED, DELETED)
 
 
 class StoreCollector(Collector):
@@ -95,6 +97,8 @@ class StoreCollector(Collector):
                     self.ended[CANCELLED] += 1
                 case UploadExpired():
                     self.ended[EXPIRED] += 1
+                case UploadDeleted():
+                    self.ended[DELETED] += 1
 
     def collect(self) -> Iterator[Metric]:
         with self.lock:
@@ -125,7 +129,7 @@ class StoreCollector(Collector):
             ended = CounterMetricFamily(
                 "chunkstore_uploads_ended", "Uploads that reached a final status", labels=["status"]
             )
-            for status in (COMPLETED, CANCELLED, EXPIRED):
+            for status in (COMPLETED, CANCELLED, EXPIRED, DELETED):
                 ended.add_metric([status], self.ended[status])
             yield ended
         by_status = self.service.events.count_sessions_by_status()
@@ -165,6 +169,11 @@ class Metrics:
         self.gc_freed = Counter(
             "chunkstore_gc_bytes_freed", "Bytes gc freed", registry=self.registry
         )
+        self.gc_orphans = Counter(
+            "chunkstore_gc_orphan_files_removed",
+            "Files no completed upload owned that gc removed",
+            registry=self.registry,
+        )
         self.gc_failures = Counter(
             "chunkstore_gc_failures", "Background gc runs that raised", registry=self.registry
         )
@@ -175,7 +184,8 @@ class Metrics:
         self.gc_runs.inc()
         self.gc_expired.inc(report.sessions_expired)
         self.gc_swept.inc(report.blobs_swept)
-        self.gc_freed.inc(report.bytes_freed)
+        self.gc_freed.inc(report.bytes_freed + report.orphan_bytes_freed)
+        self.gc_orphans.inc(report.orphan_files_removed)
 
     def render(self) -> bytes:
         if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

@@ -19,6 +19,7 @@ from api.schemas import (
     InitAnswer,
     InitBody,
     MissingDigests,
+    QuotaAnswer,
     StatusAnswer,
     UploadRef,
 )
@@ -164,13 +165,18 @@ def complete_upload(request: AnyRequest, data: UploadRef, service: UploadService
 @post(f"{UPLOAD}/cancel", status_code=200, sync_to_thread=True)
 def cancel_upload(request: AnyRequest, data: CancelBody, service: UploadService) -> StatusAnswer:
     state = service.cancel_upload(owner_of(request), data.upload_id, data.reason)
-    return StatusAnswer(**state_summary(state, service.clock()))
+    return StatusAnswer(**state_summary(state, service.clock()), quota=quota_of(request, service))
 
 
 @get(f"{UPLOAD}/status/{{upload_id:str}}", sync_to_thread=True)
 def upload_status(request: AnyRequest, upload_id: str, service: UploadService) -> StatusAnswer:
     state = service.status(owner_of(request), upload_id)
-    return StatusAnswer(**state_summary(state, service.clock()))
+    return StatusAnswer(**state_summary(state, service.clock()), quota=quota_of(request, service))
+
+
+def quota_of(request: AnyRequest, service: UploadService) -> QuotaAnswer:
+    used, limit = service.quota_usage(owner_of(request))
+    return QuotaAnswer(used=used, limit=limit)
 
 
 ROUTES = [

@@ -70,6 +70,14 @@ class CancelBody(msgspec.Struct, forbid_unknown_fields=True):
     reason: str = ""
 
 
+class QuotaAnswer(msgspec.Struct):
+    #: Bytes counting towards the owner's quota: open sessions' declared sizes and
+    #: completed (not deleted) files.
+    used: int
+    #: The quota (``CHUNKSTORE_QUOTA_BYTES``); null when there is none.
+    limit: int | None
+
+
 class StatusAnswer(msgspec.Struct):
     upload_id: str
     status: str
@@ -92,3 +100,5 @@ class StatusAnswer(msgspec.Struct):
     detected_mime: str | None = None
     failure_reason: str | None = None
     failure_detail: str | None = None
+    #: The asking owner's quota use (all its uploads, not only this one).
+    quota: QuotaAnswer | None = None

@@ -2,13 +2,19 @@
 --read-data``), and repair what the evidence allows.
 
 What is checked, and against what:
+- every stream must keep its session's own rules (``stream_findings``: chunk indexes in
+  range, chunk sizes and declared digests right, no bytes past the declared size, no
+  index stored twice with other bytes, nothing after a final status but what may follow
+  it), whichever writer appended its events;
 - every stream is replayed; the ``sessions`` and ``owner_chunks`` projections must equal
   what the events say (``session_row`` is the one definition of a row);
 - every blob is re-read and must hash to its name;
 - every chunk a live session (active, assembling, completed) or its manifest names must
   exist with the size it was recorded with (an ended session's chunks are gc's to sweep);
 - every manifest must hash to its name, decode, and agree with its ``ManifestWritten``;
-- every completed upload's final file must exist and hash to its manifest's BLAKE3.
+- every completed upload's final file must exist and hash to its manifest's BLAKE3;
+- every file under ``files/`` must be a completed upload's final file (``file-orphan``
+  otherwise: gc removes those once they are older than its grace period).
 
 Repair never deletes evidence: projections are rebuilt from the events (which are never
 touched); a damaged final file or blob is moved into ``quarantine/`` before a good copy
@@ -37,11 +43,35 @@ import msgspec
 from chunkstore.blobs.filesystem import make_durable_dirs
 from chunkstore.errors import ConcurrencyConflict, CorruptBlob
 from chunkstore.eventlog import session_row
-from chunkstore.events import ChunkStored, Event
+from chunkstore.events import (
+    ChunkStored,
+    Event,
+    ManifestWritten,
+    TusLengthDeclared,
+    TusTailStaged,
+    TusUploadCreated,
+    UnknownEvent,
+    UploadCancelled,
+    UploadCompleted,
+    UploadDeleted,
+    UploadInitiated,
+    event_type,
+)
 from chunkstore.files import load_manifest
+from chunkstore.gc import confirm_orphan, orphan_candidates
 from chunkstore.manifest import Manifest, assemble
 from chunkstore.service import UploadService, publish
-from chunkstore.session import ACTIVE, ASSEMBLING, COMPLETED, SessionState, replay
+from chunkstore.session import (
+    ACTIVE,
+    ASSEMBLING,
+    COMPLETED,
+    EXPIRED,
+    FAILED,
+    FINAL_STATUSES,
+    SessionState,
+    replay,
+    replay_steps,
+)
 
 READ_SIZE = 1024 * 1024
 #: Blobs per task handed to a hashing thread, threads, and tasks queued at once.
@@ -110,6 +140,115 @@ class _Store(msgspec.Struct, kw_only=True):
     events: int
 
 
+# -- a stream's own rules -------------------------------------------------------------
+
+#: What may still follow a final status: deleting a completed upload, cancelling a
+#: failed or expired one (which records that the owner gave up on it).
+_AFTER_END: dict[str, tuple[type[Event], ...]] = {
+    COMPLETED: (UploadDeleted,),
+    FAILED: (UploadCancelled,),
+    EXPIRED: (UploadCancelled,),
+}
+_CREATIONS = (UploadInitiated, TusUploadCreated)
+
+
+def stream_findings(stream_id: str, events: Iterable[Event]) -> list[Finding]:
+    """Every event of one stream that breaks the rules its session set for itself,
+    whatever wrote it: the checks the commands make before appending, made again on
+    what was appended. Pure. Events of types this version does not know are skipped."""
+    findings = []
+    for number, (state, event) in enumerate(replay_steps(events), start=1):
+        if isinstance(event, UnknownEvent):
+            continue
+        broken = _broken_rule(state, event)
+        if broken is not None:
+            kind, why = broken
+            where = f"event {number} ({event_type(event)})"
+            findings.append(Finding(kind, stream_id, f"{where}: {why}"))
+    return findings
+
+
+def _broken_rule(state: SessionState, event: Event) -> tuple[str, str] | None:
+    """(finding kind, why) for an event its session's state does not allow, else None."""
+    if isinstance(event, _CREATIONS):
+        return ("stream-start", "the upload was already created") if state.exists else None
+    if not state.exists:
+        return "stream-start", "the stream does not begin with the upload's creation"
+    if state.status in FINAL_STATUSES:
+        if isinstance(event, _AFTER_END.get(state.status, ())):
+            return None
+        return "event-after-end", f"the upload was already {state.status}"
+    match event:
+        case ChunkStored():
+            return _broken_chunk_rule(state, event)
+        case TusTailStaged(size=size):
+            if state.mode != "tus":
+                return "event-out-of-order", "a tus tail in an upload that is not a tus one"
+            return _past_size(state, state.tus_offset - state.tus_tail + size)
+        case TusLengthDeclared(total_size=total_size):
+            if state.mode != "tus" or not state.tus_length_deferred:
+                return "event-out-of-order", "a length declared for an upload that had one"
+            if total_size < state.tus_offset:
+                return "bytes-past-size", f"{state.tus_offset} bytes are past {total_size}"
+        case ManifestWritten():
+            if state.status != ACTIVE:
+                return "event-out-of-order", f"a manifest written while {state.status}"
+            if _missing(state):
+                return "event-out-of-order", "a manifest written while chunks were missing"
+        case UploadCompleted():
+            if state.status != ASSEMBLING:
+                return "event-out-of-order", "completed without a manifest"
+        case UploadDeleted():
+            return "event-out-of-order", f"deleted while {state.status}, not completed"
+    return None
+
+
+def _broken_chunk_rule(state: SessionState, event: ChunkStored) -> tuple[str, str] | None:
+    index, digest, size = event.index, event.digest, event.size
+    if state.status != ACTIVE:
+        return "event-out-of-order", f"chunk {index} stored while {state.status}"
+    if state.mode == "tus":
+        # Cut from the stream in order: each new chunk is the next index.
+        if index != state.total_chunks:
+            return (
+                "chunk-index-out-of-range",
+                f"tus chunk {index} where the next is {state.total_chunks}",
+            )
+        if size <= 0:
+            return "chunk-wrong-size", f"tus chunk {index} of {size} bytes"
+        return _past_size(state, state.tus_offset - state.tus_tail + size)
+    if not 0 <= index < state.total_chunks:
+        return (
+            "chunk-index-out-of-range",
+            f"chunk {index} of an upload of {state.total_chunks} chunks",
+        )
+    if size != state.expected_size(index):
+        return (
+            "chunk-wrong-size",
+            f"chunk {index} of {size} bytes, not {state.expected_size(index)}",
+        )
+    expected = state.expected_digest(index)
+    if expected is not None and digest != expected:
+        return "chunk-digest-mismatch", f"chunk {index} is {digest}, declared {expected}"
+    stored = state.chunks.get(index)
+    if stored is not None and stored[0] != digest:
+        return "chunk-conflict", f"chunk {index} stored again with other bytes"
+    return None
+
+
+def _past_size(state: SessionState, recorded: int) -> tuple[str, str] | None:
+    """A tus upload's recorded bytes (chunks and staged tail) past its declared length."""
+    if not state.tus_length_deferred and recorded > state.total_size:
+        return "bytes-past-size", f"{recorded} bytes recorded, {state.total_size} declared"
+    return None
+
+
+def _missing(state: SessionState) -> bool:
+    if state.mode == "tus":
+        return state.tus_length_deferred or state.tus_offset != state.total_size
+    return len(state.chunks) != state.total_chunks
+
+
 # -- reading the events ---------------------------------------------------------------
 
 
@@ -132,6 +271,9 @@ def replay_store(service: UploadService, findings: list[Finding] | None = None) 
             )
         stream.append(recorded.event)
         count += 1
+    if findings is not None:
+        for stream_id, events in streams.items():
+            findings.extend(stream_findings(stream_id, events))
     states = {
         stream_id: replay(events, SessionState.empty(stream_id))
         for stream_id, events in streams.items()
@@ -378,6 +520,18 @@ def check_file(
     return []
 
 
+def check_orphan_files(service: UploadService, store: _Store) -> list[Finding]:
+    """Files under ``files/`` that no completed upload owns (a cancelled upload's file, a
+    deleted upload's file that outlived its deletion, a stray)."""
+    findings = []
+    data_dir = service.settings.data_dir
+    for path in orphan_candidates(service, store.states):
+        why = confirm_orphan(service, path)
+        if why is not None:
+            findings.append(Finding("file-orphan", str(path.relative_to(data_dir)), why))
+    return findings
+
+
 def _total_bytes(service: UploadService, store: _Store) -> int:
     """Bytes the audit will read (for the progress bar): blobs plus final files."""
     total = 0
@@ -412,6 +566,7 @@ def audit(service: UploadService, progress: ProgressCallback | None = None) -> A
             findings.extend(check_chunks(upload_id, chunks, sizes))
         if state.status == COMPLETED:
             findings.extend(check_file(service, state, summary, progress, total_bytes))
+    findings.extend(check_orphan_files(service, store))
     summary.seconds = round(time.perf_counter() - started, 3)
     return AuditReport(findings=findings, summary=summary)
 

@@ -335,6 +335,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
         if not args.verbose:
             answer.pop("expired")
             answer.pop("swept")
+            answer.pop("orphans")
         _print_json(answer)
         return 0
     verb = "would be" if report.dry_run else "were"
@@ -345,13 +346,19 @@ def cmd_gc(args: argparse.Namespace) -> int:
         f" {report.sessions_released} ended sessions older than {report.hours:g} h released,"
         f" {report.blobs_swept} of {report.blobs_examined} blobs {verb} swept"
         f" ({human_bytes(report.bytes_freed)} freed; {report.blobs_referenced} referenced,"
-        f" {report.blobs_in_grace} younger than {report.grace:g} s) in {report.seconds:.2f} s"
+        f" {report.blobs_in_grace} younger than {report.grace:g} s),"
+        f" {report.orphan_files_removed} orphan files {verb} removed"
+        f" ({human_bytes(report.orphan_bytes_freed)}),"
+        f" {report.lock_files_removed} stale lock files {verb} removed"
+        f" in {report.seconds:.2f} s"
     )
     if args.verbose:
         for upload_id in report.expired:
             print(f"  expired {upload_id}")
         for digest in report.swept:
             print(f"  swept   {digest}")
+        for path in report.orphans:
+            print(f"  orphan  {path}")
     return 0
 
 

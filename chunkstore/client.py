@@ -48,7 +48,7 @@ BATCH_MEDIA_TYPE = "application/vnd.chunkstore.batch"
 BATCH_BYTES = 8 * MiB
 FRAME_HEADER = struct.Struct(">II")
 #: Statuses of a remembered upload that can take no more chunks: start a new one.
-DEAD_STATUSES = frozenset({"expired", "cancelled", "failed"})
+DEAD_STATUSES = frozenset({"expired", "cancelled", "failed", "deleted"})
 #: Statuses in which the chunks are all there and only completion is left.
 COMPLETING_STATUSES = frozenset({"assembling", "completed"})
 #: A body cut off in transit is a network failure, although the server that saw it

@@ -21,6 +21,8 @@ from chunkstore.errors import (
     ChunkSizeMismatch,
     ChunkTooLarge,
     InvalidRequest,
+    NotAChunkUpload,
+    QuotaExceeded,
     SessionExpired,
     TooLarge,
     TooManySessions,
@@ -33,11 +35,20 @@ from chunkstore.events import (
     ChunkStored,
     KnownEvent,
     UploadCancelled,
+    UploadDeleted,
     UploadExpired,
     UploadInitiated,
 )
 from chunkstore.policy import check_declared_type, clean_filename
-from chunkstore.session import ACTIVE, ASSEMBLING, CANCELLED, COMPLETED, FAILED, SessionState
+from chunkstore.session import (
+    ACTIVE,
+    ASSEMBLING,
+    CANCELLED,
+    COMPLETED,
+    DELETED,
+    FAILED,
+    SessionState,
+)
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
@@ -71,9 +82,11 @@ def decide_init(
     now: datetime,
     open_sessions: int,
     known_digests: frozenset[str] = frozenset(),
+    bytes_held: int = 0,
 ) -> list[KnownEvent]:
     """``known_digests``: digests of the declared chunks that this owner already has
-    stored (manifest mode); their indexes are recorded at once as reused."""
+    stored (manifest mode); their indexes are recorded at once as reused. ``bytes_held``:
+    what already counts towards the owner's quota."""
     filename = clean_filename(request.filename)
     mime_type = check_declared_type(request.mime_type, settings)
     if request.total_size < 0:
@@ -108,6 +121,7 @@ def decide_init(
     if file_hash is not None and not _SHA256_HEX.fullmatch(file_hash):
         raise InvalidRequest("file_hash must be a SHA-256 hex digest (64 hex characters)")
     check_open_sessions(open_sessions, settings)
+    check_quota(bytes_held, request.total_size, settings)
     initiated = UploadInitiated(
         owner=owner,
         filename=filename,
@@ -137,6 +151,28 @@ def check_open_sessions(open_sessions: int, settings: Settings) -> None:
             " Complete or cancel one first.",
             limit=settings.max_open_sessions,
         )
+
+
+def check_quota(bytes_held: int, adding: int, settings: Settings) -> None:
+    """Refuse ``adding`` bytes to an owner whose quota they would overrun (0: no quota).
+    A file may repeat its own content, but every repeat is written out in full, so a
+    small upload can declare a huge file: this is what bounds it."""
+    limit = settings.quota_bytes
+    if limit and bytes_held + adding > limit:
+        raise QuotaExceeded(
+            f"{adding} more bytes would bring your uploads to {bytes_held + adding} bytes;"
+            f" your quota is {limit} bytes, of which {bytes_held} are in use. Delete"
+            " completed uploads or cancel open ones to make room.",
+            quota="bytes per owner",
+            used=bytes_held,
+            limit=limit,
+            requested=adding,
+        )
+
+
+def quota_room(bytes_held: int, settings: Settings) -> int | None:
+    """Bytes the owner may still add; None without a quota."""
+    return max(0, settings.quota_bytes - bytes_held) if settings.quota_bytes else None
 
 
 def _checked_chunk_size(request: InitRequest, settings: Settings) -> int:
@@ -193,6 +229,20 @@ def check_accepting(state: SessionState, now: datetime) -> None:
         )
 
 
+def check_takes_chunks(state: SessionState, now: datetime) -> None:
+    """Whether the session takes chunks by index now (the JSON, raw and batch routes).
+    Run before any body is read."""
+    if state.mode == "tus":
+        # Its chunks are cut from the tus byte stream; an index sent here would be
+        # recorded beside that stream's own.
+        raise NotAChunkUpload(
+            f"upload {state.upload_id} was created through tus; send its bytes with"
+            f" PATCH /files/{state.upload_id}",
+            upload_id=state.upload_id,
+        )
+    check_accepting(state, now)
+
+
 def check_chunk_target(
     state: SessionState, index: int, now: datetime, declared_size: int | None = None
 ) -> int:
@@ -201,7 +251,7 @@ def check_chunk_target(
     ``declared_size``: what the request says it carries (Content-Length, a batch frame's
     length), refused before any byte of it is read when it cannot be right.
     """
-    check_accepting(state, now)
+    check_takes_chunks(state, now)
     if not 0 <= index < state.total_chunks:
         raise ChunkIndexOutOfRange(
             f"chunk index {index} is outside 0..{state.total_chunks - 1}",
@@ -242,7 +292,7 @@ def decide_chunks(
     nothing; with another digest it is a conflict. Storing a digest also fills every
     other missing index declared with that digest.
     """
-    check_accepting(state, now)
+    check_takes_chunks(state, now)
     taken: dict[int, str] = {}
     new_events: list[KnownEvent] = []
     for index, digest, size in arrivals:
@@ -309,9 +359,26 @@ def decide_expire(state: SessionState, now: datetime) -> list[KnownEvent]:
 def decide_cancel(state: SessionState, reason: str) -> list[KnownEvent]:
     if state.status == COMPLETED:
         raise UploadNotActive(
-            f"upload {state.upload_id} is completed; it can no longer be cancelled",
+            f"upload {state.upload_id} is completed; it can no longer be cancelled:"
+            f" delete it instead (DELETE /api/v1/files/{state.upload_id})",
             status=state.status,
         )
+    if state.status == DELETED:
+        raise UploadNotActive(f"upload {state.upload_id} was deleted", status=state.status)
     if state.status == CANCELLED:
         return []
     return [UploadCancelled(reason=reason)]
+
+
+def decide_delete(state: SessionState, reason: str) -> list[KnownEvent]:
+    """Delete a completed upload. A deleted one is gone (404, as a missing one); an
+    unfinished one is cancelled, not deleted."""
+    if state.status == DELETED:
+        raise UploadNotFound(f"no upload {state.upload_id}", upload_id=state.upload_id)
+    if state.status != COMPLETED:
+        raise UploadNotActive(
+            f"upload {state.upload_id} is {state.status}, not completed: there is no file"
+            " to delete (cancel an unfinished upload instead)",
+            status=state.status,
+        )
+    return [UploadDeleted(reason=reason)]

@@ -9,6 +9,7 @@ import msgspec
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
+TiB = 1024 * GiB
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
@@ -25,6 +26,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     default_chunk_size: int = 8 * MiB
     #: Sessions (active or assembling) one owner may hold at once.
     max_open_sessions: int = 100
+    #: Bytes one owner may hold: the declared sizes of its open sessions plus its
+    #: completed (not deleted) files. 0: no limit. Repeating content inside one upload
+    #: is legitimate, but every repeat is written out in the final file, so this is
+    #: what bounds a small upload that declares a huge file.
+    quota_bytes: int = 1 * TiB
+    #: Seconds completion, cancel and delete wait for another request on the same upload
+    #: (a tus PATCH, another completion) to end before they answer 423.
+    lock_wait: float = 30.0
     #: Temp files younger than this (seconds) survive the start-up sweep; raise it when
     #: several server processes share one data directory.
     temp_grace: float = 0.0
@@ -92,6 +101,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "max_batch_size": ("CHUNKSTORE_MAX_BATCH_SIZE", int),
             "default_chunk_size": ("CHUNKSTORE_DEFAULT_CHUNK_SIZE", int),
             "max_open_sessions": ("CHUNKSTORE_MAX_OPEN_SESSIONS", int),
+            "quota_bytes": ("CHUNKSTORE_QUOTA_BYTES", int),
+            "lock_wait": ("CHUNKSTORE_LOCK_WAIT", float),
             "temp_grace": ("CHUNKSTORE_TEMP_GRACE", float),
             "gc_interval": ("CHUNKSTORE_GC_INTERVAL", float),
             "gc_hours": ("CHUNKSTORE_GC_HOURS", float),

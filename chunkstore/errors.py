@@ -100,6 +100,46 @@ class TooManySessions(ChunkstoreError):
     title = "Too many open upload sessions"
 
 
+class QuotaExceeded(ChunkstoreError):
+    """The upload would take the owner past its byte quota (open uploads' declared sizes
+    plus completed files). Delete completed uploads or cancel open ones to make room;
+    retrying the same request does not help."""
+
+    slug = "quota-exceeded"
+    title = "Storage quota exceeded"
+
+
+class UploadLocked(ChunkstoreError):
+    """Another request is writing to, completing or ending this upload right now; retry
+    after it ends (a tus client: HEAD for the offset, then PATCH again)."""
+
+    slug = "upload-locked"
+    title = "Upload is busy"
+
+
+class WrongUploadProtocol(ChunkstoreError):
+    """The upload was started through another protocol than the one this request uses."""
+
+    slug = "wrong-upload-protocol"
+    title = "Upload belongs to another protocol"
+
+
+class NotATusUpload(WrongUploadProtocol):
+    """The upload was started through the JSON API: send its chunks there
+    (``PUT /api/v1/upload/{upload_id}/chunks/{index}``), not with tus ``PATCH``."""
+
+    slug = "not-a-tus-upload"
+    title = "Upload was not created through tus"
+
+
+class NotAChunkUpload(WrongUploadProtocol):
+    """The upload was created through tus: send its bytes with tus ``PATCH /files/{id}``;
+    it takes no chunks by index."""
+
+    slug = "not-a-chunk-upload"
+    title = "Upload takes its bytes through tus"
+
+
 class UnsupportedMediaType(ChunkstoreError):
     slug = "unsupported-media-type"
     title = "Unsupported media type"

@@ -67,6 +67,13 @@ class UploadExpired(msgspec.Struct, frozen=True, tag=True):
     pass
 
 
+class UploadDeleted(msgspec.Struct, frozen=True, tag=True):
+    """The owner deleted a completed upload: its final file is removed, and its chunks
+    are gc's to reclaim (those no other upload uses)."""
+
+    reason: str = ""
+
+
 class TusUploadCreated(msgspec.Struct, frozen=True, tag=True):
     """A tus upload was created (``POST /files/``): its bytes arrive as a stream, which
     the server cuts into content-defined chunks (``ChunkStored`` in order)."""
@@ -114,6 +121,7 @@ KnownEvent = (
     | UploadCompleted
     | UploadCancelled
     | UploadExpired
+    | UploadDeleted
     | TusUploadCreated
     | TusLengthDeclared
     | TusTailStaged

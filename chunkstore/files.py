@@ -14,9 +14,9 @@ import blake3
 import msgspec
 
 from chunkstore.blobs import BlobStore
-from chunkstore.errors import CorruptBlob, UploadNotActive
+from chunkstore.errors import CorruptBlob, UploadNotActive, UploadNotFound
 from chunkstore.manifest import Manifest
-from chunkstore.session import COMPLETED, SessionState
+from chunkstore.session import COMPLETED, DELETED, SessionState
 
 READ_SIZE = 1024 * 1024
 
@@ -53,7 +53,10 @@ def load_manifest(blobs: BlobStore, digest: str) -> Manifest:
 
 
 def stored_file(state: SessionState, data_dir: Path) -> StoredFile:
-    """What there is to read of a session; raises ``FileNotReady`` unless completed."""
+    """What there is to read of a session; raises ``FileNotReady`` unless completed,
+    ``UploadNotFound`` once deleted (the file is gone, as for a missing upload)."""
+    if state.status == DELETED:
+        raise UploadNotFound(f"no upload {state.upload_id}", upload_id=state.upload_id)
     if state.status != COMPLETED or state.manifest is None or state.file_path is None:
         raise FileNotReady(
             f"upload {state.upload_id} is {state.status}; only a completed upload has a file",

@@ -4,8 +4,13 @@ A blob is kept when anything live names it:
 - a chunk of an active, assembling or completed session (the ``ChunkStored`` events);
 - a completed session's manifest, and every chunk that manifest lists;
 - the chunks and manifest of a cancelled, failed or expired session that ended less
-  than ``hours`` ago (so a recent failure can still be looked into).
+  than ``hours`` ago (so a recent failure can still be looked into). A deleted upload's
+  are released at once: its owner asked for them to go.
 Anything else is swept, but only once its file is older than ``grace`` seconds.
+
+gc also removes files under ``files/`` that no completed upload owns (left by a
+completion whose final event never made it, or a process that died while deleting one),
+once they are older than ``grace``, and lock files nobody holds (``chunkstore.locks``).
 
 Races with a live server, and how each is closed:
 - A new chunk is committed (blob linked, fresh mtime) a moment *before* its event is
@@ -25,20 +30,22 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import msgspec
 
 from chunkstore.blobs import BlobStore
-from chunkstore.errors import CorruptBlob
+from chunkstore.errors import CorruptBlob, UploadLocked
 from chunkstore.events import Event
 from chunkstore.files import load_manifest
-from chunkstore.service import UploadService
+from chunkstore.service import UploadService, remove_final
 from chunkstore.session import (
     ACTIVE,
     ASSEMBLING,
     COMPLETED,
+    DELETED,
     FINAL_STATUSES,
     SessionState,
     replay,
@@ -62,10 +69,17 @@ class GcReport(msgspec.Struct, kw_only=True):
     blobs_in_grace: int = 0
     blobs_swept: int = 0
     bytes_freed: int = 0
+    #: Files under ``files/`` that no completed upload owns, removed, and their bytes.
+    orphan_files_removed: int = 0
+    orphan_bytes_freed: int = 0
+    #: Per-upload lock files nobody held (their holder died before removing them).
+    lock_files_removed: int = 0
     seconds: float = 0.0
     #: Upload ids expired and digests swept (or that would be, with ``dry_run``).
     expired: list[str] = msgspec.field(default_factory=list)
     swept: list[str] = msgspec.field(default_factory=list)
+    #: Orphan files removed, relative to the data directory.
+    orphans: list[str] = msgspec.field(default_factory=list)
 
 
 class References:
@@ -118,6 +132,9 @@ class References:
             self.released.add(state.upload_id)
 
     def _keeps(self, state: SessionState) -> bool:
+        if state.status == DELETED:
+            # Its owner asked for the bytes to go: released at once, not after ``hours``.
+            return False
         if state.upload_id in self.ending_now and self.ended_at is not None:
             return self.ended_at > self.released_before
         if state.status not in FINAL_STATUSES or state.status in _LIVE_STATUSES:
@@ -161,6 +178,79 @@ def staging_files(service: UploadService, upload_ids: Iterable[str]) -> list[str
     return sorted(found)
 
 
+def orphan_candidates(service: UploadService, states: Mapping[str, SessionState]) -> list[Path]:
+    """Files under ``files/`` that no completed upload in ``states`` owns."""
+    owned = {
+        service.settings.data_dir / state.file_path
+        for state in states.values()
+        if state.status == COMPLETED and state.file_path is not None
+    }
+    found = []
+    for directory, _, names in os.walk(service.files_dir):
+        for name in names:
+            path = Path(directory) / name
+            if path not in owned:
+                found.append(path)
+    return sorted(found)
+
+
+def confirm_orphan(service: UploadService, path: Path, remove: bool = False) -> str | None:
+    """Why ``path`` is an orphan (no completed upload owns it), or None if it is not one
+    after all. Checked against the log under the upload's lock, so that a completion
+    publishing it right now is never mistaken for a leftover (a busy upload: None);
+    ``remove`` removes it under that lock too."""
+    relative = path.relative_to(service.settings.data_dir)
+    upload_id = relative.parts[1] if len(relative.parts) > 2 else ""
+    state = service.load(upload_id) if upload_id else SessionState.empty()
+    if not state.exists:
+        if remove:
+            remove_final(path)
+        return f"no upload {upload_id[:40]!r}" if upload_id else "outside any upload's directory"
+    try:
+        with service.locks.hold(upload_id):
+            state = service.load(upload_id)
+            if state.status == COMPLETED and state.file_path == str(relative):
+                return None
+            if remove:
+                remove_final(path)
+    except UploadLocked:
+        return None
+    return f"upload {upload_id} is {state.status}"
+
+
+def _remove_orphans(
+    service: UploadService,
+    states: Mapping[str, SessionState],
+    grace: float,
+    wall_now: float,
+    dry_run: bool,
+    report: GcReport,
+) -> None:
+    for path in orphan_candidates(service, states):
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            continue
+        # A completion writes its file before it records it: spare young ones.
+        if wall_now - stat.st_mtime < grace:
+            continue
+        if confirm_orphan(service, path, remove=not dry_run) is None:
+            continue
+        report.orphan_files_removed += 1
+        report.orphan_bytes_freed += stat.st_size
+        report.orphans.append(str(path.relative_to(service.settings.data_dir)))
+
+
+def _expire(service: UploadService, upload_id: str) -> bool:
+    """Expire one session; a busy one (a completion under way holds its lock) is left
+    to a later run."""
+    try:
+        service.expire_upload(upload_id)
+    except UploadLocked:
+        return False
+    return True
+
+
 def collect(
     service: UploadService,
     hours: float | None = None,
@@ -175,11 +265,10 @@ def collect(
     report = GcReport(dry_run=dry_run, hours=hours, grace=grace)
     now = service.clock()
     expiring = expirable(service, now)
+    if not dry_run:
+        expiring = [upload_id for upload_id in expiring if _expire(service, upload_id)]
     report.expired = expiring
     report.sessions_expired = len(expiring)
-    if not dry_run:
-        for upload_id in expiring:
-            service.expire_upload(upload_id)
     references = References(
         service,
         released_before=now - timedelta(hours=hours),
@@ -195,6 +284,8 @@ def collect(
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
     report.sessions_released = len(references.released)
+    _remove_orphans(service, references.states, grace, wall_clock(), dry_run, report)
+    report.lock_files_removed = service.locks.sweep(dry_run=dry_run)
     candidates = _candidates(service.blobs, references, grace, wall_clock(), report)
     for batch in _batches(candidates, SWEEP_BATCH):
         if dry_run:

@@ -60,6 +60,7 @@ from chunkstore.events import (
 from chunkstore.events import (
     ValidationFailed as ValidationFailedEvent,
 )
+from chunkstore.locks import UploadLocks
 from chunkstore.manifest import Manifest, assemble
 from chunkstore.session import COMPLETED, SessionState, replay
 from chunkstore.validator import detect_mime, find_problem
@@ -274,9 +275,10 @@ class UploadService:
         self.clock = clock
         self.files_dir = settings.data_dir / "files"
         self.tmp_dir = settings.data_dir / "tmp"
+        self.locks = UploadLocks(settings.data_dir / "locks")
+        # The only per-upload state kept in memory: a bounded cache of sessions that exist.
         self._states: OrderedDict[str, SessionState] = OrderedDict()
         self._states_lock = threading.Lock()
-        self._completion_locks: dict[str, threading.Lock] = {}
 
     @classmethod
     def open(cls, settings: Settings, clock: Callable[[], datetime] = utcnow) -> UploadService:
@@ -314,6 +316,12 @@ class UploadService:
                 self._states.move_to_end(state.upload_id)
                 while len(self._states) > STATE_CACHE_SIZE:
                     self._states.popitem(last=False)
+
+    def cached_upload_ids(self) -> list[str]:
+        """Upload ids this process keeps state of in memory (at most STATE_CACHE_SIZE, and
+        only of uploads that exist)."""
+        with self._states_lock:
+            return list(self._states)
 
     def get(self, owner: str, upload_id: str) -> SessionState:
         return commands.require_owned(self.load(upload_id), owner)
@@ -379,17 +387,32 @@ class UploadService:
             now,
             self.events.count_open_sessions(owner, now),
             known,
+            self.events.bytes_held(owner, now),
         )
         return self._append(
             SessionState.empty(upload_id),
             new_events,
-            lambda: self._check_open_sessions(owner, now),
+            lambda: self._check_owner_limits(owner, now, request.total_size),
         )
 
     def _check_open_sessions(self, owner: str, now: datetime) -> None:
         """decide_init counted already; counting again under the write lock is what
         keeps inits arriving at once from each seeing room for one more."""
         commands.check_open_sessions(self.events.count_open_sessions(owner, now), self.settings)
+
+    def _check_quota(self, owner: str, now: datetime, adding: int) -> None:
+        """Likewise for the quota: concurrent inits never add up past it."""
+        commands.check_quota(self.events.bytes_held(owner, now), adding, self.settings)
+
+    def _check_owner_limits(self, owner: str, now: datetime, adding: int) -> None:
+        """A new session's checks under the write lock: open sessions and quota."""
+        self._check_open_sessions(owner, now)
+        self._check_quota(owner, now, adding)
+
+    def quota_usage(self, owner: str) -> tuple[int, int | None]:
+        """(bytes counting towards the owner's quota, the quota or None for none)."""
+        used = self.events.bytes_held(owner, self.clock())
+        return used, self.settings.quota_bytes or None
 
     def held_digests(self, owner: str, digests: Sequence[str]) -> set[str]:
         """Digests this owner has stored before and the store still holds."""
@@ -484,7 +507,7 @@ class UploadService:
         if content_length is not None and content_length > limit:
             raise TooLarge(f"a batch may carry at most {limit} bytes", limit=limit)
         state = await asyncio.to_thread(self.get, owner, upload_id)
-        commands.check_accepting(state, self.clock())
+        commands.check_takes_chunks(state, self.clock())
         parser = BatchParser(state, limit, self.clock)
         failure: ChunkstoreError | None = None
         try:
@@ -584,17 +607,43 @@ class UploadService:
         )
 
     def cancel_upload(self, owner: str, upload_id: str, reason: str = "") -> SessionState:
-        return self._decide_and_append(
-            owner, upload_id, lambda state: commands.decide_cancel(state, reason)
-        )
+        """Cancel under the upload's lock, so that a completion is either wholly before
+        (and the cancel is refused) or wholly after (and refused itself)."""
+        state = self.get(owner, upload_id)
+        if not commands.decide_cancel(state, reason):
+            return state
+        with self.locks.hold(upload_id, self.settings.lock_wait):
+            return self._decide_and_append(
+                owner, upload_id, lambda state: commands.decide_cancel(state, reason)
+            )
+
+    def delete_upload(self, owner: str, upload_id: str, reason: str = "") -> SessionState:
+        """Delete a completed upload: record ``UploadDeleted``, then remove its final file
+        (a file outliving a crash in between is an orphan gc removes). Its chunks are
+        released at gc's next run."""
+        state = self.get(owner, upload_id)
+        commands.decide_delete(state, reason)
+        with self.locks.hold(upload_id, self.settings.lock_wait):
+            file_path = self.get(owner, upload_id).file_path
+            state = self._decide_and_append(
+                owner, upload_id, lambda state: commands.decide_delete(state, reason)
+            )
+            if file_path is not None:
+                remove_final(self.settings.data_dir / file_path)
+        return state
 
     def expire_upload(self, upload_id: str) -> SessionState:
         """Record ``UploadExpired`` for a session past its TTL (an operator's action:
-        no owner check). A session not yet past its TTL is left as it is."""
-        owner = self.load(upload_id).owner
-        return self._decide_and_append(
-            owner, upload_id, lambda state: commands.decide_expire(state, self.clock())
-        )
+        no owner check). A session not yet past its TTL is left as it is. A session
+        whose lock is held (a completion under way) raises ``UploadLocked``: a later
+        gc run expires it if it is still open then."""
+        state = self.load(upload_id)
+        if not commands.decide_expire(state, self.clock()):
+            return state
+        with self.locks.hold(upload_id):
+            return self._decide_and_append(
+                state.owner, upload_id, lambda state: commands.decide_expire(state, self.clock())
+            )
 
     def status(self, owner: str, upload_id: str) -> SessionState:
         return self.get(owner, upload_id)
@@ -602,8 +651,16 @@ class UploadService:
     # -- completion ----------------------------------------------------------------------
 
     def complete_upload(self, owner: str, upload_id: str) -> Completion:
-        """Write the manifest, validate, and materialize the final file (idempotent)."""
-        with self._completion_lock(upload_id):
+        """Write the manifest, validate, and materialize the final file (idempotent).
+
+        Runs under the upload's lock (waiting for a PATCH or another completion to end),
+        after the upload was found and its owner checked: no per-upload state, not even
+        a lock file, exists for an id that is not the caller's."""
+        state = self.get(owner, upload_id)
+        if state.status == COMPLETED:
+            return completion_of(state)
+        commands.check_completable(state, self.clock())
+        with self.locks.hold(upload_id, self.settings.lock_wait):
             state = self.get(owner, upload_id)
             if state.status == COMPLETED:
                 return completion_of(state)
@@ -645,9 +702,25 @@ class UploadService:
         if problem is not None:
             self._fail(state, *problem)
         relative = Path("files") / state.upload_id / state.filename
-        publish(part, self.settings.data_dir / relative)
-        state = self._append_or_settle(state, [UploadCompleted(str(relative), detected)])
+        final = self.settings.data_dir / relative
+        publish(part, final)
+        try:
+            state = self._append_or_settle(state, [UploadCompleted(str(relative), detected)])
+        except BaseException:
+            # Under the lock nothing else ends the upload meanwhile; a writer that took
+            # no lock (a crash leftover's retry, an older version) may have. Never leave
+            # a file for an upload the log does not call completed.
+            self._withdraw(state.upload_id, final, str(relative))
+            raise
         return completion_of(state)
+
+    def _withdraw(self, upload_id: str, final: Path, relative: str) -> None:
+        """Remove a published final file unless the log says the upload completed into it."""
+        with contextlib.suppress(Exception):  # the log unreadable: the file goes
+            current = self.load(upload_id)
+            if current.status == COMPLETED and current.file_path == relative:
+                return
+        remove_final(final)
 
     def _fail(self, state: SessionState, reason: str, detail: str) -> None:
         self._append_or_settle(state, [ValidationFailedEvent(reason=reason, detail=detail)])
@@ -664,10 +737,6 @@ class UploadService:
                 status=current.status,
             ) from None
 
-    def _completion_lock(self, upload_id: str) -> threading.Lock:
-        with self._states_lock:
-            return self._completion_locks.setdefault(upload_id, threading.Lock())
-
     # -- tus (see chunkstore.tus) --------------------------------------------------------
 
     def append_decided(
@@ -675,15 +744,26 @@ class UploadService:
         state: SessionState,
         new_events: Sequence[KnownEvent],
         new_session_of: str | None = None,
+        adds_bytes: int = 0,
     ) -> SessionState:
         """Append events decided on ``state``, at its version; ConcurrencyConflict if
         the log moved on. tus decisions cover bytes already staged, so they are not
         re-decided on a conflict. ``new_session_of``: the owner of a session being
-        created, whose open sessions are recounted under the write lock."""
-        if new_session_of is None:
-            return self._append(state, new_events)
-        owner, now = new_session_of, self.clock()
-        return self._append(state, new_events, lambda: self._check_open_sessions(owner, now))
+        created, whose open sessions are recounted under the write lock. ``adds_bytes``:
+        what the events add to the owner's quota use (a declared length), checked there
+        too."""
+        now = self.clock()
+        if new_session_of is not None:
+            owner = new_session_of
+            return self._append(
+                state, new_events, lambda: self._check_owner_limits(owner, now, adds_bytes)
+            )
+        if adds_bytes:
+            owner = state.owner
+            return self._append(
+                state, new_events, lambda: self._check_quota(owner, now, adds_bytes)
+            )
+        return self._append(state, new_events)
 
 
 def completion_of(state: SessionState) -> Completion:
@@ -708,6 +788,17 @@ def publish(part: Path, final: Path) -> None:
     make_durable_dirs(final.parent)
     os.replace(part, final)
     fsync_directory(final.parent)
+
+
+def remove_final(final: Path) -> None:
+    """Remove a final file, and its upload's directory once empty, durably."""
+    with contextlib.suppress(FileNotFoundError):
+        final.unlink()
+    with contextlib.suppress(FileNotFoundError):
+        fsync_directory(final.parent)
+    with contextlib.suppress(OSError):  # not empty, or gone already
+        final.parent.rmdir()
+        fsync_directory(final.parent.parent)
 
 
 def state_summary(state: SessionState, now: datetime) -> dict[str, Any]:

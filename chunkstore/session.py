@@ -8,7 +8,7 @@ long stream stays linear while each state a caller holds stays unchanged.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -22,6 +22,7 @@ from chunkstore.events import (
     UnknownEvent,
     UploadCancelled,
     UploadCompleted,
+    UploadDeleted,
     UploadExpired,
     UploadInitiated,
     ValidationFailed,
@@ -33,9 +34,11 @@ COMPLETED = "completed"
 FAILED = "failed"
 CANCELLED = "cancelled"
 EXPIRED = "expired"
+#: A completed upload its owner deleted: the file is gone, the history stays.
+DELETED = "deleted"
 NEW = "new"
 #: Statuses after which a session takes no more chunks.
-FINAL_STATUSES = frozenset({COMPLETED, FAILED, CANCELLED, EXPIRED})
+FINAL_STATUSES = frozenset({COMPLETED, FAILED, CANCELLED, EXPIRED, DELETED})
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,6 +230,8 @@ class _Fold:
                 v.update(status=CANCELLED, cancel_reason=reason)
             case UploadExpired():
                 v.update(status=EXPIRED)
+            case UploadDeleted():
+                v.update(status=DELETED, file_path=None)
             case UnknownEvent():
                 pass  # written by a newer version; counted, otherwise ignored
 
@@ -244,3 +249,14 @@ def replay(events: Iterable[Event], state: SessionState | None = None) -> Sessio
 
 def apply(state: SessionState, event: Event) -> SessionState:
     return replay((event,), state)
+
+
+def replay_steps(events: Iterable[Event]) -> Iterator[tuple[SessionState, Event]]:
+    """Each event with the state just before it: what a check of a stream's own rules
+    needs. The states share the fold's chunk map, which the next step extends (a copy per
+    step would make a stream of n chunks cost n squared): look at each state before
+    taking the next step, and keep none."""
+    fold = _Fold(SessionState.empty())
+    for event in events:
+        yield fold.result(), event
+        fold.apply(event)

@@ -13,9 +13,10 @@ as ``TusTailStaged``, so ``Upload-Offset`` is a replay of the log like everythin
 Crash safety of the staging file: a new tail is written to a file named after its own
 base and fsynced before the events that make it current are appended; files of other
 bases, and bytes past the recorded tail length, are leftovers of an unfinished request
-and are ignored (then removed or truncated). A PATCH holds an ``flock`` on the upload's
-lock file, which dies with its process, so no stale lock survives a crash and workers of
-one data directory never interleave bytes; the append still states the version it saw.
+and are ignored (then removed or truncated). A PATCH holds the upload's lock
+(``chunkstore.locks``: an ``flock`` that dies with its process, so no stale lock survives
+a crash and workers of one data directory never interleave bytes); the append still
+states the version it saw.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import asyncio
 import base64
 import binascii
 import contextlib
-import fcntl
 import hashlib
 import os
 import uuid
@@ -47,11 +47,15 @@ from chunkstore.errors import (
     ChunkstoreError,
     IncompleteBody,
     InvalidRequest,
+    NotATusUpload,
     SessionExpired,
     TooLarge,
     UploadNotActive,
     UploadNotFound,
 )
+
+# The per-upload lock's refusal (chunkstore.locks), answered 423 on tus routes too.
+from chunkstore.errors import UploadLocked as UploadLocked
 from chunkstore.events import (
     ChunkStored,
     KnownEvent,
@@ -61,7 +65,7 @@ from chunkstore.events import (
 )
 from chunkstore.policy import check_declared_type, clean_filename
 from chunkstore.service import UploadService
-from chunkstore.session import ACTIVE, CANCELLED, COMPLETED, SessionState
+from chunkstore.session import ACTIVE, CANCELLED, COMPLETED, DELETED, SessionState
 
 TUS_VERSION = "1.0.0"
 EXTENSIONS = (
@@ -92,13 +96,6 @@ class OffsetMismatch(ChunkstoreError):
 
     slug = "offset-mismatch"
     title = "Upload-Offset does not match the upload"
-
-
-class UploadLocked(ChunkstoreError):
-    """Another request is writing to this upload right now; retry after it ends."""
-
-    slug = "upload-locked"
-    title = "Upload is busy"
 
 
 class UnsupportedChecksumAlgorithm(InvalidRequest):
@@ -192,8 +189,10 @@ def decide_create(
     open_sessions: int,
     concat: str = "",
     parts: Sequence[SessionState] = (),
+    bytes_held: int = 0,
 ) -> list[KnownEvent]:
-    """A new tus upload; a final one (``parts`` given) is born with its parts' chunks."""
+    """A new tus upload; a final one (``parts`` given) is born with its parts' chunks.
+    ``bytes_held``: what already counts towards the owner's quota."""
     metadata = parse_metadata(metadata_header)
     filename = clean_filename(metadata.get("filename") or upload_id)
     mime_type = check_declared_type(metadata.get("filetype") or "", settings)
@@ -207,6 +206,8 @@ def decide_create(
             limit=settings.max_file_size,
         )
     commands.check_open_sessions(open_sessions, settings)
+    # A final upload may list one partial upload many times: each copy is written out.
+    commands.check_quota(bytes_held, length or 0, settings)
     created = TusUploadCreated(
         owner=owner,
         filename=filename,
@@ -237,7 +238,7 @@ def check_part_complete(part: SessionState) -> int:
 
 def check_readable(state: SessionState, now: datetime) -> None:
     """HEAD: a terminated upload is gone (404), an expired one is Gone (410)."""
-    if state.status == CANCELLED:
+    if state.status in (CANCELLED, DELETED):
         raise UploadNotFound(f"no upload {state.upload_id}", upload_id=state.upload_id)
     if state.is_expired(now):
         raise SessionExpired(
@@ -247,6 +248,14 @@ def check_readable(state: SessionState, now: datetime) -> None:
 
 def check_patchable(state: SessionState, offset: int, now: datetime) -> None:
     """Checks made before a PATCH's body is read."""
+    if state.mode != "tus":
+        # Its chunks are indexed by the JSON API; stream bytes would be recorded as
+        # chunks past its last index.
+        raise NotATusUpload(
+            f"upload {state.upload_id} was started through the JSON API; send its chunks"
+            f" with PUT /api/v1/upload/{state.upload_id}/chunks/{{index}}",
+            upload_id=state.upload_id,
+        )
     if state.tus_concat == "final":
         raise FinalUploadImmutable(f"upload {state.upload_id} is a final upload")
     check_readable(state, now)
@@ -258,8 +267,11 @@ def check_patchable(state: SessionState, offset: int, now: datetime) -> None:
         )
 
 
-def decide_length(state: SessionState, length: int | None, settings: Settings) -> int | None:
-    """The upload's length after this PATCH (which may declare a deferred one)."""
+def decide_length(
+    state: SessionState, length: int | None, settings: Settings, bytes_held: int = 0
+) -> int | None:
+    """The upload's length after this PATCH (which may declare a deferred one).
+    ``bytes_held``: what counts towards the owner's quota, this upload included."""
     if length is None or not state.tus_length_deferred:
         if length is not None and length != state.total_size:
             raise InvalidRequest(f"Upload-Length is already {state.total_size}")
@@ -271,7 +283,14 @@ def decide_length(state: SessionState, length: int | None, settings: Settings) -
             f"file of {length} bytes exceeds the limit of {settings.max_file_size}",
             limit=settings.max_file_size,
         )
+    commands.check_quota(bytes_held, declared_growth(state, length), settings)
     return length
+
+
+def declared_growth(state: SessionState, length: int) -> int:
+    """What declaring a deferred ``length`` adds to the owner's quota use: until then
+    the upload counted the bytes it had received."""
+    return length - min(length, state.bytes_received)
 
 
 def decide_append(
@@ -296,17 +315,6 @@ def decide_append(
 # -- staging -------------------------------------------------------------------------------
 
 
-class StagingLock:
-    """An exclusive ``flock`` on an upload's lock file; the kernel drops it when the
-    holder's process dies, so a crash leaves no stale lock."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-
-    def release(self) -> None:
-        os.close(self.fd)
-
-
 class Staging:
     """The durable tails of tus uploads: ``staging/<upload_id>.<base>``."""
 
@@ -316,17 +324,6 @@ class Staging:
 
     def path(self, upload_id: str, base: int) -> Path:
         return self.directory / f"{upload_id}.{base}"
-
-    def lock(self, upload_id: str) -> StagingLock:
-        fd = os.open(self.directory / f"{upload_id}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise UploadLocked(
-                f"another request is writing to upload {upload_id}; retry when it ends"
-            ) from None
-        return StagingLock(fd)
 
     def read_tail(self, upload_id: str, base: int, size: int) -> bytes:
         if size == 0:
@@ -359,13 +356,12 @@ class Staging:
             os.fsync(staged.fileno())
         fsync_directory(self.directory)
 
-    def discard(self, upload_id: str, keep_base: int | None = None, lock: bool = False) -> None:
-        """Remove an upload's staging files, but the one at ``keep_base``."""
+    def discard(self, upload_id: str, keep_base: int | None = None) -> None:
+        """Remove an upload's staging files, but the one at ``keep_base`` (and a
+        ``<upload_id>.lock`` left by versions that locked uploads here)."""
         for entry in os.scandir(self.directory):
             name, _, suffix = entry.name.partition(".")
             if name != upload_id or suffix == str(keep_base):
-                continue
-            if suffix == "lock" and not lock:
                 continue
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(entry.path)
@@ -481,9 +477,15 @@ class TusUploads:
             self.service.events.count_open_sessions(owner, now),
             concat,
             parts,
+            self.service.events.bytes_held(owner, now),
         )
+        created = new_events[0]
+        assert isinstance(created, TusUploadCreated)
         return self.service.append_decided(
-            SessionState.empty(upload_id), new_events, new_session_of=owner
+            SessionState.empty(upload_id),
+            new_events,
+            new_session_of=owner,
+            adds_bytes=created.total_size or 0,
         )
 
     def head(self, owner: str, upload_id: str) -> SessionState:
@@ -503,7 +505,7 @@ class TusUploads:
     def complete(self, owner: str, state: SessionState) -> SessionState:
         """Reaching Upload-Length completes through the manifest and validator path."""
         self.service.complete_upload(owner, state.upload_id)
-        self.staging.discard(state.upload_id, lock=True)
+        self.staging.discard(state.upload_id)
         return self.service.get(owner, state.upload_id)
 
     async def patch(
@@ -518,16 +520,26 @@ class TusUploads:
     ) -> SessionState:
         """Append a body at ``offset``. Without a checksum, the bytes that arrived before
         a broken body are kept; with one, all or nothing."""
-        # Not even a lock file for an upload that is not the owner's, or not live.
-        await asyncio.to_thread(self.head, owner, upload_id)
-        lock = await asyncio.to_thread(self.staging.lock, upload_id)
+        # Refused before any lock or byte when it cannot be right: not the owner's, not
+        # live, not a tus upload, or not at this offset. Then checked again under the lock.
+        state = await asyncio.to_thread(self.head, owner, upload_id)
+        check_patchable(state, offset, self.service.clock())
+        lock = await asyncio.to_thread(self.service.locks.acquire, upload_id)
         try:
             state = await asyncio.to_thread(self.service.get, owner, upload_id)
-            check_patchable(state, offset, self.service.clock())
-            length = decide_length(state, declared_length, self.settings)
+            now = self.service.clock()
+            check_patchable(state, offset, now)
+            held = 0
+            if state.tus_length_deferred:
+                held = await asyncio.to_thread(self.service.events.bytes_held, owner, now)
+            length = decide_length(state, declared_length, self.settings, held)
             limit = (length if length is not None else self.settings.max_file_size) - offset
             if content_length is not None and content_length > limit:
                 raise TooLarge(f"the body would go {content_length - limit} bytes past the end")
+            # Of unknown length still: its bytes count towards the quota as they arrive.
+            room = commands.quota_room(held, self.settings) if length is None else None
+            if room is not None and content_length is not None and content_length > room:
+                commands.check_quota(held, content_length, self.settings)
             base = state.tus_offset - state.tus_tail
             tail = await asyncio.to_thread(self.staging.read_tail, upload_id, base, state.tus_tail)
             cutter = StreamCutter(self.service.blobs, tail)
@@ -539,6 +551,8 @@ class TusUploads:
                     received += len(piece)
                     if received > limit:
                         raise TooLarge("the body goes past the upload's length")
+                    if room is not None and received > room:
+                        commands.check_quota(held, received, self.settings)
                     cutter.feed(piece)
                     if hasher is not None:
                         hasher.update(piece)
@@ -590,21 +604,25 @@ class TusUploads:
         elif tail:
             self.staging.write(state.upload_id, new_base, tail)
         new_events = decide_append(state, cutter.chunks, len(tail), declared_length)
-        state = self.service.append_decided(state, new_events)
+        adds = declared_growth(state, declared_length) if declared_length is not None else 0
+        state = self.service.append_decided(state, new_events, adds_bytes=adds)
         if new_base != old_base:
             self.staging.discard(state.upload_id, keep_base=new_base)
         return state
 
     def terminate(self, owner: str, upload_id: str) -> None:
-        self.head(owner, upload_id)
-        lock = self.staging.lock(upload_id)
-        try:
-            state = self.service.get(owner, upload_id)
-            if state.status == CANCELLED:
-                raise UploadNotFound(f"no upload {upload_id}", upload_id=upload_id)
-            if state.status == COMPLETED:
-                raise UploadNotActive(f"upload {upload_id} is completed", status=state.status)
-            self.service.cancel_upload(owner, upload_id, "terminated by the client (tus)")
-        finally:
-            lock.release()
-        self.staging.discard(upload_id, lock=True)
+        """Termination: an unfinished upload is cancelled, a completed one deleted (its
+        file removed), each waiting for a PATCH or a completion under way to end."""
+        reason = "terminated by the client (tus)"
+        state = self.head(owner, upload_id)
+        if state.status != COMPLETED:
+            try:
+                self.service.cancel_upload(owner, upload_id, reason)
+            except UploadNotActive:
+                # A completion got there first: the upload now has a file to delete.
+                state = self.service.get(owner, upload_id)
+                if state.status != COMPLETED:
+                    raise
+        if state.status == COMPLETED:
+            self.service.delete_upload(owner, upload_id, reason)
+        self.staging.discard(upload_id)

@@ -251,6 +251,28 @@ def test_a_deleted_manifest_is_named(store: Store) -> None:
     assert kinds(audit(store)[1]) == {("manifest-missing", store.completed)}
 
 
+def plant_orphans(store: Store) -> list[str]:
+    """A cancelled upload's file (a completion that lost to the cancel and died before
+    removing it) and a file in a directory no upload has; returns their paths."""
+    planted = [f"files/{store.cancelled}/file.bin", "files/0123abcd/stray.bin"]
+    for relative in planted:
+        path = store.data_dir / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(os.urandom(KiB))
+    return planted
+
+
+def test_a_file_no_completed_upload_owns_is_named_as_an_orphan(store: Store) -> None:
+    planted = plant_orphans(store)
+
+    code, answer = audit(store)
+
+    assert code == 1
+    assert kinds(answer) == {("file-orphan", relative) for relative in planted}
+    details = {finding["subject"]: finding["detail"] for finding in answer["findings"]}
+    assert details[planted[0]] == f"upload {store.cancelled} is cancelled"
+
+
 # -- repair -------------------------------------------------------------------------------
 
 

@@ -8,17 +8,21 @@ import shutil
 import httpx
 import pytest
 
+from chunkstore import events
 from tests.conftest import Server
 from tests.helpers import (
     assert_problem,
     blake3_hex,
     blob_path,
+    cancel,
     complete,
     flip_byte,
     init_upload,
     put_chunk,
+    recorded_events,
     sha256_hex,
     split,
+    status_of,
     tiny_png,
     upload_whole,
 )
@@ -250,3 +254,60 @@ def test_a_range_inside_a_damaged_chunk_is_a_corrupt_blob_problem(
     url = damaged_download(server, client, data, -1)
 
     assert_problem(client.get(url, headers={"Range": "bytes=-3"}), 500, "corrupt-blob")
+
+
+# -- deleting a completed upload -------------------------------------------------------------
+
+
+def test_deleting_a_completed_upload_removes_its_file_and_answers_204(
+    server: Server, client: httpx.Client, upload: tuple[str, bytes]
+) -> None:
+    upload_id, _ = upload
+    final = server.data_dir / status_of(client, upload_id)["file_path"]
+    assert final.exists()
+
+    response = client.delete(f"{FILES}/{upload_id}")
+
+    assert response.status_code == 204
+    assert not final.exists()
+    assert not final.parent.exists()
+    assert status_of(client, upload_id)["status"] == "deleted"
+    assert_problem(client.get(f"{FILES}/{upload_id}"), 404, "upload-not-found")
+    assert isinstance(recorded_events(server.data_dir, upload_id)[-1], events.UploadDeleted)
+
+
+def test_deleting_twice_answers_404_the_second_time(
+    client: httpx.Client, upload: tuple[str, bytes]
+) -> None:
+    upload_id, _ = upload
+    assert client.delete(f"{FILES}/{upload_id}").status_code == 204
+
+    assert_problem(client.delete(f"{FILES}/{upload_id}"), 404, "upload-not-found")
+
+
+def test_another_owners_or_a_missing_upload_cannot_be_deleted(
+    server: Server, client: httpx.Client, upload: tuple[str, bytes]
+) -> None:
+    upload_id, data = upload
+    with server.client("mallory") as stranger:
+        assert_problem(stranger.delete(f"{FILES}/{upload_id}"), 404, "upload-not-found")
+    assert_problem(client.delete(f"{FILES}/{'0' * 32}"), 404, "upload-not-found")
+    assert client.get(f"{FILES}/{upload_id}").content == data
+
+
+def test_an_unfinished_upload_is_not_deleted_but_cancelled(client: httpx.Client) -> None:
+    upload_id = init_upload(client, os.urandom(2 * KiB), KiB)["upload_id"]
+
+    assert_problem(client.delete(f"{FILES}/{upload_id}"), 409, "upload-not-active")
+
+    assert status_of(client, upload_id)["status"] == "active"
+
+
+def test_a_completed_upload_cannot_be_cancelled_and_says_to_delete_it(
+    client: httpx.Client, upload: tuple[str, bytes]
+) -> None:
+    upload_id, _ = upload
+
+    body = assert_problem(cancel(client, upload_id), 409, "upload-not-active")
+
+    assert "delete it instead" in body["detail"]

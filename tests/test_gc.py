@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from tests.test_audit import (
     blob_file,
     build_store,
     open_service,
+    plant_orphans,
     run_cli,
     send,
     start,
@@ -209,6 +211,80 @@ def test_the_human_summary_states_the_statistics(store: Store) -> None:
     assert result.returncode == 0
     assert "0 sessions were expired" in result.stdout
     assert "4 of 13 blobs were swept" in result.stdout
+
+
+def test_a_deleted_uploads_unshared_chunks_are_swept_at_once_and_shared_ones_kept(
+    tmp_path: Path,
+) -> None:
+    data_dir = tmp_path / "data"
+    service = open_service(data_dir)
+    shared = os.urandom(KiB)
+    deleted_data, kept_data = shared + os.urandom(KiB), shared + os.urandom(KiB)
+    ids = []
+    for data in (deleted_data, kept_data):
+        upload_id = start(service, data)
+        send(service, upload_id, data)
+        service.complete_upload(OWNER, upload_id)
+        ids.append(upload_id)
+    manifest = service.load(ids[0]).manifest
+    assert manifest is not None
+    service.delete_upload(OWNER, ids[0])
+    service.close()
+
+    # --hours 24: a cancelled or failed upload would keep its chunks for a day.
+    answer = gc(data_dir, "--hours", "24", "--grace", "0", "--verbose")
+
+    assert sorted(answer["swept"]) == sorted(
+        [blake3_hex(deleted_data[KiB:]), manifest.manifest_digest]
+    )
+    assert answer["sessions_released"] == 1
+    assert blob_file(data_dir, shared).exists()
+    assert blob_file(data_dir, kept_data[KiB:]).exists()
+    audit = run_cli("audit", "--data", str(data_dir))
+    assert audit.returncode == 0, audit.stdout
+
+
+# -- orphan files and stale locks -----------------------------------------------------------
+
+
+def test_orphan_files_are_removed_once_older_than_the_grace_period(store: Store) -> None:
+    planted = plant_orphans(store)
+    young = gc(store.data_dir, "--grace", "3600")
+    assert young["orphan_files_removed"] == 0
+    assert all((store.data_dir / relative).exists() for relative in planted)
+    two_hours_ago = time.time() - 7200
+    for relative in planted:
+        os.utime(store.data_dir / relative, (two_hours_ago, two_hours_ago))
+
+    answer = gc(store.data_dir, "--grace", "3600", "--verbose")
+
+    assert answer["orphan_files_removed"] == 2
+    assert answer["orphan_bytes_freed"] == 2 * KiB
+    assert sorted(answer["orphans"]) == sorted(planted)
+    assert not (store.data_dir / "files" / store.cancelled).exists()
+    assert not (store.data_dir / "files" / "0123abcd").exists()
+    assert (store.data_dir / "files" / store.completed / "file.bin").exists()
+    audit = run_cli("audit", "--data", str(store.data_dir))
+    assert audit.returncode == 0, audit.stdout
+
+
+def test_a_dry_run_counts_orphan_files_and_keeps_them(store: Store) -> None:
+    planted = plant_orphans(store)
+
+    answer = gc(store.data_dir, "--grace", "0", "--dry-run")
+
+    assert answer["orphan_files_removed"] == 2
+    assert all((store.data_dir / relative).exists() for relative in planted)
+
+
+def test_lock_files_nobody_holds_are_removed(store: Store) -> None:
+    leftover = store.data_dir / "locks" / store.in_flight
+    leftover.write_bytes(b"")
+
+    answer = gc(store.data_dir)
+
+    assert answer["lock_files_removed"] == 1
+    assert not leftover.exists()
 
 
 # -- races with uploads --------------------------------------------------------------------

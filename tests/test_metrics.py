@@ -147,6 +147,26 @@ def test_the_background_gc_sweeps_and_reports_in_metrics(make_server: MakeServer
     assert not list((server.data_dir / "objects").rglob("*/*/*"))
 
 
+def test_the_background_gc_counts_the_orphan_files_it_removes(make_server: MakeServer) -> None:
+    server = make_server(CHUNKSTORE_GC_INTERVAL="0.2", CHUNKSTORE_GC_GRACE="0")
+    stray = server.data_dir / "files" / "0123abcd" / "stray.bin"
+    stray.parent.mkdir(parents=True)
+    stray.write_bytes(os.urandom(KiB))
+
+    deadline = time.monotonic() + 30
+    samples = scrape(server)
+    while (
+        value(samples, "chunkstore_gc_orphan_files_removed_total") < 1
+        and time.monotonic() < deadline
+    ):
+        time.sleep(0.1)
+        samples = scrape(server)
+
+    assert value(samples, "chunkstore_gc_orphan_files_removed_total") == 1
+    assert value(samples, "chunkstore_gc_bytes_freed_total") == KiB
+    assert not stray.exists()
+
+
 def test_logs_never_contain_tokens_or_file_contents(make_server: MakeServer) -> None:
     server = make_server()
     token = server.token("alice")

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from chunkstore import commands
+from chunkstore import service as service_module
 from chunkstore.commands import InitRequest
 from chunkstore.config import Settings
 from chunkstore.errors import (
@@ -511,6 +512,38 @@ def test_a_completion_interrupted_after_the_manifest_finishes_on_the_next_try(
     kinds = [type(e) for e in events_of(service, upload_id)]
     assert kinds.count(ManifestWritten) == 1
     assert kinds[-1] is UploadCompleted
+    assert temp_files(data_dir) == []
+
+
+def test_a_completion_whose_final_event_is_refused_removes_the_file_it_published(
+    service: UploadService, data_dir: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = os.urandom(2 * KiB)
+    upload_id = start(service, data)
+    send_all(service, upload_id, data)
+    # A writer that takes no lock (an older version sharing the data dir) cancels the
+    # upload between the moment completion publishes the file and the moment it
+    # records UploadCompleted.
+    other = UploadService.open(Settings(data_dir=data_dir, session_ttl=TTL), clock=clock)
+    publish = service_module.publish
+
+    def publish_then_cancel_elsewhere(part: Path, final: Path) -> None:
+        publish(part, final)
+        state = other.load(upload_id)
+        cancelled = [UploadCancelled("elsewhere")]
+        other.events.append(
+            upload_id, state.version, cancelled, session_row(replay(cancelled, state))
+        )
+
+    monkeypatch.setattr(service_module, "publish", publish_then_cancel_elsewhere)
+    try:
+        with pytest.raises(UploadNotActive):
+            service.complete_upload(OWNER, upload_id)
+    finally:
+        other.close()
+
+    assert service.status(OWNER, upload_id).status == "cancelled"
+    assert not (data_dir / "files" / upload_id).exists()
     assert temp_files(data_dir) == []
 
 

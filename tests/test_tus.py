@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from tests.conftest import MakeServer, Server
-from tests.helpers import PROBLEM_JSON
+from tests.helpers import PROBLEM_JSON, recorded_events, stored_objects
 
 MiB = 1024 * 1024
 TUS = {"Tus-Resumable": "1.0.0"}
@@ -376,6 +376,29 @@ def test_an_unknown_checksum_algorithm_is_400(client: httpx.Client) -> None:
     assert offset_of(client, url) == 0
 
 
+def test_a_patch_to_an_upload_started_through_the_json_api_is_refused_and_stores_nothing(
+    server: Server, client: httpx.Client
+) -> None:
+    init = client.post(
+        "/api/v1/upload/init",
+        json={"filename": "a.bin", "total_size": 2 * MiB, "chunk_size": MiB},
+    )
+    assert init.status_code == 201, init.text
+    upload_id = init.json()["upload_id"]
+    objects_before = stored_objects(server.data_dir)
+
+    answer = send(client, f"/files/{upload_id}", 0, os.urandom(MiB))
+
+    assert_problem(answer, 409)
+    assert answer.json()["type"] == "/problems/not-a-tus-upload"
+    assert [type(e).__name__ for e in recorded_events(server.data_dir, upload_id)] == [
+        "UploadInitiated"
+    ]
+    assert stored_objects(server.data_dir) == objects_before
+    status = client.get(f"/api/v1/upload/status/{upload_id}").json()
+    assert status["progress"] == 0 and status["missing_chunks"] == [0, 1]
+
+
 # -- termination ----------------------------------------------------------------------------
 
 
@@ -389,6 +412,26 @@ def test_delete_terminates_the_upload(server: Server, client: httpx.Client) -> N
     assert send(client, url, 500, b"z" * 500).status_code in (404, 409)
     upload_id = url.rsplit("/", 1)[-1]
     assert not list((server.data_dir / "staging").glob(f"{upload_id}*"))
+
+
+def test_delete_of_a_completed_upload_deletes_it_and_its_file(
+    server: Server, client: httpx.Client
+) -> None:
+    data = os.urandom(300_000)
+    url = create(client, len(data))
+    assert send(client, url, 0, data).status_code == 204
+    final = server.data_dir / str(status_of(client, url)["file_path"])
+    assert final.read_bytes() == data
+
+    answer = client.delete(url, headers=TUS)
+
+    assert answer.status_code == 204
+    assert answer.headers["Tus-Resumable"] == "1.0.0"
+    assert not final.exists()
+    assert_problem(client.head(url, headers=TUS), 404)
+    assert status_of(client, url)["status"] == "deleted"
+    assert client.get(f"/api/v1/files/{url.rsplit('/', 1)[-1]}").status_code == 404
+    assert_problem(client.delete(url, headers=TUS), 404)
 
 
 # -- concatenation --------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import threading
 import time
 import uuid
@@ -391,6 +392,34 @@ def test_a_chunk_index_outside_the_upload_is_refused_with_400(client: httpx.Clie
     response = post_chunk(client, upload_id, 2, data[:KiB])
 
     assert_problem(response, 400, "chunk-index-out-of-range")
+
+
+@pytest.mark.parametrize("route", ["raw", "json", "batch"])
+def test_chunks_by_index_for_a_tus_upload_are_refused_and_store_nothing(
+    server: Server, client: httpx.Client, route: str
+) -> None:
+    created = client.post("/files/", headers={"Tus-Resumable": "1.0.0", "Upload-Length": "100"})
+    assert created.status_code == 201, created.text
+    upload_id = created.headers["Location"].rsplit("/", 1)[-1]
+    data = os.urandom(100)
+    objects_before = stored_objects(server.data_dir)
+
+    if route == "raw":
+        answer = put_chunk(client, upload_id, 0, data)
+    elif route == "json":
+        answer = post_chunk(client, upload_id, 0, data)
+    else:
+        answer = client.post(
+            f"{UPLOAD}/{upload_id}/batch",
+            content=struct.pack(">II", 0, len(data)) + data,
+            headers={"Content-Type": "application/vnd.chunkstore.batch"},
+        )
+
+    assert_problem(answer, 409, "not-a-chunk-upload")
+    assert [type(e).__name__ for e in recorded_events(server.data_dir, upload_id)] == [
+        "TusUploadCreated"
+    ]
+    assert stored_objects(server.data_dir) == objects_before
 
 
 def test_resending_the_same_chunk_succeeds_and_records_it_once(

@@ -119,6 +119,11 @@ class EventStore(Protocol):
 
     def count_open_sessions(self, owner: str, now: datetime) -> int: ...
 
+    def bytes_held(self, owner: str, now: datetime) -> int:
+        """What counts towards the owner's quota: each open session's declared size (or
+        the bytes it received, if more: a tus upload of deferred length) and each
+        completed upload's size. Cancelled, failed, expired and deleted ones count 0."""
+
     def known_digests(self, owner: str, digests: Iterable[str]) -> set[str]:
         """Which of ``digests`` this owner has stored before (the owner_chunks projection)."""
 

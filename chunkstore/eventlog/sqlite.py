@@ -282,6 +282,19 @@ class SQLiteEventStore:
         )
         return int(count)
 
+    def bytes_held(self, owner: str, now: datetime) -> int:
+        (held,) = (
+            self.connection()
+            .execute(
+                "SELECT COALESCE(SUM(MAX(total_size, bytes_received)), 0) FROM sessions"
+                " WHERE owner = ? AND (status = 'completed'"
+                " OR (status IN ('active', 'assembling') AND expires_at > ?))",
+                (owner, iso(now)),
+            )
+            .fetchone()
+        )
+        return int(held)
+
     # -- audit, gc and metrics (whole-store views) --------------------------------------
 
     def last_position(self) -> int:
