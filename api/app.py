@@ -17,9 +17,12 @@ from litestar.middleware import (
     DefineMiddleware,
 )
 from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 
 import chunkstore
+from api.contract import StrictStructSchemaPlugin, describe_api
+from api.docs import DOC_ROUTES
 from api.downloads import download_file
 from api.metrics import Metrics, metrics_endpoint
 from api.observability import configure_logging, request_id_middleware
@@ -113,7 +116,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     tus_uploads = TusUploads(service)
     app = Litestar(
-        route_handlers=[*ROUTES, download_file, metrics_endpoint, TusController],
+        route_handlers=[*ROUTES, download_file, metrics_endpoint, TusController, *DOC_ROUTES],
         dependencies={
             "service": Provide(lambda: service, sync_to_thread=False, use_cache=True),
             "tus_uploads": Provide(lambda: tus_uploads, sync_to_thread=False, use_cache=True),
@@ -127,6 +130,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             ),
         ],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        plugins=[StrictStructSchemaPlugin()],
         on_startup=[sweep_temp_files, background.start],
         on_shutdown=[background.stop, service.close],
         # The JSON form of the largest chunk is base64 (4/3) plus a little envelope.
@@ -134,13 +138,19 @@ def create_app(settings: Settings | None = None) -> Litestar:
         openapi_config=OpenAPIConfig(
             title="chunkstore",
             version=chunkstore.__version__,
+            # /schema (the older URL) serves the JSON; /openapi.json and /docs (api/docs.py)
+            # are the documented ones. Litestar's HTML renderers load scripts from a CDN
+            # and show nothing offline, so none is served.
             path="/schema",
+            render_plugins=[JsonRenderPlugin()],
+            use_handler_docstrings=True,
             components=Components(
                 security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer")}
             ),
             security=[{"bearer": []}],
         ),
     )
+    describe_api(app, settings)
     # Outermost, around Litestar's own exception handling, so that answers to errors
     # raised in middleware (a 401 from auth) also carry the request id and are logged
     # with their real status.
