@@ -32,6 +32,7 @@ from litestar._openapi.schema_generation import SchemaCreator
 from litestar._openapi.schema_generation.plugins.struct import StructSchemaPlugin
 from litestar.enums import ParamType
 from litestar.openapi.spec import (
+    Link,
     OpenAPIFormat,
     OpenAPIHeader,
     OpenAPIMediaType,
@@ -138,6 +139,18 @@ class Answer:
 
 
 @dataclass(frozen=True)
+class Follow:
+    """An OpenAPI link from a route's success answer: the operation ``method path`` takes
+    ``parameters`` (and ``body``) from it, e.g. ``{"upload_id": "$response.body#/upload_id"}``."""
+
+    name: str
+    method: str
+    path: str
+    parameters: tuple[tuple[str, Any], ...] = ()
+    body: Any = None
+
+
+@dataclass(frozen=True)
 class Contract:
     raises: tuple[type[Exception] | int, ...] = ()
     body: Body | None = None
@@ -145,6 +158,7 @@ class Contract:
     answers: tuple[Answer, ...] = ()
     #: Headers on every answer of the route, errors included.
     always: tuple[Header, ...] = field(default=())
+    follows: tuple[Follow, ...] = ()
 
 
 def contract(
@@ -153,12 +167,15 @@ def contract(
     headers: Sequence[Header] = (),
     answers: Sequence[Answer] = (),
     always: Sequence[Header] = (),
+    follows: Sequence[Follow] = (),
 ) -> dict[str, Contract]:
     """``opt=`` for a route decorator: what the route raises, reads and answers beyond
     what its signature says. ``raises`` holds library error classes (see
     ``problems.STATUS_BY_ERROR``) or statuses of framework errors (404, 405, 413...)."""
     return {
-        "contract": Contract(tuple(raises), body, tuple(headers), tuple(answers), tuple(always))
+        "contract": Contract(
+            tuple(raises), body, tuple(headers), tuple(answers), tuple(always), tuple(follows)
+        )
     }
 
 
@@ -170,6 +187,12 @@ def describe_api(app: Litestar, settings: Settings) -> None:
     openapi.components.headers = {
         **(openapi.components.headers or {}),
         "X-Request-ID": REQUEST_ID_HEADER,
+    }
+    operation_ids = {
+        (method.upper(), path): operation.operation_id
+        for path, item in (openapi.paths or {}).items()
+        for method in ("get", "put", "post", "delete", "options", "head", "patch")
+        if isinstance(operation := getattr(item, method, None), Operation)
     }
     for route in app.routes:
         if not isinstance(route, HTTPRoute) or openapi.paths is None:
@@ -184,7 +207,9 @@ def describe_api(app: Litestar, settings: Settings) -> None:
                     public = bool(handler.opt.get("exclude_from_auth"))
                     found = handler.opt.get("contract")
                     routed = "{" in (route.path_format or "")
-                    complete(operation, found or Contract(), public, routed, method, settings)
+                    declared = found or Contract()
+                    complete(operation, declared, public, routed, method, settings)
+                    link(operation, declared.follows, operation_ids)
 
 
 def complete(
@@ -241,6 +266,28 @@ def complete(
             for header in declared.always:
                 headers[header.name] = header.answered(settings)
             response.headers = headers
+
+
+def link(
+    operation: Operation,
+    follows: Sequence[Follow],
+    operation_ids: dict[tuple[str, str], str | None],
+) -> None:
+    """Links from the first success answer, so that a client (or a stateful test) knows
+    where the id it got goes next."""
+    if not follows or not operation.responses:
+        return
+    status = min(code for code in operation.responses if code.startswith("2"))
+    response = operation.responses[status]
+    assert isinstance(response, OpenAPIResponse)
+    response.links = {
+        follow.name: Link(
+            operation_id=operation_ids[(follow.method, follow.path)],
+            parameters=dict(follow.parameters) or None,
+            request_body=follow.body,
+        )
+        for follow in follows
+    }
 
 
 def by_status(raises: Sequence[type[Exception] | int]) -> dict[int, list[ProblemType]]:

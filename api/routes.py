@@ -11,7 +11,7 @@ from litestar import Request, get, post, put
 from litestar.exceptions import InternalServerException
 
 from api import problems
-from api.contract import Body, Header, contract
+from api.contract import Body, Follow, Header, contract
 from api.schemas import (
     CancelBody,
     ChunkBody,
@@ -56,6 +56,7 @@ from chunkstore.service import (
 
 AnyRequest = Request[Any, Any, Any]
 UPLOAD = "/api/v1/upload"
+NEW_ID = "$response.body#/upload_id"
 BATCH_MEDIA_TYPE = "application/vnd.chunkstore.batch"
 CHUNK_CHECKSUM = Header(
     "X-Chunk-Checksum",
@@ -86,6 +87,7 @@ def owner_of(request: AnyRequest) -> str:
 
 @get("/healthz", exclude_from_auth=True, sync_to_thread=False)
 def healthz() -> dict[str, str]:
+    """Liveness: `{"status": "ok"}` while the server answers."""
     return {"status": "ok"}
 
 
@@ -105,7 +107,24 @@ def problem_type(slug: str) -> dict[str, Any]:
     status_code=201,
     sync_to_thread=True,
     opt=contract(
-        InvalidRequest, InvalidFilename, DisallowedType, TooLarge, TooManySessions, ChunkSwept
+        InvalidRequest,
+        InvalidFilename,
+        DisallowedType,
+        TooLarge,
+        TooManySessions,
+        ChunkSwept,
+        follows=[
+            Follow("status", "GET", f"{UPLOAD}/status/{{upload_id}}", (("upload_id", NEW_ID),)),
+            Follow(
+                "chunk",
+                "PUT",
+                f"{UPLOAD}/{{upload_id}}/chunks/{{index}}",
+                (("upload_id", NEW_ID), ("index", 0)),
+            ),
+            Follow("batch", "POST", f"{UPLOAD}/{{upload_id}}/batch", (("upload_id", NEW_ID),)),
+            Follow("complete", "POST", f"{UPLOAD}/complete", body={"upload_id": NEW_ID}),
+            Follow("cancel", "POST", f"{UPLOAD}/cancel", body={"upload_id": NEW_ID}),
+        ],
     ),
 )
 def init_upload(request: AnyRequest, data: InitBody, service: UploadService) -> InitAnswer:
