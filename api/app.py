@@ -17,14 +17,18 @@ from litestar.middleware import (
     DefineMiddleware,
 )
 from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 
 import chunkstore
+from api.contract import StrictStructSchemaPlugin, describe_api
+from api.docs import DOC_ROUTES
 from api.downloads import delete_file, download_file
 from api.metrics import Metrics, metrics_endpoint
 from api.observability import configure_logging, request_id_middleware
 from api.problems import EXCEPTION_HANDLERS
 from api.routes import ROUTES
+from api.routing import options_handler
 from api.tus import TusController, tus_middleware
 from chunkstore.auth import TokenStore
 from chunkstore.config import MiB, Settings
@@ -115,9 +119,16 @@ def create_app(settings: Settings | None = None) -> Litestar:
     # GET and DELETE of one path registered together: Litestar registers every handler
     # of a path again when another handler joins it, and a sync handler registered
     # twice is no longer awaited (its GET answered 500).
-    files_router = Router(path="/", route_handlers=[download_file, delete_file])
+    files_router = Router(
+        path="/",
+        route_handlers=[
+            options_handler("/api/v1/files/{upload_id:str}"),
+            download_file,
+            delete_file,
+        ],
+    )
     app = Litestar(
-        route_handlers=[*ROUTES, files_router, metrics_endpoint, TusController],
+        route_handlers=[*ROUTES, files_router, metrics_endpoint, TusController, *DOC_ROUTES],
         dependencies={
             "service": Provide(lambda: service, sync_to_thread=False, use_cache=True),
             "tus_uploads": Provide(lambda: tus_uploads, sync_to_thread=False, use_cache=True),
@@ -131,6 +142,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             ),
         ],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        plugins=[StrictStructSchemaPlugin()],
         on_startup=[sweep_temp_files, background.start],
         on_shutdown=[background.stop, service.close],
         # The JSON form of the largest chunk is base64 (4/3) plus a little envelope.
@@ -138,13 +150,19 @@ def create_app(settings: Settings | None = None) -> Litestar:
         openapi_config=OpenAPIConfig(
             title="chunkstore",
             version=chunkstore.__version__,
+            # /schema (the older URL) serves the JSON; /openapi.json and /docs (api/docs.py)
+            # are the documented ones. Litestar's HTML renderers load scripts from a CDN
+            # and show nothing offline, so none is served.
             path="/schema",
+            render_plugins=[JsonRenderPlugin()],
+            use_handler_docstrings=True,
             components=Components(
                 security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer")}
             ),
             security=[{"bearer": []}],
         ),
     )
+    describe_api(app, settings)
     # Outermost, around Litestar's own exception handling, so that answers to errors
     # raised in middleware (a 401 from auth) also carry the request id and are logged
     # with their real status.

@@ -18,8 +18,9 @@ from urllib.parse import quote
 from litestar import Request, Response, delete, get
 from litestar.response import Stream
 
-from api import problems
-from chunkstore.files import StoredFile, read_range, stored_file
+from api.contract import Answer, Header, contract
+from chunkstore.errors import CorruptBlob, RangeNotSatisfiable, UploadNotFound
+from chunkstore.files import FileNotReady, StoredFile, read_range, stored_file
 from chunkstore.service import UploadService
 
 AnyRequest = Request[Any, Any, Any]
@@ -65,8 +66,41 @@ def _wants_range(request: AnyRequest, etag: str) -> str | None:
     return header
 
 
-@get("/api/v1/files/{upload_id:str}", sync_to_thread=True)
+_FILE_HEADERS = (
+    Header("ETag", "The file's SHA-256, quoted."),
+    Header("Accept-Ranges", "`bytes`."),
+    Header("Content-Disposition", "`attachment` with the file's name."),
+    Header("Content-Length", "The length of this body.", integer=True),
+)
+
+
+@get(
+    "/api/v1/files/{upload_id:str}",
+    sync_to_thread=True,
+    opt=contract(
+        UploadNotFound,
+        FileNotReady,
+        RangeNotSatisfiable,
+        CorruptBlob,
+        headers=[
+            Header("Range", "One `bytes=first-last` range (another form sends the whole file)."),
+            Header("If-Range", "Send the range only if the ETag is still this one."),
+            Header("If-None-Match", "304 if the ETag is this one (or `*`)."),
+        ],
+        answers=[
+            Answer(200, "The whole file.", _FILE_HEADERS, media_type="*/*"),
+            Answer(
+                206,
+                "The range asked for.",
+                (*_FILE_HEADERS, Header("Content-Range", "`bytes first-last/size`.")),
+                media_type="*/*",
+            ),
+            Answer(304, "Not modified: the client's copy is current.", _FILE_HEADERS[:3]),
+        ],
+    ),
+)
 def download_file(request: AnyRequest, upload_id: str, service: UploadService) -> Response[Any]:
+    """A completed upload's bytes, whole or one range (the owner only)."""
     return download(request, service, upload_id)
 
 
@@ -87,14 +121,10 @@ def download(request: AnyRequest, service: UploadService, upload_id: str) -> Res
     try:
         chosen = parse_range(header, file.size) if header else None
     except Unsatisfiable:
-        return problems.problem(
-            request,
-            416,
-            "range-not-satisfiable",
-            "Range not satisfiable",
+        raise RangeNotSatisfiable(
             f"the file has {file.size} bytes; ask for a range inside 0-{file.size - 1}",
-            headers={"Content-Range": f"bytes */{file.size}"},
-        )
+            size=file.size,
+        ) from None
     return _stream(service, file, chosen, headers)
 
 

@@ -41,6 +41,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from api.contract import Answer, contract
 from chunkstore.config import Settings
 from chunkstore.errors import Unauthorized
 from chunkstore.events import (
@@ -238,8 +239,23 @@ def route_of(scope: Scope) -> str:
     return sorted(paths)[0] if paths else "unmatched"
 
 
-@get("/metrics", exclude_from_auth=True, sync_to_thread=True)
+#: Litestar adds the charset to a text/ type itself; naming it here too sent it twice.
+METRICS_MEDIA_TYPE = CONTENT_TYPE_LATEST.replace("; charset=utf-8", "")
+
+
+@get(
+    "/metrics",
+    exclude_from_auth=True,
+    sync_to_thread=True,
+    opt=contract(
+        404,
+        Unauthorized,
+        answers=[Answer(200, "Prometheus text.", media_type=METRICS_MEDIA_TYPE)],
+    ),
+)
 def metrics_endpoint(request: Request[Any, Any, Any], metrics: Metrics) -> Response[bytes]:
+    """Prometheus text; 404 when switched off (`CHUNKSTORE_METRICS=0`), and a bearer token
+    of its own when `CHUNKSTORE_METRICS_TOKEN` is set (401 without it)."""
     settings = metrics.settings
     if not settings.metrics_enabled:
         raise NotFoundException("metrics are switched off (CHUNKSTORE_METRICS)")
@@ -249,4 +265,4 @@ def metrics_endpoint(request: Request[Any, Any, Any], metrics: Metrics) -> Respo
             token.strip().encode(), settings.metrics_token.encode()
         ):
             raise Unauthorized("send 'Authorization: Bearer <the metrics token>'")
-    return Response(content=metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    return Response(content=metrics.render(), media_type=METRICS_MEDIA_TYPE)

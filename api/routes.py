@@ -9,9 +9,9 @@ from typing import Any
 
 from litestar import Request, get, post, put
 from litestar.exceptions import InternalServerException
-from litestar.params import Parameter
 
 from api import problems
+from api.contract import Body, Follow, Header, contract
 from api.schemas import (
     CancelBody,
     ChunkBody,
@@ -24,7 +24,28 @@ from api.schemas import (
     UploadRef,
 )
 from chunkstore.commands import InitRequest
-from chunkstore.errors import IncompleteBody, InvalidRequest, UnsupportedMediaType
+from chunkstore.errors import (
+    ChecksumMismatch,
+    ChunkConflict,
+    ChunkIndexOutOfRange,
+    ChunkSizeMismatch,
+    ChunkSwept,
+    ChunkTooLarge,
+    ConcurrencyConflict,
+    CorruptBlob,
+    DisallowedType,
+    IncompleteBody,
+    InvalidFilename,
+    InvalidRequest,
+    SessionExpired,
+    TooLarge,
+    TooManySessions,
+    UnsupportedMediaType,
+    UploadIncomplete,
+    UploadNotActive,
+    UploadNotFound,
+    ValidationFailed,
+)
 from chunkstore.service import (
     BatchReceipt,
     Checksum,
@@ -36,6 +57,29 @@ from chunkstore.service import (
 
 AnyRequest = Request[Any, Any, Any]
 UPLOAD = "/api/v1/upload"
+NEW_ID = "$response.body#/upload_id"
+BATCH_MEDIA_TYPE = "application/vnd.chunkstore.batch"
+CHUNK_CHECKSUM = Header(
+    "X-Chunk-Checksum",
+    "`sha256=<hex>` or `blake3=<hex>` of the chunk's bytes (400 if they do not match).",
+    pattern="^(sha256|blake3)=[0-9a-f]{64}$",
+    example="sha256=e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+)
+
+#: What sending a chunk can meet, whichever transport carries it.
+CHUNK_ERRORS = (
+    InvalidRequest,
+    ChecksumMismatch,
+    ChunkSizeMismatch,
+    ChunkIndexOutOfRange,
+    ChunkTooLarge,
+    UploadNotFound,
+    ChunkConflict,
+    UploadNotActive,
+    SessionExpired,
+    ConcurrencyConflict,
+    ChunkSwept,
+)
 
 
 def owner_of(request: AnyRequest) -> str:
@@ -44,11 +88,13 @@ def owner_of(request: AnyRequest) -> str:
 
 @get("/healthz", exclude_from_auth=True, sync_to_thread=False)
 def healthz() -> dict[str, str]:
+    """Liveness: `{"status": "ok"}` while the server answers."""
     return {"status": "ok"}
 
 
-@get("/problems/{slug:str}", exclude_from_auth=True, sync_to_thread=False)
+@get("/problems/{slug:str}", exclude_from_auth=True, sync_to_thread=False, opt=contract(404))
 def problem_type(slug: str) -> dict[str, Any]:
+    """Documentation of a problem type: the page its `type` URI names."""
     description = problems.describe(slug)
     if description is None:
         from litestar.exceptions import NotFoundException
@@ -57,8 +103,33 @@ def problem_type(slug: str) -> dict[str, Any]:
     return description
 
 
-@post(f"{UPLOAD}/init", status_code=201, sync_to_thread=True)
+@post(
+    f"{UPLOAD}/init",
+    status_code=201,
+    sync_to_thread=True,
+    opt=contract(
+        InvalidRequest,
+        InvalidFilename,
+        DisallowedType,
+        TooLarge,
+        TooManySessions,
+        ChunkSwept,
+        follows=[
+            Follow("status", "GET", f"{UPLOAD}/status/{{upload_id}}", (("upload_id", NEW_ID),)),
+            Follow(
+                "chunk",
+                "PUT",
+                f"{UPLOAD}/{{upload_id}}/chunks/{{index}}",
+                (("upload_id", NEW_ID), ("index", 0)),
+            ),
+            Follow("batch", "POST", f"{UPLOAD}/{{upload_id}}/batch", (("upload_id", NEW_ID),)),
+            Follow("complete", "POST", f"{UPLOAD}/complete", body={"upload_id": NEW_ID}),
+            Follow("cancel", "POST", f"{UPLOAD}/cancel", body={"upload_id": NEW_ID}),
+        ],
+    ),
+)
 def init_upload(request: AnyRequest, data: InitBody, service: UploadService) -> InitAnswer:
+    """Start an upload session, by chunk size or by a declared list of chunks."""
     chunks = [(chunk.digest, chunk.size) for chunk in data.chunks] if data.chunks else None
     init = InitRequest(
         filename=data.filename,
@@ -87,7 +158,7 @@ def init_upload(request: AnyRequest, data: InitBody, service: UploadService) -> 
     )
 
 
-@post(f"{UPLOAD}/chunk", status_code=200, sync_to_thread=True)
+@post(f"{UPLOAD}/chunk", status_code=200, sync_to_thread=True, opt=contract(*CHUNK_ERRORS))
 def upload_chunk_json(request: AnyRequest, data: ChunkBody, service: UploadService) -> ChunkReceipt:
     """The seed's transport: base64 bytes in JSON with a SHA-256 checksum."""
     try:
@@ -103,26 +174,43 @@ def upload_chunk_json(request: AnyRequest, data: ChunkBody, service: UploadServi
     )
 
 
-@put(f"{UPLOAD}/{{upload_id:str}}/chunks/{{index:int}}", status_code=200)
+@put(
+    f"{UPLOAD}/{{upload_id:str}}/chunks/{{index:int}}",
+    status_code=200,
+    opt=contract(
+        *CHUNK_ERRORS,
+        UnsupportedMediaType,
+        IncompleteBody,
+        body=Body("application/octet-stream", "The chunk's bytes."),
+        headers=[CHUNK_CHECKSUM],
+    ),
+)
 async def upload_chunk_raw(
-    request: AnyRequest,
-    upload_id: str,
-    index: int,
-    service: UploadService,
-    checksum: str | None = Parameter(header="X-Chunk-Checksum", default=None),
+    request: AnyRequest, upload_id: str, index: int, service: UploadService
 ) -> ChunkReceipt:
     """The fast path: the chunk's raw bytes as the body, streamed to storage."""
     require_content_type(request, "application/octet-stream")
+    checksum = request.headers.get("x-chunk-checksum")
     parsed = Checksum.parse(checksum) if checksum else None
     return await service.store_chunk_stream(
         owner_of(request), upload_id, index, body_of(request), content_length(request), parsed
     )
 
 
-BATCH_MEDIA_TYPE = "application/vnd.chunkstore.batch"
-
-
-@post(f"{UPLOAD}/{{upload_id:str}}/batch", status_code=200)
+@post(
+    f"{UPLOAD}/{{upload_id:str}}/batch",
+    status_code=200,
+    opt=contract(
+        *CHUNK_ERRORS,
+        UnsupportedMediaType,
+        IncompleteBody,
+        TooLarge,
+        body=Body(
+            BATCH_MEDIA_TYPE,
+            "Frames of a 4-byte big-endian index, a 4-byte big-endian length, then the bytes.",
+        ),
+    ),
+)
 async def upload_batch(request: AnyRequest, upload_id: str, service: UploadService) -> BatchReceipt:
     """Many chunks in one body: frames of (u32 index, u32 length, bytes), big-endian."""
     require_content_type(request, BATCH_MEDIA_TYPE)
@@ -131,7 +219,12 @@ async def upload_batch(request: AnyRequest, upload_id: str, service: UploadServi
     )
 
 
-@post("/api/v1/chunks/missing", status_code=200, sync_to_thread=True)
+@post(
+    "/api/v1/chunks/missing",
+    status_code=200,
+    sync_to_thread=True,
+    opt=contract(InvalidRequest, TooLarge),
+)
 def missing_chunks(request: AnyRequest, data: DigestList, service: UploadService) -> MissingDigests:
     """Which of these digests the caller would have to send (its own chunks only)."""
     return MissingDigests(missing=service.missing_digests(owner_of(request), data.digests))
@@ -157,19 +250,41 @@ async def body_of(request: AnyRequest) -> AsyncIterator[bytes]:
         raise IncompleteBody("the request body ended before it was complete") from error
 
 
-@post(f"{UPLOAD}/complete", status_code=200, sync_to_thread=True)
+@post(
+    f"{UPLOAD}/complete",
+    status_code=200,
+    sync_to_thread=True,
+    opt=contract(
+        UploadNotFound,
+        UploadIncomplete,
+        UploadNotActive,
+        SessionExpired,
+        ValidationFailed,
+        CorruptBlob,
+        ConcurrencyConflict,
+        TooLarge,
+    ),
+)
 def complete_upload(request: AnyRequest, data: UploadRef, service: UploadService) -> Completion:
+    """Assemble, validate and publish the file; calling it again returns the same answer."""
     return service.complete_upload(owner_of(request), data.upload_id)
 
 
-@post(f"{UPLOAD}/cancel", status_code=200, sync_to_thread=True)
+@post(
+    f"{UPLOAD}/cancel",
+    status_code=200,
+    sync_to_thread=True,
+    opt=contract(UploadNotFound, UploadNotActive, ConcurrencyConflict, TooLarge),
+)
 def cancel_upload(request: AnyRequest, data: CancelBody, service: UploadService) -> StatusAnswer:
+    """Cancel an upload that is not completed."""
     state = service.cancel_upload(owner_of(request), data.upload_id, data.reason)
     return StatusAnswer(**state_summary(state, service.clock()), quota=quota_of(request, service))
 
 
-@get(f"{UPLOAD}/status/{{upload_id:str}}", sync_to_thread=True)
+@get(f"{UPLOAD}/status/{{upload_id:str}}", sync_to_thread=True, opt=contract(UploadNotFound))
 def upload_status(request: AnyRequest, upload_id: str, service: UploadService) -> StatusAnswer:
+    """An upload's status, progress and expiry."""
     state = service.status(owner_of(request), upload_id)
     return StatusAnswer(**state_summary(state, service.clock()), quota=quota_of(request, service))
 

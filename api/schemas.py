@@ -1,29 +1,52 @@
 """Request and response bodies of the JSON API.
 
 Request bodies refuse unknown fields: a misspelt field is a 400 naming it, not a
-silently ignored setting.
+silently ignored setting. The constraints below are checked on decoding (a 400 naming
+the field) and appear in the OpenAPI document.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
 import msgspec
+
+_HEX64 = "^[0-9a-fA-F]{64}$"
+_BASE64 = "^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
+Digest = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=_HEX64,
+        description="BLAKE3-256 of the chunk's bytes, hex.",
+        examples=["af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"],
+    ),
+]
+Sha256 = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=_HEX64,
+        description="SHA-256, hex.",
+        examples=["e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"],
+    ),
+]
+Count = Annotated[int, msgspec.Meta(ge=0)]
+Size = Annotated[int, msgspec.Meta(ge=1)]
 
 
 class DeclaredChunk(msgspec.Struct, forbid_unknown_fields=True):
     #: BLAKE3-256 hex of the chunk's bytes.
-    digest: str
-    size: int
+    digest: Digest
+    size: Size
 
 
 class InitBody(msgspec.Struct, forbid_unknown_fields=True):
     filename: str
-    total_size: int
+    total_size: Count
     mime_type: str = "application/octet-stream"
-    file_hash: str | None = None
-    chunk_size: int | None = None
-    total_chunks: int | None = None
+    file_hash: Sha256 | None = None
+    chunk_size: Size | None = None
+    total_chunks: Count | None = None
     #: Manifest mode: every chunk of the file, in order (cut by the client, e.g. FastCDC).
     chunks: list[DeclaredChunk] | None = None
 
@@ -45,7 +68,7 @@ class InitAnswer(msgspec.Struct):
 
 
 class DigestList(msgspec.Struct, forbid_unknown_fields=True):
-    digests: list[str]
+    digests: list[Digest]
 
 
 class MissingDigests(msgspec.Struct):
@@ -54,11 +77,11 @@ class MissingDigests(msgspec.Struct):
 
 class ChunkBody(msgspec.Struct, forbid_unknown_fields=True):
     upload_id: str
-    chunk_index: int
+    chunk_index: Count
     #: The chunk's bytes, base64.
-    chunk_data: str
+    chunk_data: Annotated[str, msgspec.Meta(pattern=_BASE64, examples=["aGVsbG8="])]
     #: SHA-256 hex of the decoded bytes.
-    checksum: str
+    checksum: Sha256
 
 
 class UploadRef(msgspec.Struct, forbid_unknown_fields=True):

@@ -2,8 +2,9 @@
 
 Protocol-wide concerns live in ``tus_middleware`` (outermost, so they also cover
 answers from the auth middleware): ``X-HTTP-Method-Override``, ``Tus-Resumable`` on
-every answer but OPTIONS, and CORS for browser clients. Errors are problem+json, with
-the status tus prescribes for its own failures (409 offset, 412 version, 460 checksum).
+every answer (OPTIONS too, as tusd does), and CORS for browser clients. Errors are
+problem+json from the one registry (``api/problems.py``), with the statuses tus prescribes
+for its own failures (409 offset, 412 version, 460 checksum).
 """
 
 from __future__ import annotations
@@ -16,17 +17,32 @@ from typing import Any, cast
 from litestar import Controller, Request, Response, delete, get, head, patch, post, route
 from litestar.enums import HttpMethod
 from litestar.exceptions import InternalServerException
+from litestar.handlers import BaseRouteHandler
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import downloads, problems
+from api.contract import Answer, Body, Header, contract
 from api.observability import has_body
+from api.routing import allowed_methods
 from chunkstore import tus
 from chunkstore.config import Settings
 from chunkstore.errors import (
     ChunkstoreError,
+    ChunkSwept,
+    ConcurrencyConflict,
+    CorruptBlob,
+    DisallowedType,
     IncompleteBody,
+    InvalidFilename,
     InvalidRequest,
+    SessionExpired,
+    TooLarge,
+    TooManySessions,
     UnsupportedMediaType,
+    UploadLocked,
+    UploadNotActive,
+    UploadNotFound,
+    ValidationFailed,
 )
 from chunkstore.service import UploadService
 from chunkstore.session import SessionState
@@ -35,15 +51,6 @@ from chunkstore.tus import TUS_VERSION, TusUploads, UploadChecksum
 AnyRequest = Request[Any, Any, Any]
 FILES = "/files"
 OFFSET_MEDIA_TYPE = "application/offset+octet-stream"
-
-STATUS_BY_TUS_ERROR: dict[type[ChunkstoreError], int] = {
-    tus.OffsetMismatch: 409,
-    tus.UploadLocked: 423,
-    tus.UnsupportedChecksumAlgorithm: 400,
-    tus.TusChecksumMismatch: 460,
-    tus.FinalUploadImmutable: 403,
-    tus.UnsupportedTusVersion: 412,
-}
 
 EXPOSED_HEADERS = (
     "Location, Upload-Offset, Upload-Length, Upload-Defer-Length, Upload-Metadata,"
@@ -59,20 +66,73 @@ ALLOWED_HEADERS = (
 )
 ALLOWED_METHODS = "POST, GET, HEAD, PATCH, DELETE, OPTIONS"
 
+# -- the headers of the protocol, as the OpenAPI document describes them -------------------
 
-def tus_error(request: AnyRequest, error: Exception) -> Response[bytes]:
-    """tus's own statuses first; everything else as the JSON API maps it."""
-    assert isinstance(error, ChunkstoreError)
-    for cls in type(error).__mro__:
-        if cls in STATUS_BY_TUS_ERROR:
-            status = STATUS_BY_TUS_ERROR[cls]
-            headers = {"Tus-Version": TUS_VERSION} if status == 412 else {}
-            if isinstance(error, tus.OffsetMismatch):
-                headers["Upload-Offset"] = str(error.extensions["offset"])
-            return problems.problem(
-                request, status, error.slug, error.title, error.detail, error.extensions, headers
-            )
-    return problems.chunkstore_error(request, error)
+_BASE64 = "(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?"
+_METADATA_PAIR = f"[!-+--~]+(?: {_BASE64})?"  # a key is printable ASCII without "," or " "
+TUS_RESUMABLE = Header(
+    "Tus-Resumable",
+    f"The protocol version: {TUS_VERSION} (412 and Tus-Version otherwise).",
+    required=True,
+    enum=(TUS_VERSION,),
+)
+TUS_RESUMABLE_ANSWER = Header("Tus-Resumable", "The protocol version the server speaks.")
+UPLOAD_LENGTH = Header(
+    "Upload-Length",
+    "The upload's size in bytes (at most Tus-Max-Size).",
+    integer=True,
+    maximum="max_file_size",
+)
+UPLOAD_DEFER_LENGTH = Header(
+    "Upload-Defer-Length",
+    "`1`: the size comes later, in a PATCH's Upload-Length. Send it or Upload-Length.",
+    enum=("1",),
+)
+UPLOAD_METADATA = Header(
+    "Upload-Metadata",
+    "Comma-separated `key base64(value)` pairs; `filename` and `filetype` (or `name`,"
+    " `type`) name the file and its declared type, which the upload policy checks.",
+    pattern=f"^{_METADATA_PAIR}(?:,{_METADATA_PAIR})*$",
+    example="filename bm90ZXMudHh0,filetype dGV4dC9wbGFpbg==",
+)
+UPLOAD_CONCAT = Header(
+    "Upload-Concat",
+    "`partial`, or `final;/files/<id> /files/<id> ...` to join completed partial uploads.",
+    pattern="^(partial|final;[^,]+)$",
+    example="partial",
+)
+UPLOAD_CHECKSUM = Header(
+    "Upload-Checksum",
+    "`<algorithm> <base64 digest>` of this request's body (algorithms: Tus-Checksum-Algorithm);"
+    " 460 and nothing kept if it does not match.",
+    pattern=f"^({'|'.join(tus.CHECKSUM_ALGORITHMS)}) {_BASE64}$",
+    example="sha1 Kq5sNclPz7QV2+lfQIuc6R7oRu0=",
+)
+UPLOAD_OFFSET = Header(
+    "Upload-Offset",
+    "Where the body starts: the upload's current offset (409 otherwise).",
+    integer=True,
+    required=True,
+)
+UPLOAD_OFFSET_ANSWER = Header("Upload-Offset", "The upload's offset now.", integer=True)
+UPLOAD_EXPIRES = Header("Upload-Expires", "When the upload expires (an HTTP date).")
+LOCATION = Header("Location", "The new upload's URL: `/files/<id>`.")
+OFFSET_BODY = Body(OFFSET_MEDIA_TYPE, "The upload's bytes from Upload-Offset on.", required=False)
+CAPABILITIES = Answer(
+    204,
+    "The server's tus capabilities.",
+    headers=(
+        Header("Tus-Version", "The versions the server speaks."),
+        Header("Tus-Extension", "The extensions it implements."),
+        Header("Tus-Max-Size", "The largest upload, in bytes.", integer=True),
+        Header("Tus-Checksum-Algorithm", "The Upload-Checksum algorithms it computes."),
+        Header("Allow", "The methods this path serves."),
+    ),
+)
+#: What every tus request may meet before its handler does anything of its own.
+TUS_ERRORS = (tus.UnsupportedTusVersion, InvalidRequest)
+UPLOAD_ERRORS = (*TUS_ERRORS, UploadNotFound, SessionExpired)
+COMPLETION_ERRORS = (ValidationFailed, CorruptBlob, ConcurrencyConflict, ChunkSwept)
 
 
 def owner_of(request: AnyRequest) -> str:
@@ -171,25 +231,80 @@ async def write_body(
     return state
 
 
+def capabilities_answer(request: AnyRequest, tus_uploads: TusUploads) -> Response[None]:
+    """What OPTIONS answers on any tus URL: the capabilities, and the methods the path
+    serves (read from the router, so a method added to the controller is listed)."""
+    return Response(
+        content=None,
+        status_code=204,
+        headers={
+            "Tus-Version": TUS_VERSION,
+            "Tus-Extension": ",".join(tus.EXTENSIONS),
+            "Tus-Max-Size": str(tus_uploads.settings.max_file_size),
+            "Tus-Checksum-Algorithm": ",".join(tus.CHECKSUM_ALGORITHMS),
+            "Allow": allowed_methods(request),
+        },
+    )
+
+
 class TusController(Controller):
     path = FILES
-    exception_handlers = {ChunkstoreError: tus_error}  # noqa: RUF012 - Litestar reads it
 
-    @route("/", http_method=HttpMethod.OPTIONS, status_code=204, exclude_from_auth=True)
-    async def capabilities(self, tus_uploads: TusUploads) -> Response[None]:
+    def get_route_handlers(self) -> list[BaseRouteHandler]:
+        """OPTIONS handlers first. Litestar gives a path whose first handler is not an
+        OPTIONS one an OPTIONS handler of its own, whose ``Allow`` lists only the methods
+        registered so far, and that handler then wins over ours; a controller registers its
+        handlers in an order set by their ids (it answered ``Allow: HEAD, OPTIONS`` on an
+        upload's URL)."""
+        handlers = super().get_route_handlers()
+        return sorted(handlers, key=lambda handler: "OPTIONS" not in handler.http_methods)
+
+    @route(
+        ["/", "/{upload_id:str}"],
+        http_method=HttpMethod.OPTIONS,
+        status_code=204,
+        exclude_from_auth=True,
+        opt=contract(answers=[CAPABILITIES], always=[TUS_RESUMABLE_ANSWER]),
+    )
+    async def capabilities(self, request: AnyRequest, tus_uploads: TusUploads) -> Response[None]:
         """Server capabilities (no auth: browsers send this preflight without it)."""
-        return Response(
-            content=None,
-            status_code=204,
-            headers={
-                "Tus-Version": TUS_VERSION,
-                "Tus-Extension": ",".join(tus.EXTENSIONS),
-                "Tus-Max-Size": str(tus_uploads.settings.max_file_size),
-                "Tus-Checksum-Algorithm": ",".join(tus.CHECKSUM_ALGORITHMS),
-            },
-        )
+        return capabilities_answer(request, tus_uploads)
 
-    @post("/", status_code=201, request_max_body_size=None)
+    @post(
+        "/",
+        status_code=201,
+        request_max_body_size=None,
+        opt=contract(
+            *TUS_ERRORS,
+            InvalidFilename,
+            DisallowedType,
+            TooLarge,
+            TooManySessions,
+            UploadNotFound,
+            UploadNotActive,
+            UnsupportedMediaType,
+            tus.UnsupportedChecksumAlgorithm,
+            tus.TusChecksumMismatch,
+            *COMPLETION_ERRORS,
+            body=OFFSET_BODY,
+            headers=[
+                TUS_RESUMABLE,
+                UPLOAD_LENGTH,
+                UPLOAD_DEFER_LENGTH,
+                UPLOAD_METADATA,
+                UPLOAD_CONCAT,
+                UPLOAD_CHECKSUM,
+            ],
+            answers=[
+                Answer(
+                    201,
+                    "Created; with a body (creation-with-upload), its bytes are stored.",
+                    headers=(LOCATION, UPLOAD_OFFSET_ANSWER, UPLOAD_EXPIRES),
+                )
+            ],
+            always=[TUS_RESUMABLE_ANSWER],
+        ),
+    )
     async def create(self, request: AnyRequest, tus_uploads: TusUploads) -> Response[bytes]:
         """creation, creation-defer-length, concatenation, creation-with-upload."""
         check_version(request)
@@ -225,7 +340,7 @@ class TusController(Controller):
                 # The upload exists although its first bytes were refused (a checksum
                 # mismatch): say where it is, so the client can resume instead of
                 # leaving it to expire.
-                refused = tus_error(request, error)
+                refused = problems.chunkstore_error(request, error)
                 refused.headers["Location"] = location
                 return refused
         elif tus_uploads.needs_completion(state):
@@ -233,10 +348,33 @@ class TusController(Controller):
         headers = {"Location": location, **offset_headers(state)}
         return Response(content=b"", status_code=201, headers=headers)
 
-    @head("/{upload_id:str}")
+    @head(
+        "/{upload_id:str}",
+        opt=contract(
+            *UPLOAD_ERRORS,
+            headers=[TUS_RESUMABLE],
+            answers=[
+                Answer(
+                    200,
+                    "The upload's offset and what creation declared.",
+                    headers=(
+                        UPLOAD_OFFSET_ANSWER,
+                        Header("Upload-Length", "The upload's size.", integer=True),
+                        Header("Upload-Defer-Length", "`1` while the size is not declared."),
+                        Header("Upload-Metadata", "As sent at creation."),
+                        Header("Upload-Concat", "`partial`, or `final;<part URLs>`."),
+                        UPLOAD_EXPIRES,
+                        Header("Cache-Control", "`no-store`."),
+                    ),
+                )
+            ],
+            always=[TUS_RESUMABLE_ANSWER],
+        ),
+    )
     async def head_upload(
         self, request: AnyRequest, upload_id: str, tus_uploads: TusUploads
     ) -> Response[None]:
+        """The upload's current offset: where to resume."""
         check_version(request)
         state = await asyncio.to_thread(tus_uploads.head, owner_of(request), upload_id)
         # Litestar wants HEAD handlers typed bodiless; b"" keeps it from encoding None.
@@ -250,10 +388,38 @@ class TusController(Controller):
         exactly as ``GET /api/v1/files/{upload_id}`` (owner only, Range, ETag)."""
         return downloads.download(request, service, upload_id)
 
-    @patch("/{upload_id:str}", status_code=204, request_max_body_size=None)
+    @patch(
+        "/{upload_id:str}",
+        status_code=204,
+        request_max_body_size=None,
+        opt=contract(
+            *UPLOAD_ERRORS,
+            UnsupportedMediaType,
+            tus.UnsupportedChecksumAlgorithm,
+            IncompleteBody,
+            tus.FinalUploadImmutable,
+            tus.OffsetMismatch,
+            UploadNotActive,
+            TooLarge,
+            UploadLocked,
+            tus.TusChecksumMismatch,
+            *COMPLETION_ERRORS,
+            body=Body(OFFSET_MEDIA_TYPE, "The upload's bytes from Upload-Offset on."),
+            headers=[TUS_RESUMABLE, UPLOAD_OFFSET, UPLOAD_LENGTH, UPLOAD_CHECKSUM],
+            answers=[
+                Answer(
+                    204,
+                    "Stored; the upload is completed when its offset reaches its length.",
+                    headers=(UPLOAD_OFFSET_ANSWER, UPLOAD_EXPIRES),
+                )
+            ],
+            always=[TUS_RESUMABLE_ANSWER],
+        ),
+    )
     async def patch_upload(
         self, request: AnyRequest, upload_id: str, tus_uploads: TusUploads
     ) -> Response[None]:
+        """Append bytes at the upload's offset."""
         check_version(request)
         require_offset_body(request)
         offset = int_header(request, "upload-offset")
@@ -263,8 +429,21 @@ class TusController(Controller):
         state = await write_body(request, tus_uploads, upload_id, offset, length)
         return Response(content=None, status_code=204, headers=offset_headers(state))
 
-    @delete("/{upload_id:str}", status_code=204)
+    @delete(
+        "/{upload_id:str}",
+        status_code=204,
+        opt=contract(
+            *UPLOAD_ERRORS,
+            UploadNotActive,
+            UploadLocked,
+            ConcurrencyConflict,
+            headers=[TUS_RESUMABLE],
+            answers=[Answer(204, "Terminated.")],
+            always=[TUS_RESUMABLE_ANSWER],
+        ),
+    )
     async def terminate(self, request: AnyRequest, upload_id: str, tus_uploads: TusUploads) -> None:
+        """Terminate the upload (termination)."""
         check_version(request)
         await asyncio.to_thread(tus_uploads.terminate, owner_of(request), upload_id)
 
@@ -294,9 +473,9 @@ def tus_middleware(app: ASGIApp, settings: Settings) -> ASGIApp:
 
         async def send_with_tus(message: Message) -> None:
             if message["type"] == "http.response.start":
-                extra: list[tuple[bytes, bytes]] = []
-                if method != "OPTIONS":
-                    extra.append((b"tus-resumable", TUS_VERSION.encode()))
+                # "MUST be included in every request and response except for OPTIONS
+                # requests": the exception is the client's OPTIONS request, not the answer.
+                extra: list[tuple[bytes, bytes]] = [(b"tus-resumable", TUS_VERSION.encode())]
                 if allowed:
                     extra += [
                         (b"access-control-allow-origin", allowed.encode("latin-1")),

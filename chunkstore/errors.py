@@ -21,81 +21,128 @@ class ChunkstoreError(Exception):
 
 
 class InvalidRequest(ChunkstoreError):
+    """The request is malformed: a field, header or parameter is missing, of the wrong type or out
+    of range. ``detail`` (and ``errors``, when the framework found it) names what; fix the
+    request and send it again."""
+
     slug = "invalid-request"
     title = "Invalid request"
 
 
 class InvalidFilename(InvalidRequest):
+    """The filename is refused: empty, a path or path component, control characters, a reserved
+    device name, over 255 bytes, or an extension that runs code. Choose another name."""
+
     slug = "invalid-filename"
     title = "Filename not accepted"
 
 
 class DisallowedType(InvalidRequest):
+    """The declared MIME type is not accepted by this server's policy (executables and scripts, or
+    not in ``CHUNKSTORE_ALLOWED_TYPES``). Nothing was stored."""
+
     slug = "disallowed-type"
     title = "File type not allowed"
 
 
 class ChecksumMismatch(InvalidRequest):
+    """The bytes received do not hash to the checksum sent with them; nothing was stored. Send the
+    chunk again (a network or client fault corrupted it)."""
+
     slug = "checksum-mismatch"
     title = "Checksum does not match the bytes received"
 
 
 class ChunkSizeMismatch(InvalidRequest):
+    """The chunk's size is not the one the session expects at this index (every chunk but the last
+    has ``chunk_size`` bytes, or the size declared in manifest mode). Nothing was stored."""
+
     slug = "chunk-size-mismatch"
     title = "Chunk has the wrong size"
 
 
 class ChunkIndexOutOfRange(InvalidRequest):
+    """The chunk index is outside ``0 .. total_chunks - 1`` of this upload. Nothing was stored."""
+
     slug = "chunk-index-out-of-range"
     title = "Chunk index out of range"
 
 
 class IncompleteBody(InvalidRequest):
+    """The request body ended before its declared length (the connection was cut). Whatever was
+    acknowledged is kept; ask for the status and resume."""
+
     slug = "incomplete-body"
     title = "Request body ended early"
 
 
 class Unauthorized(ChunkstoreError):
+    """No valid bearer token: send ``Authorization: Bearer <token>`` (a token comes from
+    ``chunkstore token create NAME``)."""
+
     slug = "unauthorized"
     title = "Authentication required"
 
 
 class UploadNotFound(ChunkstoreError):
+    """No upload with this id belongs to the caller (another owner's upload answers the same).
+    Check the id, or start a new upload."""
+
     slug = "upload-not-found"
     title = "Upload not found"
 
 
 class ChunkConflict(ChunkstoreError):
+    """This chunk index already holds other bytes; chunks are immutable. Sending the same bytes
+    again is a success; different bytes need a new upload."""
+
     slug = "chunk-conflict"
     title = "Chunk already stored with other bytes"
 
 
 class UploadNotActive(ChunkstoreError):
+    """The upload is no longer in a state that accepts this request (completed, failed, cancelled
+    or assembling); ``status`` in the body says which. Ask for its status."""
+
     slug = "upload-not-active"
     title = "Upload no longer accepts this"
 
 
 class UploadIncomplete(ChunkstoreError):
+    """``complete`` was called while chunks are missing; ``missing_chunks`` lists them. Send them,
+    then complete again."""
+
     slug = "upload-incomplete"
     title = "Upload has missing chunks"
 
 
 class SessionExpired(ChunkstoreError):
+    """The upload's session passed its ``expires_at`` and accepts nothing more. Start a new upload
+    (chunks you sent are reused by content)."""
+
     slug = "upload-expired"
     title = "Upload session expired"
 
 
 class TooLarge(ChunkstoreError):
+    """The request, file or list is larger than this server allows; ``limit`` names the bound when
+    there is one. Nothing was stored."""
+
     slug = "too-large"
     title = "Payload too large"
 
 
 class ChunkTooLarge(TooLarge):
+    """The chunk's body carries more bytes than the chunk may have. Nothing was stored."""
+
     slug = "chunk-too-large"
     title = "Chunk larger than expected"
 
 
 class TooManySessions(ChunkstoreError):
+    """The caller has as many open upload sessions as allowed (``CHUNKSTORE_MAX_OPEN_SESSIONS``).
+    Complete or cancel one, then start again."""
+
     slug = "too-many-sessions"
     title = "Too many open upload sessions"
 
@@ -141,11 +188,17 @@ class NotAChunkUpload(WrongUploadProtocol):
 
 
 class UnsupportedMediaType(ChunkstoreError):
+    """The body's ``Content-Type`` is not the one this route reads; ``detail`` names the right one.
+    Nothing was read."""
+
     slug = "unsupported-media-type"
     title = "Unsupported media type"
 
 
 class ValidationFailed(ChunkstoreError):
+    """The assembled file failed validation (``reason``: e.g. ``mime-mismatch``, ``disallowed-
+    type``, ``hash-mismatch``). The chunks are kept, the file is not published."""
+
     slug = "validation-failed"
     title = "File failed validation"
 
@@ -165,8 +218,17 @@ class ChunkSwept(ChunkstoreError):
     title = "Chunk was removed meanwhile; send it again"
 
 
+class RangeNotSatisfiable(ChunkstoreError):
+    """The ``Range`` asks for bytes the file does not have; ``Content-Range: bytes */<size>``
+    and ``size`` give its length. Ask for a range inside it, or for the whole file."""
+
+    slug = "range-not-satisfiable"
+    title = "Range not satisfiable"
+
+
 class ConcurrencyConflict(ChunkstoreError):
-    """An append stated an expected version that is no longer current."""
+    """Too many requests changed this upload at the same moment and this one gave up
+    after its retries. Nothing of it was recorded; send it again."""
 
     slug = "concurrency-conflict"
     title = "Concurrent update"

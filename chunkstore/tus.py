@@ -88,17 +88,21 @@ COMMIT_GROUPS = 4
 _chunk_writers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="tus-chunk-writer")
 
 
-# -- errors (each has one status, see api/tus.py) ------------------------------------------
+# -- errors (each has one status, see api/problems.py) ---------------------------------------
 
 
 class OffsetMismatch(ChunkstoreError):
-    """The request's Upload-Offset is not the upload's current offset: HEAD, then resume."""
+    """The request's Upload-Offset is not the upload's current offset, which the answer's
+    Upload-Offset header (and ``offset``) gives: resume from there."""
 
     slug = "offset-mismatch"
     title = "Upload-Offset does not match the upload"
 
 
 class UnsupportedChecksumAlgorithm(InvalidRequest):
+    """Upload-Checksum names an algorithm this server does not compute; OPTIONS lists the
+    supported ones in Tus-Checksum-Algorithm."""
+
     slug = "unsupported-checksum-algorithm"
     title = "Checksum algorithm not supported"
 
@@ -118,6 +122,9 @@ class FinalUploadImmutable(ChunkstoreError):
 
 
 class UnsupportedTusVersion(ChunkstoreError):
+    """The request's Tus-Resumable is missing or names a version this server does not speak;
+    Tus-Version lists the supported ones. Nothing was processed."""
+
     slug = "unsupported-tus-version"
     title = "tus protocol version not supported"
 

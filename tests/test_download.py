@@ -311,3 +311,11 @@ def test_a_completed_upload_cannot_be_cancelled_and_says_to_delete_it(
     body = assert_problem(cancel(client, upload_id), 409, "upload-not-active")
 
     assert "delete it instead" in body["detail"]
+
+
+def test_options_on_a_file_url_lists_get_and_delete(server: Server) -> None:
+    with httpx.Client(base_url=server.url, timeout=30) as anonymous:
+        answer = anonymous.options("/api/v1/files/0123456789abcdef")
+
+    assert answer.status_code == 204
+    assert set(answer.headers["Allow"].replace(" ", "").split(",")) == {"DELETE", "GET", "OPTIONS"}

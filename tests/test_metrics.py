@@ -248,3 +248,11 @@ def test_with_several_workers_every_scrape_counts_every_workers_requests(
             )
     finally:
         server.stop()
+
+
+def test_metrics_name_their_charset_once(server: Server) -> None:
+    answer = httpx.get(f"{server.url}/metrics", timeout=30)
+
+    content_type = answer.headers["content-type"]
+    assert content_type.count("charset") == 1, content_type
+    assert content_type.startswith("text/plain; version="), content_type

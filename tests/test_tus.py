@@ -92,7 +92,7 @@ def test_options_lists_version_extensions_max_size_and_checksums(client: httpx.C
     }
     assert int(answer.headers["Tus-Max-Size"]) > 0
     assert set(answer.headers["Tus-Checksum-Algorithm"].split(",")) == {"sha1", "sha256", "md5"}
-    assert "Tus-Resumable" not in answer.headers
+    assert answer.headers["Tus-Resumable"] == "1.0.0"
 
 
 def test_head_reports_offset_length_metadata_and_no_store(client: httpx.Client) -> None:
@@ -715,3 +715,32 @@ def test_json_complete_on_an_unfinished_tus_upload_is_refused_and_changes_nothin
         assert answer.json()["type"] == "/problems/upload-incomplete"
         status = client.get(f"/api/v1/upload/status/{upload_id}").json()
         assert status["status"] == "active"
+
+
+def test_options_on_an_upload_url_lists_every_method_it_serves(server: Server) -> None:
+    with httpx.Client(base_url=server.url, timeout=30) as anonymous:
+        answer = anonymous.options("/files/0123456789abcdef")
+
+    assert answer.status_code == 204
+    assert set(answer.headers["Allow"].replace(" ", "").split(",")) == {
+        "DELETE",
+        "GET",
+        "HEAD",
+        "OPTIONS",
+        "PATCH",
+    }
+    assert answer.headers["Tus-Version"] == "1.0.0"
+    assert answer.headers["Tus-Resumable"] == "1.0.0"
+
+
+def test_a_checksum_mismatch_is_answered_with_the_status_its_page_states(
+    client: httpx.Client,
+) -> None:
+    url = create(client, 10)
+
+    answer = send(client, url, 0, b"0123456789", **{"Upload-Checksum": checksum("sha1", b"x")})
+
+    assert_problem(answer, 460)
+    page = client.get(answer.json()["type"])
+    assert page.json()["status"] == 460
+    assert offset_of(client, url) == 0
