@@ -14,6 +14,7 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
 from chunkstore import errors
+from chunkstore.bounds import MAX_LISTED_INDEXES, shorten
 
 log = logging.getLogger("chunkstore.api")
 
@@ -22,6 +23,7 @@ INTERNAL_DETAIL = "the server failed on this request; its request id identifies 
 
 STATUS_BY_ERROR: dict[type[errors.ChunkstoreError], int] = {
     errors.InvalidRequest: 400,
+    errors.FieldTooLong: 400,
     errors.Unauthorized: 401,
     errors.UploadNotFound: 404,
     errors.ChunkConflict: 409,
@@ -29,6 +31,7 @@ STATUS_BY_ERROR: dict[type[errors.ChunkstoreError], int] = {
     errors.UploadIncomplete: 409,
     errors.SessionExpired: 410,
     errors.TooLarge: 413,
+    errors.ListTooLong: 413,
     errors.UnsupportedMediaType: 415,
     errors.ValidationFailed: 422,
     errors.TooManySessions: 429,
@@ -47,6 +50,54 @@ _HTTP_SLUGS = {
     415: ("unsupported-media-type", "Unsupported media type"),
     500: ("internal-error", "Internal server error"),
 }
+
+
+#: The guard on every problem body, whatever raised it: a message or an extension can
+#: carry a client value (a 20 MB upload id once came back as a 40 MB body).
+MAX_DETAIL = 1024
+MAX_INSTANCE = 256
+MAX_TEXT = 256
+#: Lists of numbers (chunk indexes) keep as many items as an answer's index lists.
+MAX_NUMBERS = MAX_LISTED_INDEXES
+MAX_ITEMS = 100
+MAX_DEPTH = 4
+
+
+def bounded(value: Any, depth: int = 0) -> Any:
+    """``value`` with every string, list and nesting level cut to the guard's bounds."""
+    if isinstance(value, str):
+        return shorten(value, MAX_TEXT)
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if depth >= MAX_DEPTH:
+        return shorten(repr(value), MAX_TEXT)
+    if isinstance(value, dict):
+        items = list(value.items())[:MAX_ITEMS]
+        return {shorten(key, MAX_TEXT): bounded(item, depth + 1) for key, item in items}
+    if isinstance(value, list | tuple):
+        return [bounded(item, depth + 1) for item in value[: _items_kept(value)]]
+    return shorten(str(value), MAX_TEXT)
+
+
+def _items_kept(values: list[Any] | tuple[Any, ...]) -> int:
+    numbers = all(isinstance(item, int | float) for item in values[: MAX_NUMBERS + 1])
+    return MAX_NUMBERS if numbers else MAX_ITEMS
+
+
+def bounded_extensions(extensions: dict[str, Any]) -> dict[str, Any]:
+    """Extensions under the guard; a list that was cut gets ``<name>_count`` beside it."""
+    kept: dict[str, Any] = {}
+    for key, value in extensions.items():
+        kept[key] = bounded(value)
+        if isinstance(value, list | tuple) and len(kept[key]) < len(value):
+            kept.setdefault(f"{key}_count", len(value))
+    return kept
+
+
+def instance_of(request: Request[Any, Any, Any]) -> str:
+    """The request path as the problem's ``instance``, cut (it may carry a long id)."""
+    path = request.scope.get("path", "")
+    return path if len(path) <= MAX_INSTANCE else f"{path[:MAX_INSTANCE]}..."
 
 
 def status_of(error: errors.ChunkstoreError) -> int:
@@ -69,13 +120,13 @@ def problem(
         "type": f"/problems/{slug}",
         "title": title,
         "status": status,
-        "detail": detail,
-        "instance": request.url.path,
+        "detail": shorten(detail, MAX_DETAIL),
+        "instance": instance_of(request),
     }
     request_id = request.scope.get("state", {}).get("request_id")
     if request_id:
         body["request_id"] = request_id
-    for key, value in (extensions or {}).items():
+    for key, value in bounded_extensions(extensions or {}).items():
         body.setdefault(key, value)
     all_headers = dict(headers or {})
     if status == 401:

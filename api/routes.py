@@ -22,6 +22,7 @@ from api.schemas import (
     StatusAnswer,
     UploadRef,
 )
+from chunkstore.bounds import quote
 from chunkstore.commands import InitRequest
 from chunkstore.errors import IncompleteBody, InvalidRequest, UnsupportedMediaType
 from chunkstore.service import (
@@ -52,7 +53,7 @@ def problem_type(slug: str) -> dict[str, Any]:
     if description is None:
         from litestar.exceptions import NotFoundException
 
-        raise NotFoundException(f"no problem type {slug!r}")
+        raise NotFoundException(f"no problem type {quote(slug)}")
     return description
 
 

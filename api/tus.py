@@ -20,6 +20,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import problems
 from chunkstore import tus
+from chunkstore.bounds import quote
 from chunkstore.config import Settings
 from chunkstore.errors import (
     ChunkstoreError,
@@ -79,7 +80,8 @@ def check_version(request: AnyRequest) -> None:
     version = request.headers.get("tus-resumable")
     if version != TUS_VERSION:
         raise tus.UnsupportedTusVersion(
-            f"Tus-Resumable must be {TUS_VERSION}, not {version!r}", supported=TUS_VERSION
+            f"Tus-Resumable must be {TUS_VERSION}, not {quote(version) if version else 'absent'}",
+            supported=TUS_VERSION,
         )
 
 

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 
 import msgspec
 
+from chunkstore.bounds import shorten
 from chunkstore.config import Settings
 from chunkstore.errors import (
     ChecksumMismatch,
@@ -176,7 +177,7 @@ def _checked_chunk_list(request: InitRequest, settings: Settings) -> list[tuple[
 def require_owned(state: SessionState, owner: str) -> SessionState:
     """Another owner's upload is answered exactly like a missing one."""
     if not state.exists or state.owner != owner:
-        raise UploadNotFound(f"no upload {state.upload_id}", upload_id=state.upload_id)
+        raise UploadNotFound(f"no upload {shorten(state.upload_id)}", upload_id=state.upload_id)
     return state
 
 

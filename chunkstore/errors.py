@@ -55,6 +55,14 @@ class IncompleteBody(InvalidRequest):
     title = "Request body ended early"
 
 
+class FieldTooLong(InvalidRequest):
+    """A text field is longer than its documented maximum (``limit``, in characters or,
+    for a header, bytes); send a shorter value."""
+
+    slug = "field-too-long"
+    title = "Field longer than allowed"
+
+
 class Unauthorized(ChunkstoreError):
     slug = "unauthorized"
     title = "Authentication required"
@@ -93,6 +101,14 @@ class TooLarge(ChunkstoreError):
 class ChunkTooLarge(TooLarge):
     slug = "chunk-too-large"
     title = "Chunk larger than expected"
+
+
+class ListTooLong(TooLarge):
+    """A list in the request has more items than one request may carry (``limit``);
+    split it over several requests."""
+
+    slug = "list-too-long"
+    title = "List longer than allowed"
 
 
 class TooManySessions(ChunkstoreError):

@@ -34,6 +34,7 @@ from chunkstore.blobs.filesystem import (
     is_digest,
     make_durable_dirs,
 )
+from chunkstore.bounds import quote
 from chunkstore.config import Settings
 from chunkstore.errors import (
     ChecksumMismatch,
@@ -404,7 +405,7 @@ class UploadService:
         wanted = list(dict.fromkeys(d.lower() for d in digests))
         for digest in wanted:
             if not is_digest(digest):
-                raise InvalidRequest(f"{digest!r} is not a BLAKE3-256 hex digest")
+                raise InvalidRequest(f"{quote(digest)} is not a BLAKE3-256 hex digest")
         held = self.held_digests(owner, wanted)
         return [digest for digest in wanted if digest not in held]
 

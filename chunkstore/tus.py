@@ -40,6 +40,7 @@ import msgspec
 from chunkstore import commands
 from chunkstore.blobs import BlobStore, BlobWriter
 from chunkstore.blobs.filesystem import fsync_directory, make_durable_dirs
+from chunkstore.bounds import quote, shorten
 from chunkstore.chunking import cdc_cutter
 from chunkstore.config import MiB, Settings
 from chunkstore.errors import (
@@ -139,7 +140,9 @@ def parse_metadata(header: str) -> dict[str, str]:
         try:
             value = base64.b64decode(encoded.strip(), validate=True).decode()
         except (binascii.Error, UnicodeDecodeError):
-            raise InvalidRequest(f"Upload-Metadata value of {key!r} is not base64 UTF-8") from None
+            raise InvalidRequest(
+                f"Upload-Metadata value of {quote(key)} is not base64 UTF-8"
+            ) from None
         metadata[key] = value
     return metadata
 
@@ -155,7 +158,7 @@ class UploadChecksum(msgspec.Struct, frozen=True):
         algorithm = algorithm.lower()
         if algorithm not in CHECKSUM_ALGORITHMS:
             raise UnsupportedChecksumAlgorithm(
-                f"checksum algorithm {algorithm!r} is not supported; use one of"
+                f"checksum algorithm {quote(algorithm)} is not supported; use one of"
                 f" {', '.join(CHECKSUM_ALGORITHMS)}"
             )
         try:
@@ -238,7 +241,7 @@ def check_part_complete(part: SessionState) -> int:
 def check_readable(state: SessionState, now: datetime) -> None:
     """HEAD: a terminated upload is gone (404), an expired one is Gone (410)."""
     if state.status == CANCELLED:
-        raise UploadNotFound(f"no upload {state.upload_id}", upload_id=state.upload_id)
+        raise UploadNotFound(f"no upload {shorten(state.upload_id)}", upload_id=state.upload_id)
     if state.is_expired(now):
         raise SessionExpired(
             f"upload {state.upload_id} expired at {state.expires_at}", upload_id=state.upload_id
