@@ -20,6 +20,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
 import chunkstore
+from api.bodies import BodyRequest
 from api.downloads import download_file
 from api.metrics import Metrics, metrics_endpoint
 from api.observability import configure_logging, request_id_middleware
@@ -127,6 +128,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             ),
         ],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        request_class=BodyRequest,
         on_startup=[sweep_temp_files, background.start],
         on_shutdown=[background.stop, service.close],
         # The JSON form of the largest chunk is base64 (4/3) plus a little envelope.

@@ -90,3 +90,46 @@ def test_a_huge_digest_gets_a_small_error(client: httpx.Client) -> None:
 
     assert_small_problem(response, 400, "invalid-request")
     assert "characters" in response.json()["detail"]
+
+
+# -- deeply nested JSON ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        f"{UPLOAD}/init",
+        f"{UPLOAD}/chunk",
+        f"{UPLOAD}/complete",
+        f"{UPLOAD}/cancel",
+        "/api/v1/chunks/missing",
+    ],
+)
+@pytest.mark.parametrize("prefix", [b"", b'{"upload_id": ', b'{"unknown": '])
+def test_deeply_nested_json_is_a_400_on_every_json_route(
+    client: httpx.Client, path: str, prefix: bytes
+) -> None:
+    response = client.post(
+        path, content=prefix + b"[" * 10_000, headers={"Content-Type": "application/json"}
+    )
+
+    assert_small_problem(response, 400, "invalid-request")
+
+
+def test_a_hundred_thousand_brackets_are_a_400(client: httpx.Client) -> None:
+    response = client.post(
+        f"{UPLOAD}/chunk", content=b"[" * 100_000, headers={"Content-Type": "application/json"}
+    )
+
+    assert_small_problem(response, 400, "invalid-request")
+
+
+def test_nesting_within_the_limit_is_still_checked_as_usual(client: httpx.Client) -> None:
+    answer = init_upload(client, b"abc", 3)
+    response = client.post(
+        f"{UPLOAD}/cancel",
+        content=b'{"upload_id": "' + answer["upload_id"].encode() + b'", "reason": [[[]]]}',
+        headers={"Content-Type": "application/json"},
+    )
+
+    assert_small_problem(response, 400, "invalid-request")
