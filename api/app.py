@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 from typing import Any
 
 from litestar import Litestar
@@ -20,7 +19,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
 import chunkstore
-from api.bodies import BodyRequest
+from api.bodies import CONTROL_BODY, BodyRequest, with_body_limits
 from api.downloads import download_file
 from api.metrics import Metrics, metrics_endpoint
 from api.observability import configure_logging, request_id_middleware
@@ -28,7 +27,7 @@ from api.problems import EXCEPTION_HANDLERS
 from api.routes import ROUTES
 from api.tus import TusController, tus_middleware
 from chunkstore.auth import TokenStore
-from chunkstore.config import MiB, Settings
+from chunkstore.config import Settings
 from chunkstore.errors import Unauthorized
 from chunkstore.gc import collect
 from chunkstore.service import UploadService
@@ -114,7 +113,12 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     tus_uploads = TusUploads(service)
     app = Litestar(
-        route_handlers=[*ROUTES, download_file, metrics_endpoint, TusController],
+        route_handlers=[
+            *with_body_limits(ROUTES, settings),
+            download_file,
+            metrics_endpoint,
+            TusController,
+        ],
         dependencies={
             "service": Provide(lambda: service, sync_to_thread=False, use_cache=True),
             "tus_uploads": Provide(lambda: tus_uploads, sync_to_thread=False, use_cache=True),
@@ -131,8 +135,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
         request_class=BodyRequest,
         on_startup=[sweep_temp_files, background.start],
         on_shutdown=[background.stop, service.close],
-        # The JSON form of the largest chunk is base64 (4/3) plus a little envelope.
-        request_max_body_size=math.ceil(settings.max_chunk_size * 4 / 3) + MiB,
+        # Routes that take a larger body say so (api/bodies.py); tus bounds its own.
+        request_max_body_size=CONTROL_BODY,
         openapi_config=OpenAPIConfig(
             title="chunkstore",
             version=chunkstore.__version__,

@@ -153,6 +153,11 @@ def http_error(request: Request[Any, Any, Any], error: Exception) -> Response[by
     slug, title = _HTTP_SLUGS.get(status, (f"http-{status}", "Request failed"))
     detail = str(error.detail) if error.detail else title
     extensions: dict[str, Any] = {}
+    if status == 413:
+        # Litestar's own refusal of a body over the route's request_max_body_size.
+        limit = request.route_handler.resolve_request_max_body_size()
+        detail = f"the request body exceeds this route's limit of {limit} bytes"
+        extensions["limit"] = limit
     if isinstance(error, ValidationException) and error.extra:
         extensions["errors"] = error.extra
     if status >= 500:

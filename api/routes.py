@@ -9,9 +9,11 @@ from typing import Any
 
 from litestar import Request, get, post, put
 from litestar.exceptions import InternalServerException
+from litestar.exceptions.http_exceptions import RequestEntityTooLarge
 from litestar.params import Parameter
 
 from api import problems
+from api.bodies import BODY, Body
 from api.schemas import (
     CancelBody,
     ChunkBody,
@@ -24,7 +26,7 @@ from api.schemas import (
 )
 from chunkstore.bounds import quote
 from chunkstore.commands import InitRequest
-from chunkstore.errors import IncompleteBody, InvalidRequest, UnsupportedMediaType
+from chunkstore.errors import IncompleteBody, InvalidRequest, TooLarge, UnsupportedMediaType
 from chunkstore.service import (
     BatchReceipt,
     Checksum,
@@ -57,7 +59,7 @@ def problem_type(slug: str) -> dict[str, Any]:
     return description
 
 
-@post(f"{UPLOAD}/init", status_code=201, sync_to_thread=True)
+@post(f"{UPLOAD}/init", status_code=201, sync_to_thread=True, opt={BODY: Body.INIT})
 def init_upload(request: AnyRequest, data: InitBody, service: UploadService) -> InitAnswer:
     chunks = [(chunk.digest, chunk.size) for chunk in data.chunks] if data.chunks else None
     init = InitRequest(
@@ -87,7 +89,7 @@ def init_upload(request: AnyRequest, data: InitBody, service: UploadService) -> 
     )
 
 
-@post(f"{UPLOAD}/chunk", status_code=200, sync_to_thread=True)
+@post(f"{UPLOAD}/chunk", status_code=200, sync_to_thread=True, opt={BODY: Body.JSON_CHUNK})
 def upload_chunk_json(request: AnyRequest, data: ChunkBody, service: UploadService) -> ChunkReceipt:
     """The seed's transport: base64 bytes in JSON with a SHA-256 checksum."""
     try:
@@ -103,7 +105,11 @@ def upload_chunk_json(request: AnyRequest, data: ChunkBody, service: UploadServi
     )
 
 
-@put(f"{UPLOAD}/{{upload_id:str}}/chunks/{{index:int}}", status_code=200)
+@put(
+    f"{UPLOAD}/{{upload_id:str}}/chunks/{{index:int}}",
+    status_code=200,
+    opt={BODY: Body.RAW_CHUNK},
+)
 async def upload_chunk_raw(
     request: AnyRequest,
     upload_id: str,
@@ -122,7 +128,7 @@ async def upload_chunk_raw(
 BATCH_MEDIA_TYPE = "application/vnd.chunkstore.batch"
 
 
-@post(f"{UPLOAD}/{{upload_id:str}}/batch", status_code=200)
+@post(f"{UPLOAD}/{{upload_id:str}}/batch", status_code=200, opt={BODY: Body.BATCH})
 async def upload_batch(request: AnyRequest, upload_id: str, service: UploadService) -> BatchReceipt:
     """Many chunks in one body: frames of (u32 index, u32 length, bytes), big-endian."""
     require_content_type(request, BATCH_MEDIA_TYPE)
@@ -131,7 +137,7 @@ async def upload_batch(request: AnyRequest, upload_id: str, service: UploadServi
     )
 
 
-@post("/api/v1/chunks/missing", status_code=200, sync_to_thread=True)
+@post("/api/v1/chunks/missing", status_code=200, sync_to_thread=True, opt={BODY: Body.DIGESTS})
 def missing_chunks(request: AnyRequest, data: DigestList, service: UploadService) -> MissingDigests:
     """Which of these digests the caller would have to send (its own chunks only)."""
     return MissingDigests(missing=service.missing_digests(owner_of(request), data.digests))
@@ -149,20 +155,27 @@ def content_length(request: AnyRequest) -> int | None:
 
 
 async def body_of(request: AnyRequest) -> AsyncIterator[bytes]:
-    """The request body; a client that goes away midway is a 400, not a server error."""
+    """The request body; a client that goes away midway is a 400, not a server error,
+    and a body cut off at the route's limit is the library's own TooLarge, so that a
+    batch keeps its whole frames as it does at its own limit."""
     try:
         async for piece in request.stream():
             yield piece
     except InternalServerException as error:
         raise IncompleteBody("the request body ended before it was complete") from error
+    except RequestEntityTooLarge:
+        limit = request.route_handler.resolve_request_max_body_size()
+        raise TooLarge(
+            f"the request body exceeds this route's {limit} bytes", limit=limit
+        ) from None
 
 
-@post(f"{UPLOAD}/complete", status_code=200, sync_to_thread=True)
+@post(f"{UPLOAD}/complete", status_code=200, sync_to_thread=True, opt={BODY: Body.CONTROL})
 def complete_upload(request: AnyRequest, data: UploadRef, service: UploadService) -> Completion:
     return service.complete_upload(owner_of(request), data.upload_id)
 
 
-@post(f"{UPLOAD}/cancel", status_code=200, sync_to_thread=True)
+@post(f"{UPLOAD}/cancel", status_code=200, sync_to_thread=True, opt={BODY: Body.CONTROL})
 def cancel_upload(request: AnyRequest, data: CancelBody, service: UploadService) -> StatusAnswer:
     state = service.cancel_upload(owner_of(request), data.upload_id, data.reason)
     return StatusAnswer(**state_summary(state, service.clock()))

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import msgspec
 
-MiB = 1024 * 1024
+KiB = 1024
+MiB = 1024 * KiB
 GiB = 1024 * MiB
 
 

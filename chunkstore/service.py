@@ -34,7 +34,7 @@ from chunkstore.blobs.filesystem import (
     is_digest,
     make_durable_dirs,
 )
-from chunkstore.bounds import quote
+from chunkstore.bounds import MAX_DIGESTS, check_count, quote
 from chunkstore.config import Settings
 from chunkstore.errors import (
     ChecksumMismatch,
@@ -401,7 +401,9 @@ class UploadService:
         }
 
     def missing_digests(self, owner: str, digests: Sequence[str]) -> list[str]:
-        """Which of ``digests`` this owner would have to send (order kept, no repeats)."""
+        """Which of ``digests`` this owner would have to send (order kept, no repeats).
+        At most ``MAX_DIGESTS`` per call: a million cost 7 s of CPU."""
+        check_count("digests", len(digests), MAX_DIGESTS)
         wanted = list(dict.fromkeys(d.lower() for d in digests))
         for digest in wanted:
             if not is_digest(digest):

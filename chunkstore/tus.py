@@ -40,7 +40,7 @@ import msgspec
 from chunkstore import commands
 from chunkstore.blobs import BlobStore, BlobWriter
 from chunkstore.blobs.filesystem import fsync_directory, make_durable_dirs
-from chunkstore.bounds import quote, shorten
+from chunkstore.bounds import MAX_CONCAT_PARTS, check_count, quote, shorten
 from chunkstore.chunking import cdc_cutter
 from chunkstore.config import MiB, Settings
 from chunkstore.errors import (
@@ -179,7 +179,10 @@ def parse_concat(header: str) -> tuple[str, list[str]]:
     kind, _, urls = header.partition(";")
     if kind.strip() != "final" or not urls.strip():
         raise InvalidRequest("Upload-Concat must be 'partial' or 'final;<url> <url> ...'")
-    return "final", [url.rstrip("/").rsplit("/", 1)[-1] for url in urls.split()]
+    parts = urls.split()
+    # Each part is a session to load and check: a bounded number per request.
+    check_count("Upload-Concat", len(parts), MAX_CONCAT_PARTS)
+    return "final", [url.rstrip("/").rsplit("/", 1)[-1] for url in parts]
 
 
 # -- decisions (pure) ----------------------------------------------------------------------

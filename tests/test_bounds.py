@@ -3,11 +3,25 @@
 from __future__ import annotations
 
 import base64
+import json
+import os
+import socket
+import struct
+from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from tests.helpers import UPLOAD, assert_problem, init_upload, sha256_hex
+from tests.conftest import MakeServer, Server
+from tests.helpers import (
+    UPLOAD,
+    assert_problem,
+    blake3_hex,
+    init_upload,
+    sha256_hex,
+    split,
+    status_of,
+)
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -133,3 +147,129 @@ def test_nesting_within_the_limit_is_still_checked_as_usual(client: httpx.Client
     )
 
     assert_small_problem(response, 400, "invalid-request")
+
+
+# -- request bodies: each route's limit, refused before the body is read ----------------
+
+
+def raw_exchange(server: Server, head: str, body: bytes = b"") -> bytes:
+    """Send a request by hand (headers may promise more body than is sent); the answer."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(head.encode() + b"\r\n" + body)
+        answer = b""
+        while b"\r\n\r\n" not in answer or not _whole(answer):
+            piece = sock.recv(65536)
+            if not piece:
+                break
+            answer += piece
+    return answer
+
+
+def _whole(answer: bytes) -> bool:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    for line in head.split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return len(body) >= int(value)
+    return False
+
+
+def problem_of(answer: bytes) -> tuple[int, dict[str, object]]:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert b"application/problem+json" in head.lower(), head
+    return int(head.split(b" ")[1]), json.loads(body)
+
+
+@pytest.mark.parametrize(
+    ("path", "limit"),
+    [
+        (f"{UPLOAD}/complete", 16 * KiB),
+        (f"{UPLOAD}/cancel", 16 * KiB),
+        ("/api/v1/chunks/missing", 10_000 * 80 + 16 * KiB),
+        (f"{UPLOAD}/chunk", 4 * ((64 * MiB + 2) // 3) + 16 * KiB),
+    ],
+)
+def test_a_body_over_the_routes_limit_is_refused_with_413_before_it_is_read(
+    server: Server, owner: str, path: str, limit: int
+) -> None:
+    # The body is announced but never sent: only a refusal that reads nothing answers.
+    answer = raw_exchange(
+        server,
+        f"POST {path} HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {server.token(owner)}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {limit + 1}\r\n",
+    )
+
+    status, problem = problem_of(answer)
+    assert status == 413
+    assert problem["type"] == "/problems/too-large"
+    assert problem["limit"] == limit
+    assert str(limit) in str(problem["detail"])
+
+
+def test_a_chunked_body_is_cut_off_once_it_passes_the_limit(client: httpx.Client) -> None:
+    def body() -> Iterator[bytes]:
+        yield b'{"upload_id": "'
+        for _ in range(64):
+            yield b"x" * KiB
+
+    response = client.post(
+        f"{UPLOAD}/complete", content=body(), headers={"Content-Type": "application/json"}
+    )
+
+    body_of_problem = assert_problem(response, 413, "too-large")
+    assert body_of_problem["limit"] == 16 * KiB
+
+
+def test_a_control_route_still_takes_an_ordinary_body(client: httpx.Client) -> None:
+    upload_id = init_upload(client, b"abc", 3)["upload_id"]
+    response = client.post(f"{UPLOAD}/cancel", json={"upload_id": upload_id, "reason": "r" * 1000})
+
+    assert response.status_code == 200, response.text
+
+
+def test_a_chunked_batch_cut_off_at_its_limit_keeps_its_whole_frames(
+    make_server: MakeServer,
+) -> None:
+    server = make_server(CHUNKSTORE_MAX_BATCH_SIZE=str(40 * KiB))
+    with server.client() as client:
+        data = os.urandom(64 * KiB)
+        upload_id = init_upload(client, data, 8 * KiB)["upload_id"]
+
+        def frames() -> Iterator[bytes]:  # chunked: no Content-Length to refuse early
+            for index, piece in enumerate(split(data, 8 * KiB)):
+                yield struct.pack(">II", index, len(piece)) + piece  # frame 4 passes 40 KiB
+
+        response = client.post(
+            f"{UPLOAD}/{upload_id}/batch",
+            content=frames(),
+            headers={"Content-Type": "application/vnd.chunkstore.batch"},
+        )
+
+        assert_problem(response, 413, "too-large")
+        assert status_of(client, upload_id)["received_chunks"] == [0, 1, 2, 3]
+
+
+# -- lists a client sends: each has a maximum -----------------------------------------
+
+
+def test_more_digests_than_one_request_may_ask_about_is_a_413_naming_the_maximum(
+    client: httpx.Client,
+) -> None:
+    digests = [blake3_hex(str(n).encode()) for n in range(10_001)]
+
+    response = client.post("/api/v1/chunks/missing", json={"digests": digests})
+
+    body = assert_problem(response, 413, "list-too-long")
+    assert body["limit"] == 10_000
+    assert client.post("/api/v1/chunks/missing", json={"digests": digests[:10_000]}).is_success
+
+
+def test_a_tus_final_upload_naming_too_many_parts_is_refused(client: httpx.Client) -> None:
+    parts = " ".join(f"/files/{n:032x}" for n in range(101))
+    response = client.post(
+        "/files/",
+        headers={"Tus-Resumable": "1.0.0", "Upload-Concat": f"final;{parts}"},
+    )
+
+    body = assert_problem(response, 413, "list-too-long")
+    assert body["limit"] == 100
