@@ -13,7 +13,13 @@ from datetime import datetime, timedelta
 
 import msgspec
 
-from chunkstore.bounds import shorten
+from chunkstore.bounds import (
+    MAX_CANCEL_REASON,
+    MAX_FILENAME_INPUT,
+    MAX_MIME_TYPE,
+    check_length,
+    shorten,
+)
 from chunkstore.config import Settings
 from chunkstore.errors import (
     ChecksumMismatch,
@@ -75,6 +81,8 @@ def decide_init(
 ) -> list[KnownEvent]:
     """``known_digests``: digests of the declared chunks that this owner already has
     stored (manifest mode); their indexes are recorded at once as reused."""
+    check_length("filename", request.filename, MAX_FILENAME_INPUT)
+    check_length("mime_type", request.mime_type, MAX_MIME_TYPE)
     filename = clean_filename(request.filename)
     mime_type = check_declared_type(request.mime_type, settings)
     if request.total_size < 0:
@@ -308,6 +316,7 @@ def decide_expire(state: SessionState, now: datetime) -> list[KnownEvent]:
 
 
 def decide_cancel(state: SessionState, reason: str) -> list[KnownEvent]:
+    check_length("reason", reason, MAX_CANCEL_REASON)
     if state.status == COMPLETED:
         raise UploadNotActive(
             f"upload {state.upload_id} is completed; it can no longer be cancelled",

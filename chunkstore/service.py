@@ -34,7 +34,7 @@ from chunkstore.blobs.filesystem import (
     is_digest,
     make_durable_dirs,
 )
-from chunkstore.bounds import MAX_DIGESTS, check_count, quote
+from chunkstore.bounds import MAX_DIGESTS, MAX_FAILURE_DETAIL, check_count, quote, shorten
 from chunkstore.config import Settings
 from chunkstore.errors import (
     ChecksumMismatch,
@@ -653,6 +653,8 @@ class UploadService:
         return completion_of(state)
 
     def _fail(self, state: SessionState, reason: str, detail: str) -> None:
+        # Our own text, but it may quote a stored name or a blob's error: kept bounded.
+        detail = shorten(detail, MAX_FAILURE_DETAIL)
         self._append_or_settle(state, [ValidationFailedEvent(reason=reason, detail=detail)])
         raise ValidationFailed(detail, reason=reason)
 

@@ -40,7 +40,15 @@ import msgspec
 from chunkstore import commands
 from chunkstore.blobs import BlobStore, BlobWriter
 from chunkstore.blobs.filesystem import fsync_directory, make_durable_dirs
-from chunkstore.bounds import MAX_CONCAT_PARTS, check_count, quote, shorten
+from chunkstore.bounds import (
+    MAX_CONCAT_PARTS,
+    MAX_MIME_TYPE,
+    MAX_TUS_METADATA,
+    check_count,
+    check_length,
+    quote,
+    shorten,
+)
 from chunkstore.chunking import cdc_cutter
 from chunkstore.config import MiB, Settings
 from chunkstore.errors import (
@@ -200,9 +208,13 @@ def decide_create(
     parts: Sequence[SessionState] = (),
 ) -> list[KnownEvent]:
     """A new tus upload; a final one (``parts`` given) is born with its parts' chunks."""
+    # The header is kept in the event and echoed by HEAD, so it is bounded as sent.
+    check_length("Upload-Metadata", metadata_header, MAX_TUS_METADATA)
     metadata = parse_metadata(metadata_header)
+    filetype = metadata.get("filetype") or ""
+    check_length("filetype", filetype, MAX_MIME_TYPE)
     filename = clean_filename(metadata.get("filename") or upload_id)
-    mime_type = check_declared_type(metadata.get("filetype") or "", settings)
+    mime_type = check_declared_type(filetype, settings)
     if parts:
         length = sum(check_part_complete(part) for part in parts)
     if length is not None and length < 0:

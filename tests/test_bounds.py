@@ -12,12 +12,14 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from chunkstore.eventlog.sqlite import SQLiteEventStore
 from tests.conftest import MakeServer, Server
 from tests.helpers import (
     UPLOAD,
     assert_problem,
     blake3_hex,
     init_upload,
+    recorded_events,
     sha256_hex,
     split,
     status_of,
@@ -273,3 +275,81 @@ def test_a_tus_final_upload_naming_too_many_parts_is_refused(client: httpx.Clien
 
     body = assert_problem(response, 413, "list-too-long")
     assert body["limit"] == 100
+
+
+# -- free text that reaches an event: each string has a maximum -----------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "limit"),
+    [
+        ("filename", "a" * 1025 + ".txt", 1024),
+        ("mime_type", "text/" + "x" * 251, 255),
+    ],
+)
+def test_init_refuses_a_string_over_its_bound_naming_the_bound(
+    client: httpx.Client, field: str, value: str, limit: int
+) -> None:
+    body = {"filename": "a.txt", "total_size": 3, "mime_type": "text/plain", field: value}
+
+    response = client.post(f"{UPLOAD}/init", json=body)
+
+    problem = assert_problem(response, 400, "field-too-long")
+    assert (problem["field"], problem["limit"]) == (field, limit)
+    assert len(response.content) < SMALL_ANSWER
+
+
+def test_a_cancel_reason_over_its_bound_is_refused_and_nothing_is_recorded(
+    server: Server, client: httpx.Client
+) -> None:
+    upload_id = init_upload(client, b"abc", 3)["upload_id"]
+
+    response = client.post(f"{UPLOAD}/cancel", json={"upload_id": upload_id, "reason": "r" * 1025})
+
+    problem = assert_problem(response, 400, "field-too-long")
+    assert problem["limit"] == 1024
+    assert status_of(client, upload_id)["status"] == "active"
+    assert [type(e).__name__ for e in recorded_events(server.data_dir, upload_id)] == [
+        "UploadInitiated"
+    ]
+
+
+def test_a_cancel_reason_at_its_bound_is_kept(client: httpx.Client) -> None:
+    upload_id = init_upload(client, b"abc", 3)["upload_id"]
+
+    response = client.post(f"{UPLOAD}/cancel", json={"upload_id": upload_id, "reason": "r" * 1024})
+
+    assert response.status_code == 200, response.text
+
+
+def tus_metadata(**values: str) -> str:
+    return ",".join(f"{key} {base64.b64encode(v.encode()).decode()}" for key, v in values.items())
+
+
+@pytest.mark.parametrize(
+    ("metadata", "field", "limit"),
+    [
+        (tus_metadata(filename="a.bin", note="n" * 4000), "Upload-Metadata", 4096),
+        (tus_metadata(filename="a.bin", filetype="text/" + "x" * 300), "filetype", 255),
+    ],
+)
+def test_tus_creation_refuses_metadata_over_its_bound_and_creates_nothing(
+    server: Server, owner: str, metadata: str, field: str, limit: int
+) -> None:
+    with server.client(owner) as client:
+        response = client.post(
+            "/files/",
+            headers={"Tus-Resumable": "1.0.0", "Upload-Length": "3", "Upload-Metadata": metadata},
+        )
+
+        problem = assert_problem(response, 400, "field-too-long")
+        assert (problem["field"], problem["limit"]) == (field, limit)
+    assert sessions_of(server, owner) == []
+
+
+def sessions_of(server: Server, owner: str) -> list[dict[str, object]]:
+    store = SQLiteEventStore(server.data_dir / "chunkstore.sqlite3")
+    try:
+        return [row for row in store.session_rows() if row["owner"] == owner]
+    finally:
+        store.close()
