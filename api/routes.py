@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import AsyncIterator
+from datetime import datetime
 from typing import Any
 
 from litestar import Request, get, post, put
@@ -22,11 +23,13 @@ from api.schemas import (
     InitBody,
     MissingDigests,
     StatusAnswer,
+    StatusProgress,
     UploadRef,
 )
 from chunkstore.bounds import quote
 from chunkstore.commands import InitRequest
 from chunkstore.errors import IncompleteBody, InvalidRequest, TooLarge, UnsupportedMediaType
+from chunkstore.listing import list_chunks
 from chunkstore.service import (
     BatchReceipt,
     Checksum,
@@ -35,6 +38,7 @@ from chunkstore.service import (
     UploadService,
     state_summary,
 )
+from chunkstore.session import SessionState
 
 AnyRequest = Request[Any, Any, Any]
 UPLOAD = "/api/v1/upload"
@@ -73,6 +77,7 @@ def init_upload(request: AnyRequest, data: InitBody, service: UploadService) -> 
     )
     state = service.init_upload(owner_of(request), init)
     assert state.expires_at is not None
+    listing = list_chunks(state)
     return InitAnswer(
         upload_id=state.upload_id,
         status=state.status,
@@ -81,8 +86,12 @@ def init_upload(request: AnyRequest, data: InitBody, service: UploadService) -> 
         chunk_size=state.chunk_size,
         total_chunks=state.total_chunks,
         expires_at=state.expires_at,
-        missing_chunks=state.missing_chunks,
-        needed_chunks=state.needed_chunks,
+        missing_chunks=listing.missing_chunks,
+        needed_chunks=listing.needed_chunks,
+        missing_count=listing.missing_count,
+        needed_count=listing.needed_count,
+        chunks_truncated=listing.chunks_truncated,
+        next_from=listing.next_from,
         bytes_total=state.total_size,
         bytes_received=state.bytes_received,
         bytes_deduplicated=state.bytes_deduplicated,
@@ -178,13 +187,24 @@ def complete_upload(request: AnyRequest, data: UploadRef, service: UploadService
 @post(f"{UPLOAD}/cancel", status_code=200, sync_to_thread=True, opt={BODY: Body.CONTROL})
 def cancel_upload(request: AnyRequest, data: CancelBody, service: UploadService) -> StatusAnswer:
     state = service.cancel_upload(owner_of(request), data.upload_id, data.reason)
-    return StatusAnswer(**state_summary(state, service.clock()))
+    return status_answer(state, service.clock())
 
 
 @get(f"{UPLOAD}/status/{{upload_id:str}}", sync_to_thread=True)
-def upload_status(request: AnyRequest, upload_id: str, service: UploadService) -> StatusAnswer:
+def upload_status(
+    request: AnyRequest,
+    upload_id: str,
+    service: UploadService,
+    start: int = Parameter(query="from", default=0, ge=0),
+) -> StatusAnswer:
+    """Status; chunk lists and ranges start at ``?from=INDEX`` (see ``next_from``)."""
     state = service.status(owner_of(request), upload_id)
-    return StatusAnswer(**state_summary(state, service.clock()))
+    return status_answer(state, service.clock(), start)
+
+
+def status_answer(state: SessionState, now: datetime, start: int = 0) -> StatusAnswer:
+    summary = state_summary(state, now, start)
+    return StatusAnswer(**{**summary, "progress": StatusProgress(**summary["progress"])})
 
 
 ROUTES = [

@@ -36,9 +36,15 @@ class InitAnswer(msgspec.Struct):
     chunk_size: int
     total_chunks: int
     expires_at: datetime
+    #: The first missing indexes (at most 10,000; see ``chunks_truncated``).
     missing_chunks: list[int]
-    #: What to send: one index per distinct digest the server still needs.
+    #: What to send: one index per distinct digest the server still needs (at most
+    #: 10,000; ``GET status?from=next_from`` lists the rest).
     needed_chunks: list[int]
+    missing_count: int
+    needed_count: int
+    chunks_truncated: bool
+    next_from: int | None
     bytes_total: int
     bytes_received: int
     bytes_deduplicated: int
@@ -70,7 +76,21 @@ class CancelBody(msgspec.Struct, forbid_unknown_fields=True):
     reason: str = ""
 
 
+class StatusProgress(msgspec.Struct):
+    """The seed's ``progress`` object: its clients resume from ``missing_chunks``."""
+
+    percentage: float
+    received_chunks: list[int]
+    missing_chunks: list[int]
+    total_chunks: int
+    received_count: int
+    missing_count: int
+
+
 class StatusAnswer(msgspec.Struct):
+    """A session's status. Its chunk lists and ranges are bounded and start at the
+    ``from`` index asked for: each is complete up to ``next_from`` (None: to the end)."""
+
     upload_id: str
     status: str
     filename: str
@@ -78,13 +98,25 @@ class StatusAnswer(msgspec.Struct):
     total_size: int
     chunk_size: int
     total_chunks: int
+    #: ``[first, last]`` runs (inclusive), at most 1,000 each.
+    received_ranges: list[tuple[int, int]]
+    missing_ranges: list[tuple[int, int]]
+    #: Index lists, at most 10,000 each.
     received_chunks: list[int]
     missing_chunks: list[int]
     needed_chunks: list[int]
+    #: Full counts, whatever was cut.
+    received_count: int
+    missing_count: int
+    needed_count: int
+    chunks_truncated: bool
+    next_from: int | None
     bytes_total: int
     bytes_received: int
     bytes_deduplicated: int
-    progress: float
+    #: Percentage of the file's bytes stored, 0-100.
+    percentage: float
+    progress: StatusProgress
     created_at: datetime | None
     expires_at: datetime | None
     file_path: str | None = None

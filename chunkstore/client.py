@@ -230,8 +230,12 @@ class ServerApi:
         )
         return answer
 
-    def status(self, upload_id: str) -> dict[str, Any]:
-        answer: dict[str, Any] = self.request("GET", f"{API}/upload/status/{upload_id}")
+    def status(self, upload_id: str, start: int = 0) -> dict[str, Any]:
+        """The status answer; its chunk lists start at index ``start``."""
+        params = {"from": start} if start else None
+        answer: dict[str, Any] = self.request(
+            "GET", f"{API}/upload/status/{upload_id}", params=params
+        )
         return answer
 
     def send_batch(self, upload_id: str, body: Iterable[bytes], length: int) -> dict[str, Any]:
@@ -255,10 +259,12 @@ class ServerApi:
         return answer
 
 
-def fetch_status(api: ServerApi, policy: RetryPolicy, upload_id: str) -> dict[str, Any]:
+def fetch_status(
+    api: ServerApi, policy: RetryPolicy, upload_id: str, start: int = 0
+) -> dict[str, Any]:
     """An upload's status, retried: it is asked right after failures, when the network
     is most likely still misbehaving."""
-    return with_retries(policy, "asking the upload status", lambda: api.status(upload_id))
+    return with_retries(policy, "asking the upload status", lambda: api.status(upload_id, start))
 
 
 # -- scanning the file -------------------------------------------------------------------
@@ -550,9 +556,14 @@ class Transfer:
         )
 
     def still_missing(self, api: ServerApi, indexes: list[int]) -> list[int]:
-        status = fetch_status(api, self.policy, self.upload_id)
+        """Which of ``indexes`` the server still misses. The status lists are complete
+        only up to its ``next_from``; indexes past it are sent again (harmless)."""
+        status = fetch_status(api, self.policy, self.upload_id, min(indexes))
         missing = set(status["missing_chunks"])
-        return [index for index in indexes if index in missing]
+        cut = status.get("next_from")
+        return [
+            index for index in indexes if index in missing or (cut is not None and index >= cut)
+        ]
 
     def body_length(self, indexes: list[int]) -> int:
         return sum(FRAME_HEADER.size + self.chunks[index].size for index in indexes)
@@ -736,7 +747,7 @@ class UploadClient:
         transfer = Transfer(upload_id, scan, reader, counter, self.retry, self.open_api)
         for _ in range(COMPLETION_ROUNDS):
             if answer.get("status", "active") not in COMPLETING_STATUSES:
-                self.send(transfer, indexes_to_send(answer, scan.chunks), scan)
+                self.send(transfer, self.needed(api, upload_id, answer, scan.chunks), scan)
             try:
                 completion: dict[str, Any] = with_retries(
                     self.retry, "completing the upload", lambda: api.complete(upload_id)
@@ -749,6 +760,17 @@ class UploadClient:
         raise GaveUp(
             f"upload {upload_id} still had missing chunks after {COMPLETION_ROUNDS} rounds"
         )
+
+    def needed(
+        self, api: ServerApi, upload_id: str, answer: dict[str, Any], chunks: Sequence[ChunkInfo]
+    ) -> list[int]:
+        """The indexes to send: those of ``answer`` and, when its lists were cut (at
+        10,000), those of the following status pages."""
+        indexes = set(indexes_to_send(answer, chunks))
+        while answer.get("next_from") is not None:
+            answer = fetch_status(api, self.retry, upload_id, int(answer["next_from"]))
+            indexes.update(indexes_to_send(answer, chunks))
+        return sorted(indexes)
 
     def send(self, transfer: Transfer, indexes: list[int], scan: FileScan) -> None:
         if self.progress is not None:

@@ -43,6 +43,7 @@ from chunkstore.events import (
     UploadExpired,
     UploadInitiated,
 )
+from chunkstore.listing import list_chunks
 from chunkstore.policy import check_declared_type, clean_filename
 from chunkstore.session import ACTIVE, ASSEMBLING, CANCELLED, COMPLETED, FAILED, SessionState
 
@@ -299,12 +300,14 @@ def check_completable(state: SessionState, now: datetime) -> None:
             f" of {'an undeclared length' if state.tus_length_deferred else state.total_size}",
             offset=state.tus_offset,
         )
-    missing = state.missing_chunks
-    if missing:
-        shown = ", ".join(map(str, missing[:20])) + (" ..." if len(missing) > 20 else "")
+    if state.missing_count:
+        listing = list_chunks(state)
+        missing = listing.missing_chunks
+        shown = ", ".join(map(str, missing[:20])) + (" ..." if listing.missing_count > 20 else "")
         raise UploadIncomplete(
-            f"{len(missing)} of {state.total_chunks} chunks are missing: {shown}",
+            f"{listing.missing_count} of {state.total_chunks} chunks are missing: {shown}",
             missing_chunks=missing,
+            missing_count=listing.missing_count,
         )
 
 

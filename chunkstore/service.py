@@ -34,7 +34,14 @@ from chunkstore.blobs.filesystem import (
     is_digest,
     make_durable_dirs,
 )
-from chunkstore.bounds import MAX_DIGESTS, MAX_FAILURE_DETAIL, check_count, quote, shorten
+from chunkstore.bounds import (
+    MAX_DIGESTS,
+    MAX_FAILURE_DETAIL,
+    MAX_LISTED_INDEXES,
+    check_count,
+    quote,
+    shorten,
+)
 from chunkstore.config import Settings
 from chunkstore.errors import (
     ChecksumMismatch,
@@ -61,6 +68,7 @@ from chunkstore.events import (
 from chunkstore.events import (
     ValidationFailed as ValidationFailedEvent,
 )
+from chunkstore.listing import list_chunks
 from chunkstore.manifest import Manifest, assemble
 from chunkstore.session import COMPLETED, SessionState, replay
 from chunkstore.validator import detect_mime, find_problem
@@ -94,6 +102,8 @@ class Checksum(msgspec.Struct, frozen=True):
 
 
 class Progress(msgspec.Struct, frozen=True, kw_only=True):
+    """What a chunk receipt says of the session: counts, as the seed's chunk answer."""
+
     upload_id: str
     received_chunks: int
     total_chunks: int
@@ -101,7 +111,9 @@ class Progress(msgspec.Struct, frozen=True, kw_only=True):
     bytes_total: int
     bytes_received: int
     bytes_deduplicated: int
+    #: Percentage of the file's bytes stored (``percentage`` in every answer).
     progress: float
+    percentage: float
 
 
 class ChunkReceipt(Progress, frozen=True, kw_only=True):
@@ -113,8 +125,10 @@ class ChunkReceipt(Progress, frozen=True, kw_only=True):
 
 
 class BatchReceipt(Progress, frozen=True, kw_only=True):
-    #: Indexes this request stored, including other indexes filled by the same digest.
+    #: Indexes this request stored, including other indexes filled by the same digest:
+    #: the first ``MAX_LISTED_INDEXES`` (one frame can fill millions of repeats).
     stored: list[int]
+    stored_count: int
 
 
 class Completion(msgspec.Struct, frozen=True, kw_only=True):
@@ -141,6 +155,7 @@ def progress_fields(state: SessionState) -> dict[str, Any]:
         "bytes_received": state.bytes_received,
         "bytes_deduplicated": state.bytes_deduplicated,
         "progress": state.progress,
+        "percentage": state.progress,
     }
 
 
@@ -499,8 +514,11 @@ class UploadService:
         recorded = await asyncio.to_thread(self.record_frames, owner, upload_id, parser.completed)
         if failure is not None:
             raise failure
+        stored = [event.index for event in recorded.events]
         return BatchReceipt(
-            **progress_fields(recorded.state), stored=[e.index for e in recorded.events]
+            **progress_fields(recorded.state),
+            stored=stored[:MAX_LISTED_INDEXES],
+            stored_count=len(stored),
         )
 
     def record_frames(self, owner: str, upload_id: str, frames: Sequence[Frame]) -> Recorded:
@@ -715,8 +733,10 @@ def publish(part: Path, final: Path) -> None:
     fsync_directory(final.parent)
 
 
-def state_summary(state: SessionState, now: datetime) -> dict[str, Any]:
-    """Everything a status answer reports, as plain values."""
+def state_summary(state: SessionState, now: datetime, start: int = 0) -> dict[str, Any]:
+    """Everything a status answer reports, as plain values; the chunk lists and ranges
+    are bounded and start at index ``start`` (see ``chunkstore.listing``)."""
+    listing = list_chunks(state, start)
     return {
         "upload_id": state.upload_id,
         "status": state.effective_status(now),
@@ -725,13 +745,20 @@ def state_summary(state: SessionState, now: datetime) -> dict[str, Any]:
         "total_size": state.total_size,
         "chunk_size": state.chunk_size,
         "total_chunks": state.total_chunks,
-        "received_chunks": state.received_chunks,
-        "missing_chunks": state.missing_chunks,
-        "needed_chunks": state.needed_chunks,
+        **msgspec.structs.asdict(listing),
         "bytes_total": state.total_size,
         "bytes_received": state.bytes_received,
         "bytes_deduplicated": state.bytes_deduplicated,
-        "progress": state.progress,
+        "percentage": state.progress,
+        # The seed's shape: its clients resume from progress["missing_chunks"].
+        "progress": {
+            "percentage": state.progress,
+            "received_chunks": listing.received_chunks,
+            "missing_chunks": listing.missing_chunks,
+            "total_chunks": state.total_chunks,
+            "received_count": listing.received_count,
+            "missing_count": listing.missing_count,
+        },
         "created_at": state.created_at,
         "expires_at": state.expires_at,
         "file_path": state.file_path,

@@ -59,6 +59,12 @@ class SessionState:
     digest_indexes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
     #: index -> (digest, size) of every chunk stored so far.
     chunks: Mapping[int, tuple[str, int]] = field(default_factory=dict)
+    #: For mode "manifest": declared digests whose chunks are stored. Storing a digest
+    #: stores every index declared with it, so this counts first indexes stored.
+    digests_stored: int = 0
+    #: Byte ``i`` is 1 when index ``i`` is stored (``chunks`` as a map): answers find
+    #: runs of stored indexes with ``bytearray.find`` instead of sorting the indexes.
+    stored_map: bytearray = field(default_factory=bytearray)
     #: Bytes of chunks that were sent for this session.
     bytes_received: int = 0
     #: Bytes of chunks this session did not need sent (the owner already had them).
@@ -114,7 +120,23 @@ class SessionState:
         return self.chunk_list[index][0] if self.mode == "manifest" else None
 
     @property
+    def received_count(self) -> int:
+        return len(self.chunks)
+
+    @property
+    def missing_count(self) -> int:
+        return self.total_chunks - len(self.chunks)
+
+    @property
+    def needed_count(self) -> int:
+        """How many indexes a client must still send (see ``needed_chunks``)."""
+        if self.mode != "manifest":
+            return self.missing_count
+        return len(self.digest_indexes) - self.digests_stored
+
+    @property
     def missing_chunks(self) -> list[int]:
+        """Every missing index; ``chunkstore.listing`` gives the bounded form answers use."""
         return [i for i in range(self.total_chunks) if i not in self.chunks]
 
     @property
@@ -163,6 +185,7 @@ class _Fold:
     def __init__(self, state: SessionState) -> None:
         self.values = {name: getattr(state, name) for name in SessionState.__dataclass_fields__}
         self.chunks = dict(state.chunks)
+        self.stored_map = bytearray(state.stored_map)
 
     def apply(self, event: Event) -> None:
         v = self.values
@@ -192,7 +215,12 @@ class _Fold:
                 # as sent or as deduplicated depending on whether they travelled.
                 if index not in self.chunks:
                     v["bytes_deduplicated" if reused else "bytes_received"] += size
+                    if v["digest_indexes"].get(digest, (None,))[0] == index:
+                        v["digests_stored"] += 1
                 self.chunks[index] = (digest, size)
+                if index >= len(self.stored_map):
+                    self.stored_map.extend(bytes(index + 1 - len(self.stored_map)))
+                self.stored_map[index] = 1
                 if v["mode"] == "tus":
                     # A tus upload's chunks are cut from its stream, so their number
                     # grows with every one stored.
@@ -231,7 +259,7 @@ class _Fold:
                 pass  # written by a newer version; counted, otherwise ignored
 
     def result(self) -> SessionState:
-        return SessionState(**{**self.values, "chunks": self.chunks})
+        return SessionState(**{**self.values, "chunks": self.chunks, "stored_map": self.stored_map})
 
 
 def replay(events: Iterable[Event], state: SessionState | None = None) -> SessionState:
