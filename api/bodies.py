@@ -35,12 +35,20 @@ BODY = "body"
 CONTROL_BODY = 16 * KiB
 #: JSON of one digest in a list, spaces and indentation included.
 DIGEST_JSON = 80
+#: JSON of one declared chunk (``{"digest": "<64 hex>", "size": 65536}``, 87 bytes
+#: compact), with room for spaces and indentation.
+DECLARED_CHUNK_JSON = 128
+#: Everything in an init body but its chunks (a 1,024-character filename escaped as
+#: JSON takes up to 12 KiB).
+INIT_ENVELOPE = 64 * KiB
 
 
 class Body(enum.Enum):
     CONTROL = "control"
-    #: ``POST /api/v1/upload/init``, which may declare the file's chunks.
+    #: ``POST /api/v1/upload/init``, which may declare a page of the file's chunks.
     INIT = "init"
+    #: ``POST /api/v1/upload/{upload_id}/chunk-list``: one page of declared chunks.
+    CHUNK_LIST = "chunk-list"
     #: ``POST /api/v1/chunks/missing``: at most ``MAX_DIGESTS`` digests.
     DIGESTS = "digests"
     #: The seed's JSON chunk: base64 of the largest chunk plus the envelope.
@@ -58,7 +66,9 @@ def body_limit(kind: Body, settings: Settings) -> int:
             return CONTROL_BODY
         case Body.DIGESTS:
             return MAX_DIGESTS * DIGEST_JSON + CONTROL_BODY
-        case Body.INIT | Body.JSON_CHUNK:
+        case Body.INIT | Body.CHUNK_LIST:
+            return settings.chunk_page_size * DECLARED_CHUNK_JSON + INIT_ENVELOPE
+        case Body.JSON_CHUNK:
             return 4 * math.ceil(settings.max_chunk_size / 3) + CONTROL_BODY
         case Body.RAW_CHUNK:
             return settings.max_chunk_size

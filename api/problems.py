@@ -27,6 +27,8 @@ STATUS_BY_ERROR: dict[type[errors.ChunkstoreError], int] = {
     errors.Unauthorized: 401,
     errors.UploadNotFound: 404,
     errors.ChunkConflict: 409,
+    errors.ChunkNotDeclared: 409,
+    errors.DeclarationConflict: 409,
     errors.UploadNotActive: 409,
     errors.UploadIncomplete: 409,
     errors.SessionExpired: 410,

@@ -18,6 +18,8 @@ from api.bodies import BODY, Body
 from api.schemas import (
     CancelBody,
     ChunkBody,
+    ChunkPage,
+    ChunkPageAnswer,
     DigestList,
     InitAnswer,
     InitBody,
@@ -74,6 +76,7 @@ def init_upload(request: AnyRequest, data: InitBody, service: UploadService) -> 
         chunk_size=data.chunk_size,
         total_chunks=data.total_chunks,
         chunks=chunks,
+        chunk_count=data.chunk_count,
     )
     state = service.init_upload(owner_of(request), init)
     assert state.expires_at is not None
@@ -92,6 +95,35 @@ def init_upload(request: AnyRequest, data: InitBody, service: UploadService) -> 
         needed_count=listing.needed_count,
         chunks_truncated=listing.chunks_truncated,
         next_from=listing.next_from,
+        declared_chunks=state.declared_chunks,
+        chunk_page_size=service.settings.chunk_page_size,
+        bytes_total=state.total_size,
+        bytes_received=state.bytes_received,
+        bytes_deduplicated=state.bytes_deduplicated,
+    )
+
+
+@post(
+    f"{UPLOAD}/{{upload_id:str}}/chunk-list",
+    status_code=200,
+    sync_to_thread=True,
+    opt={BODY: Body.CHUNK_LIST},
+)
+def declare_chunks(
+    request: AnyRequest, upload_id: str, data: ChunkPage, service: UploadService
+) -> ChunkPageAnswer:
+    """The next page of a manifest-mode session's chunk list (see ``chunk_count``)."""
+    page = [(chunk.digest, chunk.size) for chunk in data.chunks]
+    state, needed = service.declare_chunks(owner_of(request), upload_id, data.start, page)
+    return ChunkPageAnswer(
+        upload_id=state.upload_id,
+        status=state.status,
+        start=data.start,
+        declared_chunks=state.declared_chunks,
+        total_chunks=state.total_chunks,
+        needed_chunks=needed,
+        needed_count=state.needed_count,
+        chunk_page_size=service.settings.chunk_page_size,
         bytes_total=state.total_size,
         bytes_received=state.bytes_received,
         bytes_deduplicated=state.bytes_deduplicated,
@@ -211,6 +243,7 @@ ROUTES = [
     healthz,
     problem_type,
     init_upload,
+    declare_chunks,
     upload_chunk_json,
     upload_chunk_raw,
     upload_batch,

@@ -24,8 +24,12 @@ class InitBody(msgspec.Struct, forbid_unknown_fields=True):
     file_hash: str | None = None
     chunk_size: int | None = None
     total_chunks: int | None = None
-    #: Manifest mode: every chunk of the file, in order (cut by the client, e.g. FastCDC).
+    #: Manifest mode: every chunk of the file, in order (cut by the client, e.g. FastCDC);
+    #: with ``chunk_count``, the first page of them (at most ``chunk_page_size``).
     chunks: list[DeclaredChunk] | None = None
+    #: Manifest mode in pages: how many chunks the file has. The rest of the list is
+    #: declared with ``POST /api/v1/upload/{upload_id}/chunk-list``.
+    chunk_count: int | None = None
 
 
 class InitAnswer(msgspec.Struct):
@@ -45,6 +49,34 @@ class InitAnswer(msgspec.Struct):
     needed_count: int
     chunks_truncated: bool
     next_from: int | None
+    #: Chunks with a declared digest and size (manifest mode: the pages so far).
+    declared_chunks: int
+    #: Most chunks one request may declare.
+    chunk_page_size: int
+    bytes_total: int
+    bytes_received: int
+    bytes_deduplicated: int
+
+
+class ChunkPage(msgspec.Struct, forbid_unknown_fields=True):
+    """The next page of a session's chunk list: the chunks at indexes ``start`` on."""
+
+    start: int
+    chunks: list[DeclaredChunk]
+
+
+class ChunkPageAnswer(msgspec.Struct):
+    upload_id: str
+    status: str
+    start: int
+    declared_chunks: int
+    total_chunks: int
+    #: Indexes of this page still to send: one per digest neither you nor the session
+    #: has (at most one page).
+    needed_chunks: list[int]
+    #: Indexes still to send in the whole session.
+    needed_count: int
+    chunk_page_size: int
     bytes_total: int
     bytes_received: int
     bytes_deduplicated: int
@@ -111,6 +143,8 @@ class StatusAnswer(msgspec.Struct):
     needed_count: int
     chunks_truncated: bool
     next_from: int | None
+    #: Chunks with a declared digest and size (manifest mode: the pages so far).
+    declared_chunks: int
     bytes_total: int
     bytes_received: int
     bytes_deduplicated: int

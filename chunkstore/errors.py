@@ -78,6 +78,24 @@ class ChunkConflict(ChunkstoreError):
     title = "Chunk already stored with other bytes"
 
 
+class ChunkNotDeclared(ChunkstoreError):
+    """The session's chunk list is declared in pages and this index is not declared
+    yet (``declared_chunks`` are): declare its page first
+    (``POST /api/v1/upload/{upload_id}/chunk-list``), then send it."""
+
+    slug = "chunk-not-declared"
+    title = "Chunk not declared yet"
+
+
+class DeclarationConflict(ChunkstoreError):
+    """A page of the chunk list does not follow the pages declared so far (the next one
+    starts at ``declared_chunks``), repeats a declared page with other chunks, or the
+    session has no declared chunk list. Ask the status and declare from there."""
+
+    slug = "declaration-conflict"
+    title = "Page does not fit the declared chunk list"
+
+
 class UploadNotActive(ChunkstoreError):
     slug = "upload-not-active"
     title = "Upload no longer accepts this"

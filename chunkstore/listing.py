@@ -138,20 +138,16 @@ def missing_and_needed(
 ) -> tuple[list[int], list[int], int | None]:
     """Missing and needed indexes of ``missing_runs``, and where the lists stop being
     complete. Needed indexes are among the missing ones, so one walk gives both."""
-    if not state.chunk_list:
+    if state.mode != "manifest":
         missing, cut = first_indexes(missing_runs, limit)
-        needed = list(missing) if state.mode != "manifest" else []
-        return missing, needed, cut
+        return missing, list(missing), cut
     missing: list[int] = []
     needed: list[int] = []
-    declared, first_of = len(state.chunk_list), state.digest_indexes
     for first, last in missing_runs:
         for index in range(first, last + 1):
             if len(missing) == limit:
                 return missing, needed, index
             missing.append(index)
-            # Storing a digest stores every index declared with it, so a digest is
-            # needed exactly when its first index is missing.
-            if index < declared and first_of[state.chunk_list[index][0]][0] == index:
+            if state.is_needed(index):
                 needed.append(index)
     return missing, needed, None

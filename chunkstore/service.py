@@ -382,6 +382,8 @@ class UploadService:
     def init_upload(self, owner: str, request: commands.InitRequest) -> SessionState:
         upload_id = uuid.uuid4().hex
         now = self.clock()
+        # Bounded before the digests are looked up (decide_init checks it again).
+        check_count("chunks", len(request.chunks or ()), self.settings.chunk_page_size)
         known = (
             frozenset(self.held_digests(owner, [digest for digest, _ in request.chunks]))
             if request.chunks
@@ -401,6 +403,27 @@ class UploadService:
             new_events,
             lambda: self._check_open_sessions(owner, now),
         )
+
+    def declare_chunks(
+        self, owner: str, upload_id: str, start: int, page: Sequence[tuple[str, int]]
+    ) -> tuple[SessionState, list[int]]:
+        """Declare the page of a manifest-mode session's chunk list that starts at index
+        ``start`` (a repeat of a declared page is a success). Returns the state and the
+        page's indexes still to send: one per digest neither this owner nor the session
+        has (``needed_chunks`` semantics)."""
+        check_count("chunks", len(page), self.settings.chunk_page_size)
+        self.get(owner, upload_id)  # another owner's upload: 404 before any lookup
+        page = [(digest.lower(), size) for digest, size in page]
+        known = frozenset(self.held_digests(owner, [digest for digest, _ in page]))
+        state = self._decide_and_append(
+            owner,
+            upload_id,
+            lambda current: commands.decide_declare(
+                current, start, page, self.settings, self.clock(), known
+            ),
+        )
+        end = min(start + len(page), state.declared_chunks)
+        return state, [index for index in range(start, end) if state.is_needed(index)]
 
     def _check_open_sessions(self, owner: str, now: datetime) -> None:
         """decide_init counted already; counting again under the write lock is what
@@ -746,6 +769,7 @@ def state_summary(state: SessionState, now: datetime, start: int = 0) -> dict[st
         "chunk_size": state.chunk_size,
         "total_chunks": state.total_chunks,
         **msgspec.structs.asdict(listing),
+        "declared_chunks": state.declared_chunks,
         "bytes_total": state.total_size,
         "bytes_received": state.bytes_received,
         "bytes_deduplicated": state.bytes_deduplicated,

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from chunkstore.events import (
+    ChunksDeclared,
     ChunkStored,
     Event,
     ManifestWritten,
@@ -53,8 +54,11 @@ class SessionState:
     mode: str = "fixed"
     created_at: datetime | None = None
     expires_at: datetime | None = None
-    #: For mode "manifest": the declared (digest, size) of every index.
+    #: For mode "manifest": the declared (digest, size) of every index declared so far
+    #: (the list may be declared in pages: ``ChunksDeclared``).
     chunk_list: tuple[tuple[str, int], ...] = ()
+    #: For mode "manifest": the sum of the declared sizes.
+    declared_size: int = 0
     #: For mode "manifest": digest -> every index that has it (derived from chunk_list).
     digest_indexes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
     #: index -> (digest, size) of every chunk stored so far.
@@ -108,6 +112,11 @@ class SessionState:
         even before ``gc`` records ``UploadExpired``."""
         return EXPIRED if self.is_expired(now) else self.status
 
+    @property
+    def declared_chunks(self) -> int:
+        """How many indexes have a declared digest and size (all but in manifest mode)."""
+        return len(self.chunk_list) if self.mode == "manifest" else self.total_chunks
+
     def expected_size(self, index: int) -> int:
         """The exact size chunk ``index`` must have."""
         if self.mode == "manifest":
@@ -148,11 +157,25 @@ class SessionState:
         seen: set[str] = set()
         needed = []
         for index in self.missing_chunks:
+            if index >= len(self.chunk_list):
+                break  # not declared yet, so not sendable yet
             digest = self.chunk_list[index][0]
             if digest not in seen:
                 seen.add(digest)
                 needed.append(index)
         return needed
+
+    def is_needed(self, index: int) -> bool:
+        """Whether a client must still send ``index``: missing and, in manifest mode,
+        declared and the first index of its digest (storing a digest stores every
+        index declared with it, so a digest is needed exactly when its first index is)."""
+        if index in self.chunks:
+            return False
+        if self.mode != "manifest":
+            return 0 <= index < self.total_chunks
+        if not 0 <= index < len(self.chunk_list):
+            return False
+        return self.digest_indexes[self.chunk_list[index][0]][0] == index
 
     def indexes_of(self, digest: str) -> tuple[int, ...]:
         return self.digest_indexes.get(digest, ())
@@ -206,10 +229,14 @@ class _Fold:
                     expires_at=event.expires_at,
                     chunk_list=tuple((digest, size) for digest, size in event.chunk_list or ()),
                 )
-                indexes: dict[str, list[int]] = {}
-                for index, (digest, _) in enumerate(v["chunk_list"]):
-                    indexes.setdefault(digest, []).append(index)
-                v["digest_indexes"] = {digest: tuple(found) for digest, found in indexes.items()}
+                v["declared_size"] = sum(size for _, size in v["chunk_list"])
+                v["digest_indexes"] = _digest_indexes({}, v["chunk_list"], 0)
+            case ChunksDeclared(start=start, chunk_list=page):
+                # Only the next page is ever recorded (start == the number declared).
+                v["chunk_list"] = (*v["chunk_list"], *((digest, size) for digest, size in page))
+                v["declared_size"] += sum(size for _, size in page)
+                v["chunk_size"] = max([v["chunk_size"], *(size for _, size in page)])
+                v["digest_indexes"] = _digest_indexes(v["digest_indexes"], page, start)
             case ChunkStored(index=index, digest=digest, size=size, reused=reused):
                 # An index is stored once (decide_* never repeats one); the bytes count
                 # as sent or as deduplicated depending on whether they travelled.
@@ -260,6 +287,19 @@ class _Fold:
 
     def result(self) -> SessionState:
         return SessionState(**{**self.values, "chunks": self.chunks, "stored_map": self.stored_map})
+
+
+def _digest_indexes(
+    known: Mapping[str, tuple[int, ...]], page: Iterable[tuple[str, int]], start: int
+) -> dict[str, tuple[int, ...]]:
+    """``known`` (digest -> indexes) with the page declared at ``start`` added."""
+    added: dict[str, list[int]] = {}
+    for index, (digest, _) in enumerate(page, start):
+        added.setdefault(digest, []).append(index)
+    merged = dict(known)
+    for digest, found in added.items():
+        merged[digest] = (*merged.get(digest, ()), *found)
+    return merged
 
 
 def replay(events: Iterable[Event], state: SessionState | None = None) -> SessionState:

@@ -189,6 +189,8 @@ def problem_of(answer: bytes) -> tuple[int, dict[str, object]]:
         (f"{UPLOAD}/cancel", 16 * KiB),
         ("/api/v1/chunks/missing", 10_000 * 80 + 16 * KiB),
         (f"{UPLOAD}/chunk", 4 * ((64 * MiB + 2) // 3) + 16 * KiB),
+        (f"{UPLOAD}/init", 10_000 * 128 + 64 * KiB),
+        (f"{UPLOAD}/{'0' * 32}/chunk-list", 10_000 * 128 + 64 * KiB),
     ],
 )
 def test_a_body_over_the_routes_limit_is_refused_with_413_before_it_is_read(
