@@ -73,7 +73,7 @@ class InitRequest(msgspec.Struct, frozen=True, kw_only=True):
     chunk_count: int | None = None
 
 
-#: Most chunks one session may have (status answers list them).
+#: Most chunks one session may have.
 MAX_CHUNKS = 4_000_000
 _BLAKE3_HEX = re.compile(r"[0-9a-f]{64}")
 
