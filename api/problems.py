@@ -6,6 +6,7 @@ Each library exception class maps to one status code; its ``slug`` makes the sta
 
 from __future__ import annotations
 
+import itertools
 import logging
 from typing import Any
 
@@ -72,9 +73,9 @@ def bounded(value: Any, depth: int = 0) -> Any:
     if value is None or isinstance(value, bool | int | float):
         return value
     if depth >= MAX_DEPTH:
-        return shorten(repr(value), MAX_TEXT)
+        return f"<{type(value).__name__} nested too deeply to show>"
     if isinstance(value, dict):
-        items = list(value.items())[:MAX_ITEMS]
+        items = itertools.islice(value.items(), MAX_ITEMS)
         return {shorten(key, MAX_TEXT): bounded(item, depth + 1) for key, item in items}
     if isinstance(value, list | tuple):
         return [bounded(item, depth + 1) for item in value[: _items_kept(value)]]
@@ -155,9 +156,10 @@ def http_error(request: Request[Any, Any, Any], error: Exception) -> Response[by
     slug, title = _HTTP_SLUGS.get(status, (f"http-{status}", "Request failed"))
     detail = str(error.detail) if error.detail else title
     extensions: dict[str, Any] = {}
-    if status == 413:
+    handler = request.scope.get("route_handler")
+    if status == 413 and handler is not None:
         # Litestar's own refusal of a body over the route's request_max_body_size.
-        limit = request.route_handler.resolve_request_max_body_size()
+        limit = handler.resolve_request_max_body_size()
         detail = f"the request body exceeds this route's limit of {limit} bytes"
         extensions["limit"] = limit
     if isinstance(error, ValidationException) and error.extra:

@@ -106,9 +106,10 @@ def decide_init(
         total_chunks = len(chunk_list) if request.chunk_count is None else request.chunk_count
         if total_chunks > MAX_CHUNKS:
             raise TooLarge(f"at most {MAX_CHUNKS} chunks may be declared", limit=MAX_CHUNKS)
-        if total_chunks < len(chunk_list):
+        if total_chunks < len(chunk_list) or total_chunks < 0:
             raise InvalidRequest(
-                f"chunk_count is {total_chunks}, fewer than the {len(chunk_list)} chunks sent"
+                f"chunk_count is {total_chunks}; it must be at least the {len(chunk_list)}"
+                " chunks of this request"
             )
         _check_declared_sizes(
             request.total_size,
@@ -241,6 +242,8 @@ def decide_declare(
             " at a fixed size",
             declared_chunks=declared,
         )
+    if start < 0:
+        raise InvalidRequest("start must not be negative")
     chunk_list = _checked_page(page, start, settings)
     end = start + len(chunk_list)
     if start < declared:

@@ -321,3 +321,16 @@ def test_a_page_on_a_fixed_size_session_is_a_conflict() -> None:
 
     with pytest.raises(DeclarationConflict):
         decide_declare(state, 2, [], Settings(), NOW)
+
+
+def test_a_negative_start_or_chunk_count_is_refused(paged: Server) -> None:
+    pieces = pieces_of(6)
+    with paged.client() as client:
+        upload_id = start(client, pieces)["upload_id"]
+        negative_count = client.post(
+            f"{UPLOAD}/init",
+            json={"filename": "a", "total_size": 0, "chunk_count": -1, "chunks": []},
+        )
+
+        assert_problem(declare(client, upload_id, -2, []), 400, "invalid-request")
+        assert_problem(negative_count, 400, "invalid-request")
