@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 from typing import Any
 
 from litestar import Litestar, Router
@@ -21,6 +20,7 @@ from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 
 import chunkstore
+from api.bodies import CONTROL_BODY, BodyRequest, with_body_limits
 from api.contract import StrictStructSchemaPlugin, describe_api
 from api.docs import DOC_ROUTES
 from api.downloads import delete_file, download_file
@@ -31,7 +31,7 @@ from api.routes import ROUTES
 from api.routing import options_handler
 from api.tus import TusController, tus_middleware
 from chunkstore.auth import TokenStore
-from chunkstore.config import MiB, Settings
+from chunkstore.config import Settings
 from chunkstore.errors import Unauthorized
 from chunkstore.gc import collect
 from chunkstore.service import UploadService
@@ -128,7 +128,13 @@ def create_app(settings: Settings | None = None) -> Litestar:
         ],
     )
     app = Litestar(
-        route_handlers=[*ROUTES, files_router, metrics_endpoint, TusController, *DOC_ROUTES],
+        route_handlers=[
+            *with_body_limits(ROUTES, settings),
+            files_router,
+            metrics_endpoint,
+            TusController,
+            *DOC_ROUTES,
+        ],
         dependencies={
             "service": Provide(lambda: service, sync_to_thread=False, use_cache=True),
             "tus_uploads": Provide(lambda: tus_uploads, sync_to_thread=False, use_cache=True),
@@ -143,10 +149,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
         ],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         plugins=[StrictStructSchemaPlugin()],
+        request_class=BodyRequest,
         on_startup=[sweep_temp_files, background.start],
         on_shutdown=[background.stop, service.close],
-        # The JSON form of the largest chunk is base64 (4/3) plus a little envelope.
-        request_max_body_size=math.ceil(settings.max_chunk_size * 4 / 3) + MiB,
+        # Routes that take a larger body say so (api/bodies.py); tus bounds its own.
+        request_max_body_size=CONTROL_BODY,
         openapi_config=OpenAPIConfig(
             title="chunkstore",
             version=chunkstore.__version__,

@@ -48,6 +48,7 @@ from litestar.routes import HTTPRoute
 from litestar.typing import FieldDefinition
 
 from api import problems
+from api.bodies import BODY, BodyKind
 from api.problems import PROBLEM_MEDIA_TYPE, ProblemType
 from chunkstore.config import Settings
 
@@ -168,15 +169,21 @@ def contract(
     answers: Sequence[Answer] = (),
     always: Sequence[Header] = (),
     follows: Sequence[Follow] = (),
-) -> dict[str, Contract]:
+    limit: BodyKind | None = None,
+) -> dict[str, Any]:
     """``opt=`` for a route decorator: what the route raises, reads and answers beyond
     what its signature says. ``raises`` holds library error classes (see
-    ``problems.STATUS_BY_ERROR``) or statuses of framework errors (404, 405, 413...)."""
-    return {
+    ``problems.STATUS_BY_ERROR``) or statuses of framework errors (404, 405, 413...).
+    ``limit``: the kind of body the route takes, which sets its body limit
+    (``api/bodies.py``; the control limit when not named)."""
+    opt: dict[str, Any] = {
         "contract": Contract(
             tuple(raises), body, tuple(headers), tuple(answers), tuple(always), tuple(follows)
         )
     }
+    if limit is not None:
+        opt[BODY] = limit
+    return opt
 
 
 def describe_api(app: Litestar, settings: Settings) -> None:

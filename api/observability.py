@@ -20,6 +20,8 @@ from typing import Any
 
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
+from chunkstore.bounds import shorten
+
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "request_id", default=None
 )
@@ -113,7 +115,8 @@ def request_id_middleware(app: ASGIApp) -> ASGIApp:
                 "request",
                 extra={
                     "method": scope["method"],
-                    "path": scope["path"],
+                    # A path can carry a long made-up id; the log keeps its start.
+                    "path": shorten(scope["path"], 256),
                     "status": status,
                     "duration_ms": round((time.perf_counter() - started) * 1000, 2),
                     "bytes_sent": sent,

@@ -14,6 +14,7 @@ the class docstring as documentation, headers), and that one registry serves:
 from __future__ import annotations
 
 import inspect
+import itertools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
 from chunkstore import errors, files, tus
+from chunkstore.bounds import MAX_LISTED_INDEXES, shorten
 
 log = logging.getLogger("chunkstore.api")
 
@@ -39,9 +41,12 @@ STATUS_BY_ERROR: dict[type[errors.ChunkstoreError], int] = {
     errors.ChunkSizeMismatch: 400,
     errors.ChunkIndexOutOfRange: 400,
     errors.IncompleteBody: 400,
+    errors.FieldTooLong: 400,
     errors.Unauthorized: 401,
     errors.UploadNotFound: 404,
     errors.ChunkConflict: 409,
+    errors.ChunkNotDeclared: 409,
+    errors.DeclarationConflict: 409,
     errors.UploadNotActive: 409,
     errors.UploadIncomplete: 409,
     errors.WrongUploadProtocol: 409,
@@ -51,6 +56,7 @@ STATUS_BY_ERROR: dict[type[errors.ChunkstoreError], int] = {
     errors.TooLarge: 413,
     errors.QuotaExceeded: 413,
     errors.ChunkTooLarge: 413,
+    errors.ListTooLong: 413,
     errors.UnsupportedMediaType: 415,
     errors.RangeNotSatisfiable: 416,
     errors.ValidationFailed: 422,
@@ -249,6 +255,54 @@ def describe(slug: str) -> dict[str, Any] | None:
     return kind.page() if kind is not None else None
 
 
+#: The guard on every problem body, whatever raised it: a message or an extension can
+#: carry a client value (a 20 MB upload id once came back as a 40 MB body).
+MAX_DETAIL = 1024
+MAX_INSTANCE = 256
+MAX_TEXT = 256
+#: Lists of numbers (chunk indexes) keep as many items as an answer's index lists.
+MAX_NUMBERS = MAX_LISTED_INDEXES
+MAX_ITEMS = 100
+MAX_DEPTH = 4
+
+
+def bounded(value: Any, depth: int = 0) -> Any:
+    """``value`` with every string, list and nesting level cut to the guard's bounds."""
+    if isinstance(value, str):
+        return shorten(value, MAX_TEXT)
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if depth >= MAX_DEPTH:
+        return f"<{type(value).__name__} nested too deeply to show>"
+    if isinstance(value, dict):
+        items = itertools.islice(value.items(), MAX_ITEMS)
+        return {shorten(key, MAX_TEXT): bounded(item, depth + 1) for key, item in items}
+    if isinstance(value, list | tuple):
+        return [bounded(item, depth + 1) for item in value[: _items_kept(value)]]
+    return shorten(str(value), MAX_TEXT)
+
+
+def _items_kept(values: list[Any] | tuple[Any, ...]) -> int:
+    numbers = all(isinstance(item, int | float) for item in values[: MAX_NUMBERS + 1])
+    return MAX_NUMBERS if numbers else MAX_ITEMS
+
+
+def bounded_extensions(extensions: dict[str, Any]) -> dict[str, Any]:
+    """Extensions under the guard; a list that was cut gets ``<name>_count`` beside it."""
+    kept: dict[str, Any] = {}
+    for key, value in extensions.items():
+        kept[key] = bounded(value)
+        if isinstance(value, list | tuple) and len(kept[key]) < len(value):
+            kept.setdefault(f"{key}_count", len(value))
+    return kept
+
+
+def instance_of(request: Request[Any, Any, Any]) -> str:
+    """The request path as the problem's ``instance``, cut (it may carry a long id)."""
+    path = request.scope.get("path", "")
+    return path if len(path) <= MAX_INSTANCE else f"{path[:MAX_INSTANCE]}..."
+
+
 def problem(
     request: Request[Any, Any, Any],
     status: int,
@@ -262,13 +316,13 @@ def problem(
         "type": f"/problems/{slug}",
         "title": title,
         "status": status,
-        "detail": detail,
-        "instance": request.url.path,
+        "detail": shorten(detail, MAX_DETAIL),
+        "instance": instance_of(request),
     }
     request_id = request.scope.get("state", {}).get("request_id")
     if request_id:
         body["request_id"] = request_id
-    for key, value in (extensions or {}).items():
+    for key, value in bounded_extensions(extensions or {}).items():
         body.setdefault(key, value)
     return Response(
         content=msgspec.json.encode(body),
@@ -310,6 +364,12 @@ def http_error(request: Request[Any, Any, Any], error: Exception) -> Response[by
     kind = framework_problem_type(error.status_code)
     detail = str(error.detail) if error.detail else kind.title
     extensions: dict[str, Any] = {}
+    handler = request.scope.get("route_handler")
+    if error.status_code == 413 and handler is not None:
+        # Litestar's own refusal of a body over the route's request_max_body_size.
+        limit = handler.resolve_request_max_body_size()
+        detail = f"the request body exceeds this route's limit of {limit} bytes"
+        extensions["limit"] = limit
     if isinstance(error, ValidationException) and error.extra:
         extensions["errors"] = error.extra
     if kind.status >= 500:

@@ -9,43 +9,58 @@ from typing import Any
 
 from litestar import Request, get, post, put
 from litestar.exceptions import InternalServerException
+from litestar.exceptions.http_exceptions import RequestEntityTooLarge
+from litestar.params import QueryParameter
 
 from api import problems
+from api.bodies import BodyKind
 from api.contract import Body, Follow, Header, contract
 from api.schemas import (
     CancelBody,
     ChunkBody,
+    ChunkPage,
+    ChunkPageAnswer,
     DigestList,
     InitAnswer,
     InitBody,
     MissingDigests,
     QuotaAnswer,
     StatusAnswer,
+    StatusProgress,
     UploadRef,
 )
+from chunkstore.bounds import quote
 from chunkstore.commands import InitRequest
 from chunkstore.errors import (
     ChecksumMismatch,
     ChunkConflict,
     ChunkIndexOutOfRange,
+    ChunkNotDeclared,
     ChunkSizeMismatch,
     ChunkSwept,
     ChunkTooLarge,
     ConcurrencyConflict,
     CorruptBlob,
+    DeclarationConflict,
     DisallowedType,
+    FieldTooLong,
     IncompleteBody,
     InvalidFilename,
     InvalidRequest,
+    ListTooLong,
+    NotAChunkUpload,
+    QuotaExceeded,
     SessionExpired,
     TooLarge,
     TooManySessions,
     UnsupportedMediaType,
     UploadIncomplete,
+    UploadLocked,
     UploadNotActive,
     UploadNotFound,
     ValidationFailed,
 )
+from chunkstore.listing import list_chunks
 from chunkstore.service import (
     BatchReceipt,
     Checksum,
@@ -54,6 +69,7 @@ from chunkstore.service import (
     UploadService,
     state_summary,
 )
+from chunkstore.session import SessionState
 
 AnyRequest = Request[Any, Any, Any]
 UPLOAD = "/api/v1/upload"
@@ -79,6 +95,8 @@ CHUNK_ERRORS = (
     SessionExpired,
     ConcurrencyConflict,
     ChunkSwept,
+    NotAChunkUpload,
+    ChunkNotDeclared,
 )
 
 
@@ -99,7 +117,7 @@ def problem_type(slug: str) -> dict[str, Any]:
     if description is None:
         from litestar.exceptions import NotFoundException
 
-        raise NotFoundException(f"no problem type {slug!r}")
+        raise NotFoundException(f"no problem type {quote(slug)}")
     return description
 
 
@@ -111,7 +129,10 @@ def problem_type(slug: str) -> dict[str, Any]:
         InvalidRequest,
         InvalidFilename,
         DisallowedType,
+        FieldTooLong,
+        ListTooLong,
         TooLarge,
+        QuotaExceeded,
         TooManySessions,
         ChunkSwept,
         follows=[
@@ -126,6 +147,7 @@ def problem_type(slug: str) -> dict[str, Any]:
             Follow("complete", "POST", f"{UPLOAD}/complete", body={"upload_id": NEW_ID}),
             Follow("cancel", "POST", f"{UPLOAD}/cancel", body={"upload_id": NEW_ID}),
         ],
+        limit=BodyKind.INIT,
     ),
 )
 def init_upload(request: AnyRequest, data: InitBody, service: UploadService) -> InitAnswer:
@@ -139,9 +161,11 @@ def init_upload(request: AnyRequest, data: InitBody, service: UploadService) -> 
         chunk_size=data.chunk_size,
         total_chunks=data.total_chunks,
         chunks=chunks,
+        chunk_count=data.chunk_count,
     )
     state = service.init_upload(owner_of(request), init)
     assert state.expires_at is not None
+    listing = list_chunks(state)
     return InitAnswer(
         upload_id=state.upload_id,
         status=state.status,
@@ -150,15 +174,64 @@ def init_upload(request: AnyRequest, data: InitBody, service: UploadService) -> 
         chunk_size=state.chunk_size,
         total_chunks=state.total_chunks,
         expires_at=state.expires_at,
-        missing_chunks=state.missing_chunks,
-        needed_chunks=state.needed_chunks,
+        missing_chunks=listing.missing_chunks,
+        needed_chunks=listing.needed_chunks,
+        missing_count=listing.missing_count,
+        needed_count=listing.needed_count,
+        chunks_truncated=listing.chunks_truncated,
+        next_from=listing.next_from,
+        declared_chunks=state.declared_chunks,
+        chunk_page_size=service.settings.chunk_page_size,
         bytes_total=state.total_size,
         bytes_received=state.bytes_received,
         bytes_deduplicated=state.bytes_deduplicated,
     )
 
 
-@post(f"{UPLOAD}/chunk", status_code=200, sync_to_thread=True, opt=contract(*CHUNK_ERRORS))
+@post(
+    f"{UPLOAD}/{{upload_id:str}}/chunk-list",
+    status_code=200,
+    sync_to_thread=True,
+    opt=contract(
+        InvalidRequest,
+        UploadNotFound,
+        UploadNotActive,
+        SessionExpired,
+        DeclarationConflict,
+        ListTooLong,
+        TooLarge,
+        ConcurrencyConflict,
+        ChunkSwept,
+        limit=BodyKind.CHUNK_LIST,
+    ),
+)
+def declare_chunks(
+    request: AnyRequest, upload_id: str, data: ChunkPage, service: UploadService
+) -> ChunkPageAnswer:
+    """The next page of a manifest-mode session's chunk list (see ``chunk_count``)."""
+    page = [(chunk.digest, chunk.size) for chunk in data.chunks]
+    state, needed = service.declare_chunks(owner_of(request), upload_id, data.start, page)
+    return ChunkPageAnswer(
+        upload_id=state.upload_id,
+        status=state.status,
+        start=data.start,
+        declared_chunks=state.declared_chunks,
+        total_chunks=state.total_chunks,
+        needed_chunks=needed,
+        needed_count=state.needed_count,
+        chunk_page_size=service.settings.chunk_page_size,
+        bytes_total=state.total_size,
+        bytes_received=state.bytes_received,
+        bytes_deduplicated=state.bytes_deduplicated,
+    )
+
+
+@post(
+    f"{UPLOAD}/chunk",
+    status_code=200,
+    sync_to_thread=True,
+    opt=contract(*CHUNK_ERRORS, TooLarge, limit=BodyKind.JSON_CHUNK),
+)
 def upload_chunk_json(request: AnyRequest, data: ChunkBody, service: UploadService) -> ChunkReceipt:
     """The seed's transport: base64 bytes in JSON with a SHA-256 checksum."""
     try:
@@ -183,6 +256,7 @@ def upload_chunk_json(request: AnyRequest, data: ChunkBody, service: UploadServi
         IncompleteBody,
         body=Body("application/octet-stream", "The chunk's bytes."),
         headers=[CHUNK_CHECKSUM],
+        limit=BodyKind.RAW_CHUNK,
     ),
 )
 async def upload_chunk_raw(
@@ -209,6 +283,7 @@ async def upload_chunk_raw(
             BATCH_MEDIA_TYPE,
             "Frames of a 4-byte big-endian index, a 4-byte big-endian length, then the bytes.",
         ),
+        limit=BodyKind.BATCH,
     ),
 )
 async def upload_batch(request: AnyRequest, upload_id: str, service: UploadService) -> BatchReceipt:
@@ -223,7 +298,7 @@ async def upload_batch(request: AnyRequest, upload_id: str, service: UploadServi
     "/api/v1/chunks/missing",
     status_code=200,
     sync_to_thread=True,
-    opt=contract(InvalidRequest, TooLarge),
+    opt=contract(InvalidRequest, ListTooLong, TooLarge, limit=BodyKind.DIGESTS),
 )
 def missing_chunks(request: AnyRequest, data: DigestList, service: UploadService) -> MissingDigests:
     """Which of these digests the caller would have to send (its own chunks only)."""
@@ -242,12 +317,19 @@ def content_length(request: AnyRequest) -> int | None:
 
 
 async def body_of(request: AnyRequest) -> AsyncIterator[bytes]:
-    """The request body; a client that goes away midway is a 400, not a server error."""
+    """The request body; a client that goes away midway is a 400, not a server error,
+    and a body cut off at the route's limit is the library's own TooLarge, so that a
+    batch keeps its whole frames as it does at its own limit."""
     try:
         async for piece in request.stream():
             yield piece
     except InternalServerException as error:
         raise IncompleteBody("the request body ended before it was complete") from error
+    except RequestEntityTooLarge:
+        limit = request.route_handler.resolve_request_max_body_size()
+        raise TooLarge(
+            f"the request body exceeds this route's {limit} bytes", limit=limit
+        ) from None
 
 
 @post(
@@ -258,11 +340,13 @@ async def body_of(request: AnyRequest) -> AsyncIterator[bytes]:
         UploadNotFound,
         UploadIncomplete,
         UploadNotActive,
+        UploadLocked,
         SessionExpired,
         ValidationFailed,
         CorruptBlob,
         ConcurrencyConflict,
         TooLarge,
+        limit=BodyKind.CONTROL,
     ),
 )
 def complete_upload(request: AnyRequest, data: UploadRef, service: UploadService) -> Completion:
@@ -274,30 +358,51 @@ def complete_upload(request: AnyRequest, data: UploadRef, service: UploadService
     f"{UPLOAD}/cancel",
     status_code=200,
     sync_to_thread=True,
-    opt=contract(UploadNotFound, UploadNotActive, ConcurrencyConflict, TooLarge),
+    opt=contract(
+        UploadNotFound,
+        UploadNotActive,
+        UploadLocked,
+        FieldTooLong,
+        ConcurrencyConflict,
+        TooLarge,
+        limit=BodyKind.CONTROL,
+    ),
 )
 def cancel_upload(request: AnyRequest, data: CancelBody, service: UploadService) -> StatusAnswer:
     """Cancel an upload that is not completed."""
     state = service.cancel_upload(owner_of(request), data.upload_id, data.reason)
-    return StatusAnswer(**state_summary(state, service.clock()), quota=quota_of(request, service))
+    return status_answer(request, service, state)
 
 
 @get(f"{UPLOAD}/status/{{upload_id:str}}", sync_to_thread=True, opt=contract(UploadNotFound))
-def upload_status(request: AnyRequest, upload_id: str, service: UploadService) -> StatusAnswer:
-    """An upload's status, progress and expiry."""
+def upload_status(
+    request: AnyRequest,
+    upload_id: str,
+    service: UploadService,
+    start: int = QueryParameter(name="from", default=0, ge=0),
+) -> StatusAnswer:
+    """An upload's status, progress and expiry; chunk lists and ranges start at
+    ``?from=INDEX`` (see ``next_from``)."""
     state = service.status(owner_of(request), upload_id)
-    return StatusAnswer(**state_summary(state, service.clock()), quota=quota_of(request, service))
+    return status_answer(request, service, state, start)
 
 
-def quota_of(request: AnyRequest, service: UploadService) -> QuotaAnswer:
+def status_answer(
+    request: AnyRequest, service: UploadService, state: SessionState, start: int = 0
+) -> StatusAnswer:
+    summary = state_summary(state, service.clock(), start)
     used, limit = service.quota_usage(owner_of(request))
-    return QuotaAnswer(used=used, limit=limit)
+    return StatusAnswer(
+        **{**summary, "progress": StatusProgress(**summary["progress"])},
+        quota=QuotaAnswer(used=used, limit=limit),
+    )
 
 
 ROUTES = [
     healthz,
     problem_type,
     init_upload,
+    declare_chunks,
     upload_chunk_json,
     upload_chunk_raw,
     upload_batch,

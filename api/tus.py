@@ -25,6 +25,7 @@ from api.contract import Answer, Body, Header, contract
 from api.observability import has_body
 from api.routing import allowed_methods
 from chunkstore import tus
+from chunkstore.bounds import quote
 from chunkstore.config import Settings
 from chunkstore.errors import (
     ChunkstoreError,
@@ -143,7 +144,8 @@ def check_version(request: AnyRequest) -> None:
     version = request.headers.get("tus-resumable")
     if version != TUS_VERSION:
         raise tus.UnsupportedTusVersion(
-            f"Tus-Resumable must be {TUS_VERSION}, not {version!r}", supported=TUS_VERSION
+            f"Tus-Resumable must be {TUS_VERSION}, not {quote(version) if version else 'absent'}",
+            supported=TUS_VERSION,
         )
 
 

@@ -183,10 +183,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(status)
         return 0
-    received, total = len(status.get("received_chunks", [])), status.get("total_chunks", 0)
+    received, total = status.get("received_count", 0), status.get("total_chunks", 0)
     lines = [
         f"upload id {status['upload_id']}",
-        f"status    {status['status']} ({status.get('progress', 0):.1f}%,"
+        f"status    {status['status']} ({status.get('percentage', 0):.1f}%,"
         f" {received}/{total} chunks)",
         f"file      {status.get('filename')} ({human_bytes(status.get('total_size', 0))})",
         f"received  {human_bytes(status.get('bytes_received', 0))},"

@@ -47,6 +47,9 @@ BATCH_MEDIA_TYPE = "application/vnd.chunkstore.batch"
 #: one round trip) vanish, small enough that a failed request wastes little.
 BATCH_BYTES = 8 * MiB
 FRAME_HEADER = struct.Struct(">II")
+#: Chunks declared per request (init, then pages of the chunk list); a server that
+#: takes fewer says so (``chunk_page_size``) and is then sent pages of its size.
+CHUNK_PAGE = 10_000
 #: Statuses of a remembered upload that can take no more chunks: start a new one.
 DEAD_STATUSES = frozenset({"expired", "cancelled", "failed", "deleted"})
 #: Statuses in which the chunks are all there and only completion is left.
@@ -230,8 +233,23 @@ class ServerApi:
         )
         return answer
 
-    def status(self, upload_id: str) -> dict[str, Any]:
-        answer: dict[str, Any] = self.request("GET", f"{API}/upload/status/{upload_id}")
+    def declare(self, upload_id: str, start: int, chunks: Sequence[ChunkInfo]) -> dict[str, Any]:
+        """Declare the page of the chunk list that starts at index ``start``."""
+        body = {"start": start, "chunks": declared(chunks)}
+        answer: dict[str, Any] = self.request(
+            "POST",
+            f"{API}/upload/{upload_id}/chunk-list",
+            content=msgspec.json.encode(body),
+            headers={"Content-Type": "application/json"},
+        )
+        return answer
+
+    def status(self, upload_id: str, start: int = 0) -> dict[str, Any]:
+        """The status answer; its chunk lists start at index ``start``."""
+        params = {"from": start} if start else None
+        answer: dict[str, Any] = self.request(
+            "GET", f"{API}/upload/status/{upload_id}", params=params
+        )
         return answer
 
     def send_batch(self, upload_id: str, body: Iterable[bytes], length: int) -> dict[str, Any]:
@@ -255,10 +273,17 @@ class ServerApi:
         return answer
 
 
-def fetch_status(api: ServerApi, policy: RetryPolicy, upload_id: str) -> dict[str, Any]:
+def declared(chunks: Sequence[ChunkInfo]) -> list[dict[str, Any]]:
+    """Chunks as a request declares them."""
+    return [{"digest": chunk.digest, "size": chunk.size} for chunk in chunks]
+
+
+def fetch_status(
+    api: ServerApi, policy: RetryPolicy, upload_id: str, start: int = 0
+) -> dict[str, Any]:
     """An upload's status, retried: it is asked right after failures, when the network
     is most likely still misbehaving."""
-    return with_retries(policy, "asking the upload status", lambda: api.status(upload_id))
+    return with_retries(policy, "asking the upload status", lambda: api.status(upload_id, start))
 
 
 # -- scanning the file -------------------------------------------------------------------
@@ -550,9 +575,14 @@ class Transfer:
         )
 
     def still_missing(self, api: ServerApi, indexes: list[int]) -> list[int]:
-        status = fetch_status(api, self.policy, self.upload_id)
+        """Which of ``indexes`` the server still misses. The status lists are complete
+        only up to its ``next_from``; indexes past it are sent again (harmless)."""
+        status = fetch_status(api, self.policy, self.upload_id, min(indexes))
         missing = set(status["missing_chunks"])
-        return [index for index in indexes if index in missing]
+        cut = status.get("next_from")
+        return [
+            index for index in indexes if index in missing or (cut is not None and index >= cut)
+        ]
 
     def body_length(self, indexes: list[int]) -> int:
         return sum(FRAME_HEADER.size + self.chunks[index].size for index in indexes)
@@ -702,17 +732,26 @@ class UploadClient:
     def start(
         self, api: ServerApi, key: StateKey, scan: FileScan, mime_type: str
     ) -> tuple[str, dict[str, Any]]:
-        """A new upload session, remembered before any chunk is sent."""
+        """A new upload session, remembered before any chunk is sent. Its chunk list
+        goes in the init request if it fits one page; the rest is declared in pages."""
         body = {
             "filename": scan.path.name,
             "total_size": scan.size,
             "mime_type": mime_type,
             "file_hash": scan.sha256,
-            "chunks": [{"digest": chunk.digest, "size": chunk.size} for chunk in scan.chunks],
+            "chunk_count": len(scan.chunks),
+            "chunks": declared(scan.chunks[:CHUNK_PAGE]),
         }
         # A retried init whose first answer was lost leaves one unused session behind;
         # it expires on its own.
-        answer = with_retries(self.retry, "starting the upload", lambda: api.init(body))
+        try:
+            answer = with_retries(self.retry, "starting the upload", lambda: api.init(body))
+        except ServerError as error:
+            if error.status != 413 or not body["chunks"]:
+                raise
+            # The server takes smaller pages: start with none, its answer says its size.
+            body["chunks"] = []
+            answer = with_retries(self.retry, "starting the upload", lambda: api.init(body))
         upload_id = str(answer["upload_id"])
         try:
             self.states.save(UploadState(key, upload_id, scan.sha256))
@@ -736,7 +775,8 @@ class UploadClient:
         transfer = Transfer(upload_id, scan, reader, counter, self.retry, self.open_api)
         for _ in range(COMPLETION_ROUNDS):
             if answer.get("status", "active") not in COMPLETING_STATUSES:
-                self.send(transfer, indexes_to_send(answer, scan.chunks), scan)
+                answer = self.declare_rest(api, upload_id, answer, scan.chunks)
+                self.send(transfer, self.needed(api, upload_id, answer, scan.chunks), scan)
             try:
                 completion: dict[str, Any] = with_retries(
                     self.retry, "completing the upload", lambda: api.complete(upload_id)
@@ -749,6 +789,40 @@ class UploadClient:
         raise GaveUp(
             f"upload {upload_id} still had missing chunks after {COMPLETION_ROUNDS} rounds"
         )
+
+    def declare_rest(
+        self, api: ServerApi, upload_id: str, answer: dict[str, Any], chunks: Sequence[ChunkInfo]
+    ) -> dict[str, Any]:
+        """Declare the pages of the chunk list the server does not have yet; returns the
+        answer to plan from (a fresh status once pages were declared)."""
+        declared_count = int(answer.get("declared_chunks", len(chunks)))
+        if declared_count >= len(chunks):
+            return answer
+        page_size = answer.get("chunk_page_size")
+        if page_size is None:  # a status answer: an empty page asks the server's size
+            page_size = self.declare_page(api, upload_id, declared_count, [])["chunk_page_size"]
+        for start in range(declared_count, len(chunks), int(page_size)):
+            self.declare_page(api, upload_id, start, chunks[start : start + int(page_size)])
+        return fetch_status(api, self.retry, upload_id)
+
+    def declare_page(
+        self, api: ServerApi, upload_id: str, start: int, chunks: Sequence[ChunkInfo]
+    ) -> dict[str, Any]:
+        # A page repeated after a lost answer is a success: declaring is idempotent.
+        return with_retries(
+            self.retry, "declaring the chunk list", lambda: api.declare(upload_id, start, chunks)
+        )
+
+    def needed(
+        self, api: ServerApi, upload_id: str, answer: dict[str, Any], chunks: Sequence[ChunkInfo]
+    ) -> list[int]:
+        """The indexes to send: those of ``answer`` and, when its lists were cut (at
+        10,000), those of the following status pages."""
+        indexes = set(indexes_to_send(answer, chunks))
+        while answer.get("next_from") is not None:
+            answer = fetch_status(api, self.retry, upload_id, int(answer["next_from"]))
+            indexes.update(indexes_to_send(answer, chunks))
+        return sorted(indexes)
 
     def send(self, transfer: Transfer, indexes: list[int], scan: FileScan) -> None:
         if self.progress is not None:

@@ -13,13 +13,23 @@ from datetime import datetime, timedelta
 
 import msgspec
 
+from chunkstore.bounds import (
+    MAX_CANCEL_REASON,
+    MAX_FILENAME_INPUT,
+    MAX_MIME_TYPE,
+    check_count,
+    check_length,
+    shorten,
+)
 from chunkstore.config import Settings
 from chunkstore.errors import (
     ChecksumMismatch,
     ChunkConflict,
     ChunkIndexOutOfRange,
+    ChunkNotDeclared,
     ChunkSizeMismatch,
     ChunkTooLarge,
+    DeclarationConflict,
     InvalidRequest,
     NotAChunkUpload,
     QuotaExceeded,
@@ -32,6 +42,7 @@ from chunkstore.errors import (
     ValidationFailed,
 )
 from chunkstore.events import (
+    ChunksDeclared,
     ChunkStored,
     KnownEvent,
     UploadCancelled,
@@ -39,6 +50,7 @@ from chunkstore.events import (
     UploadExpired,
     UploadInitiated,
 )
+from chunkstore.listing import list_chunks
 from chunkstore.policy import check_declared_type, clean_filename
 from chunkstore.session import (
     ACTIVE,
@@ -67,9 +79,12 @@ class InitRequest(msgspec.Struct, frozen=True, kw_only=True):
     #: Manifest mode: the client cut the file itself and declares every chunk as
     #: (BLAKE3 hex digest, size), in order. Chunks may then have any sizes.
     chunks: list[tuple[str, int]] | None = None
+    #: Manifest mode, declared in pages: how many chunks the file has; ``chunks`` is
+    #: then the first page (``decide_declare`` takes the next ones).
+    chunk_count: int | None = None
 
 
-#: Most chunks one session may have (status answers list them).
+#: Most chunks one session may have.
 MAX_CHUNKS = 4_000_000
 _BLAKE3_HEX = re.compile(r"[0-9a-f]{64}")
 
@@ -87,6 +102,8 @@ def decide_init(
     """``known_digests``: digests of the declared chunks that this owner already has
     stored (manifest mode); their indexes are recorded at once as reused. ``bytes_held``:
     what already counts towards the owner's quota."""
+    check_length("filename", request.filename, MAX_FILENAME_INPUT)
+    check_length("mime_type", request.mime_type, MAX_MIME_TYPE)
     filename = clean_filename(request.filename)
     mime_type = check_declared_type(request.mime_type, settings)
     if request.total_size < 0:
@@ -96,11 +113,25 @@ def decide_init(
             f"file of {request.total_size} bytes exceeds the limit of {settings.max_file_size}",
             limit=settings.max_file_size,
         )
-    if request.chunks is not None:
+    if request.chunks is not None or request.chunk_count is not None:
         mode = "manifest"
-        chunk_list = _checked_chunk_list(request, settings)
+        chunk_list = _checked_page(request.chunks or [], 0, settings)
+        total_chunks = len(chunk_list) if request.chunk_count is None else request.chunk_count
+        if total_chunks > MAX_CHUNKS:
+            raise TooLarge(f"at most {MAX_CHUNKS} chunks may be declared", limit=MAX_CHUNKS)
+        if total_chunks < len(chunk_list) or total_chunks < 0:
+            raise InvalidRequest(
+                f"chunk_count is {total_chunks}; it must be at least the {len(chunk_list)}"
+                " chunks of this request"
+            )
+        _check_declared_sizes(
+            request.total_size,
+            total_chunks,
+            len(chunk_list),
+            sum(size for _, size in chunk_list),
+            settings,
+        )
         chunk_size = max((size for _, size in chunk_list), default=0)
-        total_chunks = len(chunk_list)
     else:
         mode = "fixed"
         chunk_list = None
@@ -187,11 +218,13 @@ def _checked_chunk_size(request: InitRequest, settings: Settings) -> int:
     return chunk_size
 
 
-def _checked_chunk_list(request: InitRequest, settings: Settings) -> list[tuple[str, int]]:
-    chunk_list = [(digest.lower(), size) for digest, size in request.chunks or ()]
-    if len(chunk_list) > MAX_CHUNKS:
-        raise TooLarge(f"at most {MAX_CHUNKS} chunks may be declared", limit=MAX_CHUNKS)
-    for index, (digest, size) in enumerate(chunk_list):
+def _checked_page(
+    page: Sequence[tuple[str, int]], start: int, settings: Settings
+) -> list[tuple[str, int]]:
+    """One page of declared chunks (indexes ``start`` on), each digest and size checked."""
+    check_count("chunks", len(page), settings.chunk_page_size)
+    chunk_list = [(digest.lower(), size) for digest, size in page]
+    for index, (digest, size) in enumerate(chunk_list, start):
         if not _BLAKE3_HEX.fullmatch(digest):
             raise InvalidRequest(f"chunk {index}: digest must be BLAKE3-256 hex (64 characters)")
         if size <= 0:
@@ -201,18 +234,95 @@ def _checked_chunk_list(request: InitRequest, settings: Settings) -> list[tuple[
                 f"chunk {index} of {size} bytes exceeds the limit of {settings.max_chunk_size}",
                 limit=settings.max_chunk_size,
             )
-    declared = sum(size for _, size in chunk_list)
-    if declared != request.total_size:
-        raise InvalidRequest(
-            f"the declared chunks add up to {declared} bytes, not total_size {request.total_size}"
-        )
     return chunk_list
+
+
+def _check_declared_sizes(
+    total_size: int, total_chunks: int, declared: int, declared_size: int, settings: Settings
+) -> None:
+    """The sizes declared so far must leave room for the chunks still to declare (each
+    1 byte to ``max_chunk_size``), and add up to ``total_size`` once all are declared."""
+    remaining, room = total_chunks - declared, total_size - declared_size
+    if remaining == 0 and room != 0:
+        raise InvalidRequest(
+            f"the declared chunks add up to {declared_size} bytes, not total_size {total_size}"
+        )
+    if not remaining <= room <= remaining * settings.max_chunk_size:
+        raise InvalidRequest(
+            f"the {declared} chunks declared add up to {declared_size} bytes, which leaves"
+            f" {room} of total_size {total_size} for the {remaining} still to declare"
+            f" (each 1 to {settings.max_chunk_size} bytes)"
+        )
+
+
+def decide_declare(
+    state: SessionState,
+    start: int,
+    page: Sequence[tuple[str, int]],
+    settings: Settings,
+    now: datetime,
+    known_digests: frozenset[str] = frozenset(),
+) -> list[KnownEvent]:
+    """Events for a page of a manifest-mode session's chunk list, declared at ``start``.
+
+    The next page (``start`` == the number declared) is recorded, and its chunks whose
+    digest the owner already has (``known_digests``, or stored in this session) are
+    recorded as reused at once, as at init. A repeat of a declared page with the same
+    chunks is a success that records nothing; anything else is a DeclarationConflict.
+    """
+    check_accepting(state, now)
+    declared = state.declared_chunks
+    if state.mode != "manifest":
+        raise DeclarationConflict(
+            f"upload {state.upload_id} has no declared chunk list: its chunks are cut"
+            " at a fixed size",
+            declared_chunks=declared,
+        )
+    if start < 0:
+        raise InvalidRequest("start must not be negative")
+    chunk_list = _checked_page(page, start, settings)
+    end = start + len(chunk_list)
+    if start < declared:
+        if end <= declared and list(state.chunk_list[start:end]) == chunk_list:
+            return []
+        raise DeclarationConflict(
+            f"chunks {start} to {end - 1} differ from those already declared; the next page"
+            f" starts at chunk {declared}",
+            declared_chunks=declared,
+        )
+    if start > declared:
+        raise DeclarationConflict(
+            f"the next page starts at chunk {declared}, not {start}", declared_chunks=declared
+        )
+    if not chunk_list:
+        return []
+    if end > state.total_chunks:
+        raise InvalidRequest(
+            f"the page would declare chunks up to {end - 1}, past the {state.total_chunks}"
+            " chunks declared at init"
+        )
+    page_size = sum(size for _, size in chunk_list)
+    _check_declared_sizes(
+        state.total_size, state.total_chunks, end, state.declared_size + page_size, settings
+    )
+    reused: list[KnownEvent] = [
+        ChunkStored(index=index, digest=digest, size=size, reused=True)
+        for index, (digest, size) in enumerate(chunk_list, start)
+        if digest in known_digests or _stored_in(state, digest)
+    ]
+    return [ChunksDeclared(start=start, chunk_list=chunk_list), *reused]
+
+
+def _stored_in(state: SessionState, digest: str) -> bool:
+    """Whether this session stored ``digest`` already (then at its first index)."""
+    indexes = state.indexes_of(digest)
+    return bool(indexes) and indexes[0] in state.chunks
 
 
 def require_owned(state: SessionState, owner: str) -> SessionState:
     """Another owner's upload is answered exactly like a missing one."""
     if not state.exists or state.owner != owner:
-        raise UploadNotFound(f"no upload {state.upload_id}", upload_id=state.upload_id)
+        raise UploadNotFound(f"no upload {shorten(state.upload_id)}", upload_id=state.upload_id)
     return state
 
 
@@ -256,6 +366,12 @@ def check_chunk_target(
         raise ChunkIndexOutOfRange(
             f"chunk index {index} is outside 0..{state.total_chunks - 1}",
             total_chunks=state.total_chunks,
+        )
+    if index >= state.declared_chunks:
+        raise ChunkNotDeclared(
+            f"chunk {index} is not declared yet: declare the chunk list from chunk"
+            f" {state.declared_chunks} on first",
+            declared_chunks=state.declared_chunks,
         )
     expected = state.expected_size(index)
     if declared_size is not None and declared_size != expected:
@@ -340,12 +456,20 @@ def check_completable(state: SessionState, now: datetime) -> None:
             f" of {'an undeclared length' if state.tus_length_deferred else state.total_size}",
             offset=state.tus_offset,
         )
-    missing = state.missing_chunks
-    if missing:
-        shown = ", ".join(map(str, missing[:20])) + (" ..." if len(missing) > 20 else "")
+    if state.declared_chunks < state.total_chunks:
         raise UploadIncomplete(
-            f"{len(missing)} of {state.total_chunks} chunks are missing: {shown}",
+            f"{state.total_chunks - state.declared_chunks} of {state.total_chunks} chunks are"
+            f" not declared yet; declare the chunk list from chunk {state.declared_chunks} on",
+            declared_chunks=state.declared_chunks,
+        )
+    if state.missing_count:
+        listing = list_chunks(state)
+        missing = listing.missing_chunks
+        shown = ", ".join(map(str, missing[:20])) + (" ..." if listing.missing_count > 20 else "")
+        raise UploadIncomplete(
+            f"{listing.missing_count} of {state.total_chunks} chunks are missing: {shown}",
             missing_chunks=missing,
+            missing_count=listing.missing_count,
         )
 
 
@@ -357,6 +481,7 @@ def decide_expire(state: SessionState, now: datetime) -> list[KnownEvent]:
 
 
 def decide_cancel(state: SessionState, reason: str) -> list[KnownEvent]:
+    check_length("reason", reason, MAX_CANCEL_REASON)
     if state.status == COMPLETED:
         raise UploadNotActive(
             f"upload {state.upload_id} is completed; it can no longer be cancelled:"

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import msgspec
 
-MiB = 1024 * 1024
+KiB = 1024
+MiB = 1024 * KiB
 GiB = 1024 * MiB
 TiB = 1024 * GiB
 
@@ -24,6 +25,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_batch_size: int = 16 * MiB
     #: Chunk size used when init does not name one.
     default_chunk_size: int = 8 * MiB
+    #: Most chunks one request may declare (init, or one page of the chunk list); the
+    #: JSON body limit of those routes follows from it (128 bytes a chunk, plus 64 KiB).
+    chunk_page_size: int = 10_000
     #: Sessions (active or assembling) one owner may hold at once.
     max_open_sessions: int = 100
     #: Bytes one owner may hold: the declared sizes of its open sessions plus its
@@ -100,6 +104,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "max_chunk_size": ("CHUNKSTORE_MAX_CHUNK_SIZE", int),
             "max_batch_size": ("CHUNKSTORE_MAX_BATCH_SIZE", int),
             "default_chunk_size": ("CHUNKSTORE_DEFAULT_CHUNK_SIZE", int),
+            "chunk_page_size": ("CHUNKSTORE_CHUNK_PAGE_SIZE", int),
             "max_open_sessions": ("CHUNKSTORE_MAX_OPEN_SESSIONS", int),
             "quota_bytes": ("CHUNKSTORE_QUOTA_BYTES", int),
             "lock_wait": ("CHUNKSTORE_LOCK_WAIT", float),

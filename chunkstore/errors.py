@@ -76,6 +76,14 @@ class IncompleteBody(InvalidRequest):
     title = "Request body ended early"
 
 
+class FieldTooLong(InvalidRequest):
+    """A text field is longer than its documented maximum (``limit``, in characters or,
+    for a header, bytes); send a shorter value."""
+
+    slug = "field-too-long"
+    title = "Field longer than allowed"
+
+
 class Unauthorized(ChunkstoreError):
     """No valid bearer token: send ``Authorization: Bearer <token>`` (a token comes from
     ``chunkstore token create NAME``)."""
@@ -98,6 +106,24 @@ class ChunkConflict(ChunkstoreError):
 
     slug = "chunk-conflict"
     title = "Chunk already stored with other bytes"
+
+
+class ChunkNotDeclared(ChunkstoreError):
+    """The session's chunk list is declared in pages and this index is not declared
+    yet (``declared_chunks`` are): declare its page first
+    (``POST /api/v1/upload/{upload_id}/chunk-list``), then send it."""
+
+    slug = "chunk-not-declared"
+    title = "Chunk not declared yet"
+
+
+class DeclarationConflict(ChunkstoreError):
+    """A page of the chunk list does not follow the pages declared so far (the next one
+    starts at ``declared_chunks``), repeats a declared page with other chunks, or the
+    session has no declared chunk list. Ask the status and declare from there."""
+
+    slug = "declaration-conflict"
+    title = "Page does not fit the declared chunk list"
 
 
 class UploadNotActive(ChunkstoreError):
@@ -137,6 +163,14 @@ class ChunkTooLarge(TooLarge):
 
     slug = "chunk-too-large"
     title = "Chunk larger than expected"
+
+
+class ListTooLong(TooLarge):
+    """A list in the request has more items than one request may carry (``limit``);
+    split it over several requests."""
+
+    slug = "list-too-long"
+    title = "List longer than allowed"
 
 
 class TooManySessions(ChunkstoreError):

@@ -27,7 +27,8 @@ class UploadInitiated(msgspec.Struct, frozen=True, tag=True):
     #: "manifest": the client declared each chunk's digest and size (see ``chunk_list``).
     mode: str = "fixed"
     file_hash: str | None = None
-    #: For mode "manifest": the declared chunk list as [digest, size] pairs.
+    #: For mode "manifest": the declared chunk list as [digest, size] pairs; when it is
+    #: shorter than ``total_chunks``, its first page (``ChunksDeclared`` adds the rest).
     chunk_list: list[tuple[str, int]] | None = None
 
 
@@ -38,6 +39,14 @@ class ChunkStored(msgspec.Struct, frozen=True, tag=True):
     #: True when the bytes were not sent for this index: the owner already had the
     #: chunk (from an earlier upload, or another index of this one).
     reused: bool = False
+
+
+class ChunksDeclared(msgspec.Struct, frozen=True, tag=True):
+    """The next page of a manifest-mode session's chunk list: [digest, size] pairs for
+    indexes ``start``, ``start + 1``, ... (``start`` is the number declared before)."""
+
+    start: int
+    chunk_list: list[tuple[str, int]]
 
 
 class ManifestWritten(msgspec.Struct, frozen=True, tag=True):
@@ -125,6 +134,7 @@ KnownEvent = (
     | TusUploadCreated
     | TusLengthDeclared
     | TusTailStaged
+    | ChunksDeclared
 )
 Event = KnownEvent | UnknownEvent
 

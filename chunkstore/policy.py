@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
+from chunkstore.bounds import quote
 from chunkstore.config import Settings
 from chunkstore.errors import DisallowedType, InvalidFilename
 
@@ -208,7 +209,7 @@ def check_declared_type(mime: str, settings: Settings) -> str:
     """Refuse at init a declared type the policy could never accept."""
     mime = normalize_mime(mime or "application/octet-stream")
     if not re.fullmatch(r"[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*", mime):
-        raise DisallowedType(f"{mime!r} is not a MIME type")
+        raise DisallowedType(f"{quote(mime)} is not a MIME type")
     if mime in settings.denied_mime_types:
         raise DisallowedType(f"files of type {mime} are not accepted")
     allow_list = settings.allowed_mime_types

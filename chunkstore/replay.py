@@ -82,7 +82,7 @@ def state_summary(state: SessionState) -> dict[str, Any]:
         "total_size": state.total_size,
         "total_chunks": state.total_chunks,
         "received_chunks": len(state.chunks),
-        "missing_chunks": len(state.missing_chunks),
+        "missing_chunks": state.missing_count,
         "bytes_received": state.bytes_received,
         "bytes_deduplicated": state.bytes_deduplicated,
         "created_at": iso(state.created_at),

@@ -34,6 +34,14 @@ from chunkstore.blobs.filesystem import (
     is_digest,
     make_durable_dirs,
 )
+from chunkstore.bounds import (
+    MAX_DIGESTS,
+    MAX_FAILURE_DETAIL,
+    MAX_LISTED_INDEXES,
+    check_count,
+    quote,
+    shorten,
+)
 from chunkstore.config import Settings
 from chunkstore.errors import (
     ChecksumMismatch,
@@ -60,6 +68,7 @@ from chunkstore.events import (
 from chunkstore.events import (
     ValidationFailed as ValidationFailedEvent,
 )
+from chunkstore.listing import list_chunks
 from chunkstore.locks import UploadLocks
 from chunkstore.manifest import Manifest, assemble
 from chunkstore.session import COMPLETED, SessionState, replay
@@ -94,6 +103,8 @@ class Checksum(msgspec.Struct, frozen=True):
 
 
 class Progress(msgspec.Struct, frozen=True, kw_only=True):
+    """What a chunk receipt says of the session: counts, as the seed's chunk answer."""
+
     upload_id: str
     received_chunks: int
     total_chunks: int
@@ -101,7 +112,9 @@ class Progress(msgspec.Struct, frozen=True, kw_only=True):
     bytes_total: int
     bytes_received: int
     bytes_deduplicated: int
+    #: Percentage of the file's bytes stored (``percentage`` in every answer).
     progress: float
+    percentage: float
 
 
 class ChunkReceipt(Progress, frozen=True, kw_only=True):
@@ -113,8 +126,10 @@ class ChunkReceipt(Progress, frozen=True, kw_only=True):
 
 
 class BatchReceipt(Progress, frozen=True, kw_only=True):
-    #: Indexes this request stored, including other indexes filled by the same digest.
+    #: Indexes this request stored, including other indexes filled by the same digest:
+    #: the first ``MAX_LISTED_INDEXES`` (one frame can fill millions of repeats).
     stored: list[int]
+    stored_count: int
 
 
 class Completion(msgspec.Struct, frozen=True, kw_only=True):
@@ -141,6 +156,7 @@ def progress_fields(state: SessionState) -> dict[str, Any]:
         "bytes_received": state.bytes_received,
         "bytes_deduplicated": state.bytes_deduplicated,
         "progress": state.progress,
+        "percentage": state.progress,
     }
 
 
@@ -374,6 +390,8 @@ class UploadService:
     def init_upload(self, owner: str, request: commands.InitRequest) -> SessionState:
         upload_id = uuid.uuid4().hex
         now = self.clock()
+        # Bounded before the digests are looked up (decide_init checks it again).
+        check_count("chunks", len(request.chunks or ()), self.settings.chunk_page_size)
         known = (
             frozenset(self.held_digests(owner, [digest for digest, _ in request.chunks]))
             if request.chunks
@@ -394,6 +412,27 @@ class UploadService:
             new_events,
             lambda: self._check_owner_limits(owner, now, request.total_size),
         )
+
+    def declare_chunks(
+        self, owner: str, upload_id: str, start: int, page: Sequence[tuple[str, int]]
+    ) -> tuple[SessionState, list[int]]:
+        """Declare the page of a manifest-mode session's chunk list that starts at index
+        ``start`` (a repeat of a declared page is a success). Returns the state and the
+        page's indexes still to send: one per digest neither this owner nor the session
+        has (``needed_chunks`` semantics)."""
+        check_count("chunks", len(page), self.settings.chunk_page_size)
+        self.get(owner, upload_id)  # another owner's upload: 404 before any lookup
+        page = [(digest.lower(), size) for digest, size in page]
+        known = frozenset(self.held_digests(owner, [digest for digest, _ in page]))
+        state = self._decide_and_append(
+            owner,
+            upload_id,
+            lambda current: commands.decide_declare(
+                current, start, page, self.settings, self.clock(), known
+            ),
+        )
+        end = min(start + len(page), state.declared_chunks)
+        return state, [index for index in range(start, end) if state.is_needed(index)]
 
     def _check_open_sessions(self, owner: str, now: datetime) -> None:
         """decide_init counted already; counting again under the write lock is what
@@ -423,11 +462,13 @@ class UploadService:
         }
 
     def missing_digests(self, owner: str, digests: Sequence[str]) -> list[str]:
-        """Which of ``digests`` this owner would have to send (order kept, no repeats)."""
+        """Which of ``digests`` this owner would have to send (order kept, no repeats).
+        At most ``MAX_DIGESTS`` per call: a million cost 7 s of CPU."""
+        check_count("digests", len(digests), MAX_DIGESTS)
         wanted = list(dict.fromkeys(d.lower() for d in digests))
         for digest in wanted:
             if not is_digest(digest):
-                raise InvalidRequest(f"{digest!r} is not a BLAKE3-256 hex digest")
+                raise InvalidRequest(f"{quote(digest)} is not a BLAKE3-256 hex digest")
         held = self.held_digests(owner, wanted)
         return [digest for digest in wanted if digest not in held]
 
@@ -519,8 +560,11 @@ class UploadService:
         recorded = await asyncio.to_thread(self.record_frames, owner, upload_id, parser.completed)
         if failure is not None:
             raise failure
+        stored = [event.index for event in recorded.events]
         return BatchReceipt(
-            **progress_fields(recorded.state), stored=[e.index for e in recorded.events]
+            **progress_fields(recorded.state),
+            stored=stored[:MAX_LISTED_INDEXES],
+            stored_count=len(stored),
         )
 
     def record_frames(self, owner: str, upload_id: str, frames: Sequence[Frame]) -> Recorded:
@@ -723,6 +767,8 @@ class UploadService:
         remove_final(final)
 
     def _fail(self, state: SessionState, reason: str, detail: str) -> None:
+        # Our own text, but it may quote a stored name or a blob's error: kept bounded.
+        detail = shorten(detail, MAX_FAILURE_DETAIL)
         self._append_or_settle(state, [ValidationFailedEvent(reason=reason, detail=detail)])
         raise ValidationFailed(detail, reason=reason)
 
@@ -801,8 +847,10 @@ def remove_final(final: Path) -> None:
         fsync_directory(final.parent.parent)
 
 
-def state_summary(state: SessionState, now: datetime) -> dict[str, Any]:
-    """Everything a status answer reports, as plain values."""
+def state_summary(state: SessionState, now: datetime, start: int = 0) -> dict[str, Any]:
+    """Everything a status answer reports, as plain values; the chunk lists and ranges
+    are bounded and start at index ``start`` (see ``chunkstore.listing``)."""
+    listing = list_chunks(state, start)
     return {
         "upload_id": state.upload_id,
         "status": state.effective_status(now),
@@ -811,13 +859,21 @@ def state_summary(state: SessionState, now: datetime) -> dict[str, Any]:
         "total_size": state.total_size,
         "chunk_size": state.chunk_size,
         "total_chunks": state.total_chunks,
-        "received_chunks": state.received_chunks,
-        "missing_chunks": state.missing_chunks,
-        "needed_chunks": state.needed_chunks,
+        **msgspec.structs.asdict(listing),
+        "declared_chunks": state.declared_chunks,
         "bytes_total": state.total_size,
         "bytes_received": state.bytes_received,
         "bytes_deduplicated": state.bytes_deduplicated,
-        "progress": state.progress,
+        "percentage": state.progress,
+        # The seed's shape: its clients resume from progress["missing_chunks"].
+        "progress": {
+            "percentage": state.progress,
+            "received_chunks": listing.received_chunks,
+            "missing_chunks": listing.missing_chunks,
+            "total_chunks": state.total_chunks,
+            "received_count": listing.received_count,
+            "missing_count": listing.missing_count,
+        },
         "created_at": state.created_at,
         "expires_at": state.expires_at,
         "file_path": state.file_path,

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from chunkstore.events import (
+    ChunksDeclared,
     ChunkStored,
     Event,
     ManifestWritten,
@@ -56,12 +57,21 @@ class SessionState:
     mode: str = "fixed"
     created_at: datetime | None = None
     expires_at: datetime | None = None
-    #: For mode "manifest": the declared (digest, size) of every index.
+    #: For mode "manifest": the declared (digest, size) of every index declared so far
+    #: (the list may be declared in pages: ``ChunksDeclared``).
     chunk_list: tuple[tuple[str, int], ...] = ()
+    #: For mode "manifest": the sum of the declared sizes.
+    declared_size: int = 0
     #: For mode "manifest": digest -> every index that has it (derived from chunk_list).
     digest_indexes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
     #: index -> (digest, size) of every chunk stored so far.
     chunks: Mapping[int, tuple[str, int]] = field(default_factory=dict)
+    #: For mode "manifest": declared digests whose chunks are stored. Storing a digest
+    #: stores every index declared with it, so this counts first indexes stored.
+    digests_stored: int = 0
+    #: Byte ``i`` is 1 when index ``i`` is stored (``chunks`` as a map): answers find
+    #: runs of stored indexes with ``bytearray.find`` instead of sorting the indexes.
+    stored_map: bytearray = field(default_factory=bytearray)
     #: Bytes of chunks that were sent for this session.
     bytes_received: int = 0
     #: Bytes of chunks this session did not need sent (the owner already had them).
@@ -105,6 +115,11 @@ class SessionState:
         even before ``gc`` records ``UploadExpired``."""
         return EXPIRED if self.is_expired(now) else self.status
 
+    @property
+    def declared_chunks(self) -> int:
+        """How many indexes have a declared digest and size (all but in manifest mode)."""
+        return len(self.chunk_list) if self.mode == "manifest" else self.total_chunks
+
     def expected_size(self, index: int) -> int:
         """The exact size chunk ``index`` must have."""
         if self.mode == "manifest":
@@ -117,7 +132,23 @@ class SessionState:
         return self.chunk_list[index][0] if self.mode == "manifest" else None
 
     @property
+    def received_count(self) -> int:
+        return len(self.chunks)
+
+    @property
+    def missing_count(self) -> int:
+        return self.total_chunks - len(self.chunks)
+
+    @property
+    def needed_count(self) -> int:
+        """How many indexes a client must still send (see ``needed_chunks``)."""
+        if self.mode != "manifest":
+            return self.missing_count
+        return len(self.digest_indexes) - self.digests_stored
+
+    @property
     def missing_chunks(self) -> list[int]:
+        """Every missing index; ``chunkstore.listing`` gives the bounded form answers use."""
         return [i for i in range(self.total_chunks) if i not in self.chunks]
 
     @property
@@ -129,11 +160,25 @@ class SessionState:
         seen: set[str] = set()
         needed = []
         for index in self.missing_chunks:
+            if index >= len(self.chunk_list):
+                break  # not declared yet, so not sendable yet
             digest = self.chunk_list[index][0]
             if digest not in seen:
                 seen.add(digest)
                 needed.append(index)
         return needed
+
+    def is_needed(self, index: int) -> bool:
+        """Whether a client must still send ``index``: missing and, in manifest mode,
+        declared and the first index of its digest (storing a digest stores every
+        index declared with it, so a digest is needed exactly when its first index is)."""
+        if index in self.chunks:
+            return False
+        if self.mode != "manifest":
+            return 0 <= index < self.total_chunks
+        if not 0 <= index < len(self.chunk_list):
+            return False
+        return self.digest_indexes[self.chunk_list[index][0]][0] == index
 
     def indexes_of(self, digest: str) -> tuple[int, ...]:
         return self.digest_indexes.get(digest, ())
@@ -166,6 +211,7 @@ class _Fold:
     def __init__(self, state: SessionState) -> None:
         self.values = {name: getattr(state, name) for name in SessionState.__dataclass_fields__}
         self.chunks = dict(state.chunks)
+        self.stored_map = bytearray(state.stored_map)
 
     def apply(self, event: Event) -> None:
         v = self.values
@@ -186,16 +232,25 @@ class _Fold:
                     expires_at=event.expires_at,
                     chunk_list=tuple((digest, size) for digest, size in event.chunk_list or ()),
                 )
-                indexes: dict[str, list[int]] = {}
-                for index, (digest, _) in enumerate(v["chunk_list"]):
-                    indexes.setdefault(digest, []).append(index)
-                v["digest_indexes"] = {digest: tuple(found) for digest, found in indexes.items()}
+                v["declared_size"] = sum(size for _, size in v["chunk_list"])
+                v["digest_indexes"] = _digest_indexes({}, v["chunk_list"], 0)
+            case ChunksDeclared(start=start, chunk_list=page):
+                # Only the next page is ever recorded (start == the number declared).
+                v["chunk_list"] = (*v["chunk_list"], *((digest, size) for digest, size in page))
+                v["declared_size"] += sum(size for _, size in page)
+                v["chunk_size"] = max([v["chunk_size"], *(size for _, size in page)])
+                v["digest_indexes"] = _digest_indexes(v["digest_indexes"], page, start)
             case ChunkStored(index=index, digest=digest, size=size, reused=reused):
                 # An index is stored once (decide_* never repeats one); the bytes count
                 # as sent or as deduplicated depending on whether they travelled.
                 if index not in self.chunks:
                     v["bytes_deduplicated" if reused else "bytes_received"] += size
+                    if v["digest_indexes"].get(digest, (None,))[0] == index:
+                        v["digests_stored"] += 1
                 self.chunks[index] = (digest, size)
+                if index >= len(self.stored_map):
+                    self.stored_map.extend(bytes(index + 1 - len(self.stored_map)))
+                self.stored_map[index] = 1
                 if v["mode"] == "tus":
                     # A tus upload's chunks are cut from its stream, so their number
                     # grows with every one stored.
@@ -236,7 +291,20 @@ class _Fold:
                 pass  # written by a newer version; counted, otherwise ignored
 
     def result(self) -> SessionState:
-        return SessionState(**{**self.values, "chunks": self.chunks})
+        return SessionState(**{**self.values, "chunks": self.chunks, "stored_map": self.stored_map})
+
+
+def _digest_indexes(
+    known: Mapping[str, tuple[int, ...]], page: Iterable[tuple[str, int]], start: int
+) -> dict[str, tuple[int, ...]]:
+    """``known`` (digest -> indexes) with the page declared at ``start`` added."""
+    added: dict[str, list[int]] = {}
+    for index, (digest, _) in enumerate(page, start):
+        added.setdefault(digest, []).append(index)
+    merged = dict(known)
+    for digest, found in added.items():
+        merged[digest] = (*merged.get(digest, ()), *found)
+    return merged
 
 
 def replay(events: Iterable[Event], state: SessionState | None = None) -> SessionState:

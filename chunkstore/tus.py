@@ -40,6 +40,15 @@ import msgspec
 from chunkstore import commands
 from chunkstore.blobs import BlobStore, BlobWriter
 from chunkstore.blobs.filesystem import fsync_directory, make_durable_dirs
+from chunkstore.bounds import (
+    MAX_CONCAT_PARTS,
+    MAX_MIME_TYPE,
+    MAX_TUS_METADATA,
+    check_count,
+    check_length,
+    quote,
+    shorten,
+)
 from chunkstore.chunking import cdc_cutter
 from chunkstore.config import MiB, Settings
 from chunkstore.errors import (
@@ -143,7 +152,9 @@ def parse_metadata(header: str) -> dict[str, str]:
         try:
             value = base64.b64decode(encoded.strip(), validate=True).decode()
         except (binascii.Error, UnicodeDecodeError):
-            raise InvalidRequest(f"Upload-Metadata value of {key!r} is not base64 UTF-8") from None
+            raise InvalidRequest(
+                f"Upload-Metadata value of {quote(key)} is not base64 UTF-8"
+            ) from None
         metadata[key] = value
     return metadata
 
@@ -159,7 +170,7 @@ class UploadChecksum(msgspec.Struct, frozen=True):
         algorithm = algorithm.lower()
         if algorithm not in CHECKSUM_ALGORITHMS:
             raise UnsupportedChecksumAlgorithm(
-                f"checksum algorithm {algorithm!r} is not supported; use one of"
+                f"checksum algorithm {quote(algorithm)} is not supported; use one of"
                 f" {', '.join(CHECKSUM_ALGORITHMS)}"
             )
         try:
@@ -180,7 +191,10 @@ def parse_concat(header: str) -> tuple[str, list[str]]:
     kind, _, urls = header.partition(";")
     if kind.strip() != "final" or not urls.strip():
         raise InvalidRequest("Upload-Concat must be 'partial' or 'final;<url> <url> ...'")
-    return "final", [url.rstrip("/").rsplit("/", 1)[-1] for url in urls.split()]
+    parts = urls.split()
+    # Each part is a session to load and check: a bounded number per request.
+    check_count("Upload-Concat", len(parts), MAX_CONCAT_PARTS)
+    return "final", [url.rstrip("/").rsplit("/", 1)[-1] for url in parts]
 
 
 # -- decisions (pure) ----------------------------------------------------------------------
@@ -200,9 +214,13 @@ def decide_create(
 ) -> list[KnownEvent]:
     """A new tus upload; a final one (``parts`` given) is born with its parts' chunks.
     ``bytes_held``: what already counts towards the owner's quota."""
+    # The header is kept in the event and echoed by HEAD, so it is bounded as sent.
+    check_length("Upload-Metadata", metadata_header, MAX_TUS_METADATA)
     metadata = parse_metadata(metadata_header)
+    filetype = metadata.get("filetype") or ""
+    check_length("filetype", filetype, MAX_MIME_TYPE)
     filename = clean_filename(metadata.get("filename") or upload_id)
-    mime_type = check_declared_type(metadata.get("filetype") or "", settings)
+    mime_type = check_declared_type(filetype, settings)
     if parts:
         length = sum(check_part_complete(part) for part in parts)
     if length is not None and length < 0:
@@ -246,7 +264,7 @@ def check_part_complete(part: SessionState) -> int:
 def check_readable(state: SessionState, now: datetime) -> None:
     """HEAD: a terminated upload is gone (404), an expired one is Gone (410)."""
     if state.status in (CANCELLED, DELETED):
-        raise UploadNotFound(f"no upload {state.upload_id}", upload_id=state.upload_id)
+        raise UploadNotFound(f"no upload {shorten(state.upload_id)}", upload_id=state.upload_id)
     if state.is_expired(now):
         raise SessionExpired(
             f"upload {state.upload_id} expired at {state.expires_at}", upload_id=state.upload_id

@@ -318,14 +318,15 @@ def test_status_lists_the_missing_chunks(client: httpx.Client) -> None:
 def test_status_reports_progress_as_a_percentage_of_bytes(client: httpx.Client) -> None:
     data = os.urandom(4 * KiB)  # four chunks of 1 KiB
     upload_id = init_upload(client, data, KiB)["upload_id"]
-    assert status_of(client, upload_id)["progress"] == 0
+    assert status_of(client, upload_id)["percentage"] == 0
 
     assert post_chunk(client, upload_id, 2, data[2 * KiB : 3 * KiB]).status_code == 200
-    assert status_of(client, upload_id)["progress"] == 25.0
+    assert status_of(client, upload_id)["percentage"] == 25.0
     assert post_chunk(client, upload_id, 0, data[:KiB]).status_code == 200
     status = status_of(client, upload_id)
 
-    assert status["progress"] == 50.0
+    assert status["percentage"] == 50.0
+    assert status["progress"]["percentage"] == 50.0
     assert status["bytes_received"] == 2 * KiB
 
 
@@ -335,7 +336,7 @@ def test_progress_counts_bytes_so_a_short_last_chunk_counts_less(client: httpx.C
 
     assert post_chunk(client, upload_id, 1, data[KiB:]).status_code == 200
 
-    assert status_of(client, upload_id)["progress"] == round(100 * 24 / (KiB + 24), 2)
+    assert status_of(client, upload_id)["percentage"] == round(100 * 24 / (KiB + 24), 2)
 
 
 def test_a_corrupted_chunk_is_refused_and_nothing_is_recorded(
@@ -737,7 +738,7 @@ def test_a_completed_upload_reports_completed_status(client: httpx.Client) -> No
     status = status_of(client, upload_id)
 
     assert status["status"] == "completed"
-    assert status["progress"] == 100.0
+    assert status["percentage"] == 100.0
     assert status["missing_chunks"] == []
     assert status["file_path"] == answer["file_path"]
     assert status["sha256"] == sha256_hex(data)
