@@ -396,7 +396,7 @@ def test_a_patch_to_an_upload_started_through_the_json_api_is_refused_and_stores
     ]
     assert stored_objects(server.data_dir) == objects_before
     status = client.get(f"/api/v1/upload/status/{upload_id}").json()
-    assert status["progress"] == 0 and status["missing_chunks"] == [0, 1]
+    assert status["percentage"] == 0 and status["missing_chunks"] == [0, 1]
 
 
 # -- termination ----------------------------------------------------------------------------
