@@ -25,6 +25,7 @@ from api.metrics import Metrics, metrics_endpoint
 from api.observability import configure_logging, request_id_middleware
 from api.problems import EXCEPTION_HANDLERS
 from api.routes import ROUTES
+from api.timeouts import body_idle_timeout_middleware
 from api.tus import TusController, tus_middleware
 from chunkstore.auth import TokenStore
 from chunkstore.config import MiB, Settings
@@ -141,6 +142,10 @@ def create_app(settings: Settings | None = None) -> Litestar:
             security=[{"bearer": []}],
         ),
     )
+    # Innermost of these wrappers, so every body reader below it is covered, and the
+    # request id middleware still sees the body unfinished (its answer closes the
+    # connection).
+    app.asgi_handler = body_idle_timeout_middleware(app.asgi_handler, settings.body_idle_timeout)
     # Outermost, around Litestar's own exception handling, so that answers to errors
     # raised in middleware (a 401 from auth) also carry the request id and are logged
     # with their real status.

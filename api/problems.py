@@ -22,6 +22,7 @@ INTERNAL_DETAIL = "the server failed on this request; its request id identifies 
 
 STATUS_BY_ERROR: dict[type[errors.ChunkstoreError], int] = {
     errors.InvalidRequest: 400,
+    errors.RequestTimeout: 408,
     errors.Unauthorized: 401,
     errors.UploadNotFound: 404,
     errors.ChunkConflict: 409,

@@ -23,6 +23,7 @@ def _data_dir(value: str | None) -> Path:
 def cmd_serve(args: argparse.Namespace) -> int:
     from granian import Granian
     from granian.constants import Interfaces
+    from granian.http import HTTP1Settings
 
     data_dir = _data_dir(args.data)
     os.environ["CHUNKSTORE_DATA"] = str(data_dir)
@@ -35,7 +36,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         shutil.rmtree(metrics_dir, ignore_errors=True)
         metrics_dir.mkdir(parents=True)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
-    Settings.from_env()  # fail fast on a bad setting, before the server starts
+    settings = Settings.from_env()  # fail fast on a bad setting, before the server starts
     print(
         f"chunkstore serving http://{args.host}:{args.port} (data: {data_dir})",
         file=sys.stderr,
@@ -49,6 +50,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         interface=Interfaces.ASGI,
         workers=args.workers,
         log_access=False,
+        # granian closes a connection that sends part of a request's headers, or nothing
+        # after a request, once this passes; the body's own deadline is api/timeouts.py.
+        http1_settings=HTTP1Settings(
+            header_read_timeout=max(1, round(settings.body_idle_timeout * 1000))
+        ),
     ).serve()
     return 0
 

@@ -55,6 +55,17 @@ class IncompleteBody(InvalidRequest):
     title = "Request body ended early"
 
 
+class RequestTimeout(IncompleteBody):
+    """The client sent no byte of the request body for ``CHUNKSTORE_BODY_IDLE_TIMEOUT``
+    seconds, so the server stopped waiting. The request keeps what a body cut off at that
+    point keeps (the whole frames of a batch, the received bytes of a tus PATCH without a
+    checksum; nothing of a single chunk) and holds nothing any more: ask for the status
+    (or HEAD the tus upload) and send the rest."""
+
+    slug = "request-timeout"
+    title = "Request body stalled"
+
+
 class Unauthorized(ChunkstoreError):
     slug = "unauthorized"
     title = "Authentication required"
