@@ -18,6 +18,9 @@ from chunkstore import errors
 log = logging.getLogger("chunkstore.api")
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
+#: Retry-After of a 423: the upload is busy with another request, which ends when its
+#: body does (or within CHUNKSTORE_BODY_IDLE_TIMEOUT if its client went silent).
+LOCKED_RETRY_AFTER = 2
 INTERNAL_DETAIL = "the server failed on this request; its request id identifies it in the logs"
 
 STATUS_BY_ERROR: dict[type[errors.ChunkstoreError], int] = {
@@ -81,6 +84,8 @@ def problem(
     all_headers = dict(headers or {})
     if status == 401:
         all_headers.setdefault("WWW-Authenticate", 'Bearer realm="chunkstore"')
+    if status == 423:
+        all_headers.setdefault("Retry-After", str(LOCKED_RETRY_AFTER))
     return Response(
         content=msgspec.json.encode(body),
         status_code=status,

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import struct
+import time
+from pathlib import Path
 
 import pytest
 
@@ -132,6 +134,34 @@ def test_a_silent_creation_with_upload_answers_408_with_its_location(impatient: 
         assert offset_of(client, url) == 100_000
         assert send(client, url, 100_000, data[100_000:]).status_code == 204
         assert final_bytes(impatient, client, url) == data
+
+
+def wait_for_temp_files(data_dir: Path, deadline: float = 60.0) -> None:
+    """Until a request in flight has a temp file in the data directory."""
+    ends = time.monotonic() + deadline
+    while not temp_files(data_dir):
+        assert time.monotonic() < ends, f"no temp file appeared within {deadline} s"
+        time.sleep(0.05)
+
+
+def test_a_busy_upload_answers_423_with_retry_after(make_server: MakeServer) -> None:
+    server = make_server()
+    data = os.urandom(6 * MiB)
+    with server.client("alice") as client:
+        url = create(client, len(data))
+        head = request_head(
+            "PATCH", url, client.headers["Authorization"], len(data),
+            Tus_Resumable="1.0.0", Content_Type=OFFSET_BODY["Content-Type"], Upload_Offset="0",
+        )  # fmt: skip
+        # More than the 4 MiB a PATCH buffers: its first chunks are written to temp files,
+        # which shows that it holds the upload, and it stays silent after them.
+        with start_request(server.port, head, data[: 5 * MiB]):
+            wait_for_temp_files(server.data_dir)
+            locked = send(client, url, 0, b"")
+    assert locked.status_code == 423, locked.text
+    assert locked.headers["Content-Type"].startswith(PROBLEM_JSON)
+    assert locked.json()["type"] == "/problems/upload-locked"
+    assert 1 <= int(locked.headers["Retry-After"]) <= 10
 
 
 def test_the_body_idle_timeout_must_be_positive(monkeypatch: pytest.MonkeyPatch) -> None:
