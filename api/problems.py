@@ -37,6 +37,7 @@ STATUS_BY_ERROR: dict[type[errors.ChunkstoreError], int] = {
     errors.ValidationFailed: 422,
     errors.TooManySessions: 429,
     errors.CorruptBlob: 500,
+    errors.InsufficientStorage: 507,
     errors.ConcurrencyConflict: 503,
     errors.ChunkSwept: 503,
 }

@@ -48,6 +48,7 @@ from chunkstore.errors import (
     TooLarge,
     UploadNotActive,
     ValidationFailed,
+    full_disk_guard,
 )
 from chunkstore.eventlog import EventStore, session_row
 from chunkstore.eventlog.sqlite import SQLiteEventStore
@@ -618,7 +619,7 @@ class UploadService:
     def _complete(self, state: SessionState, part: Path) -> Completion:
         chunks = state.ordered_chunks()
         try:
-            with open(part, "xb") as out:
+            with full_disk_guard("the assembled file"), open(part, "xb") as out:
                 assembled = assemble(self.blobs, chunks, out)
                 out.flush()
                 os.fsync(out.fileno())
@@ -645,7 +646,8 @@ class UploadService:
         if problem is not None:
             self._fail(state, *problem)
         relative = Path("files") / state.upload_id / state.filename
-        publish(part, self.settings.data_dir / relative)
+        with full_disk_guard("the completed file"):
+            publish(part, self.settings.data_dir / relative)
         state = self._append_or_settle(state, [UploadCompleted(str(relative), detected)])
         return completion_of(state)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import socket
@@ -9,7 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import httpx
@@ -18,6 +19,8 @@ import pytest
 from chunkstore.auth import TokenStore
 from chunkstore.blobs.filesystem import make_durable_dirs
 from chunkstore.config import Settings
+
+MiB = 1024 * 1024
 
 
 def free_port() -> int:
@@ -29,9 +32,17 @@ def free_port() -> int:
 class Server:
     """A ``chunkstore serve`` process group with its own data directory."""
 
-    def __init__(self, data_dir: Path, env: dict[str, str] | None = None, workers: int = 1) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        env: dict[str, str] | None = None,
+        workers: int = 1,
+        command_prefix: Sequence[str] = (),
+    ) -> None:
         self.data_dir = data_dir
         self.workers = workers
+        #: Runs the server and the CLI somewhere else (``SmallFilesystem.enter()``).
+        self.command_prefix = list(command_prefix)
         self.env = {**os.environ, **(env or {})}
         self.env.pop("CHUNKSTORE_DATA", None)
         self.port = free_port()
@@ -44,6 +55,7 @@ class Server:
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         self.process = subprocess.Popen(
             [
+                *self.command_prefix,
                 sys.executable,
                 "-m",
                 "chunkstore.cli",
@@ -96,8 +108,21 @@ class Server:
         self.process = None
 
     def token(self, owner: str) -> str:
+        if self.command_prefix:
+            return self.cli("token", "create", owner).stdout.strip()
         settings = Settings(data_dir=self.data_dir)
         return TokenStore(settings.database_path).create(owner)
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """A ``chunkstore`` command on this server's data directory (``--data`` added)."""
+        return subprocess.run(
+            [*self.command_prefix, sys.executable, "-m", "chunkstore.cli", *args,
+             "--data", str(self.data_dir)],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=300,
+        )  # fmt: skip
 
     def client(self, owner: str | None = "alice", **kwargs: object) -> httpx.Client:
         headers = {"Authorization": f"Bearer {self.token(owner)}"} if owner else {}
@@ -130,6 +155,85 @@ def make_server(tmp_path: Path) -> Iterator[object]:
 
 
 MakeServer = Callable[..., Server]
+
+
+class SmallFilesystem:
+    """A tmpfs of ``size`` bytes, to run out of space for real.
+
+    It is mounted at ``mount_point`` in a mount namespace of its own (inside a user
+    namespace when not root, so no privilege is needed), held by a sleeping process:
+    nothing is ever left mounted on the host, whatever happens to the test. Processes
+    that must see it at ``mount_point`` (a server, the CLI) run under ``enter()``; the
+    test itself reads and writes plain files through ``path``, the holder's view of it.
+    (Not SQLite, nor anything that resolves paths: they would follow ``/proc/PID/root``
+    back to the host's directory.)
+    """
+
+    def __init__(self, mount_point: Path, size: int) -> None:
+        self.mount_point = mount_point
+        self.size = size
+        self.holder: subprocess.Popen[str] | None = None
+        self.path = mount_point
+        self.user_namespace = os.geteuid() != 0
+
+    def __enter__(self) -> SmallFilesystem:
+        self.mount_point.mkdir(parents=True, exist_ok=True)
+        namespaces = ["--mount", "--propagation", "private"]
+        if self.user_namespace:
+            namespaces = ["--user", "--map-root-user", *namespaces]
+        script = 'mount -t tmpfs -o size="$1" tmpfs "$2" && echo mounted && exec sleep infinity'
+        try:
+            self.holder = subprocess.Popen(
+                [
+                    "unshare",
+                    *namespaces,
+                    "sh",
+                    "-c",
+                    script,
+                    "sh",
+                    str(self.size),
+                    str(self.mount_point),
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        except FileNotFoundError:
+            pytest.fail("this test needs unshare (util-linux) to mount a small filesystem")
+        assert self.holder.stdout is not None
+        if self.holder.stdout.readline().strip() != "mounted":
+            self.holder.kill()
+            _, errors = self.holder.communicate(timeout=10)
+            pytest.fail(
+                "cannot mount a small tmpfs in a mount namespace (as root, or in a user"
+                f" namespace without root) for this test: {errors.strip()}"
+            )
+        self.path = Path(f"/proc/{self.holder.pid}/root") / self.mount_point.relative_to("/")
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.holder is not None:
+            self.holder.kill()
+            self.holder.communicate(timeout=10)
+            self.holder = None
+
+    def enter(self) -> list[str]:
+        """The command prefix that runs a command where the filesystem is mounted."""
+        assert self.holder is not None
+        namespaces = ["--user", "--preserve-credentials"] if self.user_namespace else []
+        return ["nsenter", "--target", str(self.holder.pid), *namespaces, "--mount", "--"]
+
+    def fill(self) -> Path:
+        """Write a file until the filesystem has no room left; returns its path."""
+        filler = self.path / "filler"
+        with open(filler, "wb", buffering=0) as out:
+            for block in (MiB, 64 * 1024, 4096, 512, 1):
+                try:
+                    while True:
+                        out.write(b"\0" * block)
+                except OSError as error:
+                    assert error.errno == errno.ENOSPC, error
+        return filler
 
 
 @pytest.fixture
