@@ -25,6 +25,7 @@ from tests.helpers import (
     status_of,
     temp_files,
 )
+from tests.test_client import cli, write_random
 from tests.test_tus import create, offset_of, send
 
 MiB = 1024 * 1024
@@ -162,3 +163,35 @@ def test_a_full_database_answers_507_and_keeps_every_session_it_acknowledged(
     finally:
         server.stop()
     assert_audit_clean(server)
+
+
+def requests_seen(server: Server) -> list[tuple[str, str, int]]:
+    """(method, path, status) of every request the server logged, in order."""
+    seen = []
+    for line in server.log().splitlines():
+        if line.startswith("{") and '"message": "request"' in line:
+            entry = json.loads(line)
+            seen.append((entry["method"], entry["path"], entry["status"]))
+    return seen
+
+
+def test_upload_to_a_full_disk_stops_at_the_first_507_with_a_clear_message(
+    small_filesystem: SmallFilesystem, full_disk_server: Server, tmp_path: Path
+) -> None:
+    server = full_disk_server
+    path = write_random(tmp_path / "file.bin", 2 * MiB)
+    token = server.token("alice")
+    small_filesystem.fill()
+
+    done = cli(
+        "upload", str(path), "--server", server.url, "--token", token, "--parallel", "1",
+        "--state-dir", str(tmp_path / "state"),
+    )  # fmt: skip
+
+    assert done.returncode == 1, done.stderr
+    assert done.stdout == ""
+    assert "the server is out of storage (507 insufficient-storage)" in done.stderr
+    seen = requests_seen(server)
+    refused = [request for request in seen if request[2] == 507]
+    # One refusal, and nothing sent after it: no retry.
+    assert refused == [seen[-1]], seen
