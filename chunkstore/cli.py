@@ -37,6 +37,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         metrics_dir.mkdir(parents=True)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     settings = Settings.from_env()  # fail fast on a bad setting, before the server starts
+    prepare_data_dir(settings)
     print(
         f"chunkstore serving http://{args.host}:{args.port} (data: {data_dir})",
         file=sys.stderr,
@@ -57,6 +58,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ),
     ).serve()
     return 0
+
+
+def prepare_data_dir(settings: Settings) -> None:
+    """Create the data directory and its database schema once, before any worker starts:
+    workers creating the schema of a fresh database side by side lost one of them to
+    "database is locked" in about one start in five."""
+    from chunkstore.auth import TokenStore
+    from chunkstore.service import UploadService
+
+    UploadService.open(settings).close()
+    TokenStore(settings.database_path)
 
 
 def cmd_token_create(args: argparse.Namespace) -> int:
