@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 from typing import Any
 
 from litestar import Litestar
@@ -31,6 +32,7 @@ from chunkstore.auth import TokenStore
 from chunkstore.config import MiB, Settings
 from chunkstore.errors import Unauthorized
 from chunkstore.gc import collect
+from chunkstore.lifeline import PARENT_PID_VARIABLE, STOP_TIMEOUT, tie_to_parent
 from chunkstore.service import UploadService
 from chunkstore.tus import TusUploads
 
@@ -156,3 +158,12 @@ def create_app(settings: Settings | None = None) -> Litestar:
     # tus method override must happen before routing, its headers on every answer.
     app.asgi_handler = tus_middleware(app.asgi_handler, settings)
     return app
+
+
+def create_worker_app() -> Litestar:
+    """The application as ``chunkstore serve`` runs it in each worker process: a worker
+    first ties its life to the serving process, so that it never outlives it."""
+    parent = os.environ.get(PARENT_PID_VARIABLE)
+    if parent:
+        tie_to_parent(int(parent), STOP_TIMEOUT)
+    return create_app()

@@ -25,6 +25,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from granian.constants import Interfaces
     from granian.http import HTTP1Settings
 
+    from chunkstore.lifeline import PARENT_PID_VARIABLE, STOP_TIMEOUT
+
     data_dir = _data_dir(args.data)
     os.environ["CHUNKSTORE_DATA"] = str(data_dir)
     if args.workers > 1 and "CHUNKSTORE_TEMP_GRACE" not in os.environ:
@@ -43,8 +45,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
+    # Workers end with this process, even when it is killed (chunkstore.lifeline).
+    os.environ[PARENT_PID_VARIABLE] = str(os.getpid())
     Granian(
-        "api.app:create_app",
+        "api.app:create_worker_app",
         factory=True,
         address=args.host,
         port=args.port,
@@ -56,6 +60,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         http1_settings=HTTP1Settings(
             header_read_timeout=max(1, round(settings.body_idle_timeout * 1000))
         ),
+        # Without it, SIGTERM waits for every request in flight, however long a client
+        # keeps one open; past it the worker is killed, which loses nothing acknowledged.
+        workers_kill_timeout=STOP_TIMEOUT,
     ).serve()
     return 0
 
