@@ -4,6 +4,8 @@ playing the silent clients."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
 import struct
 import time
@@ -72,6 +74,23 @@ def test_a_silent_tus_patch_releases_the_upload_and_keeps_the_bytes_that_arrived
             assert offset_of(client, url) == sent
             answer = send(client, url, sent, data[sent:])
             assert answer.status_code == 204, answer.text
+        assert final_bytes(impatient, client, url) == data
+
+
+def test_a_silent_tus_patch_with_a_checksum_keeps_nothing(impatient: Server) -> None:
+    data = os.urandom(MiB)
+    digest = base64.b64encode(hashlib.sha256(data).digest()).decode()
+    with impatient.client("alice") as client:
+        url = create(client, len(data))
+        head = request_head(
+            "PATCH", url, client.headers["Authorization"], len(data),
+            Tus_Resumable="1.0.0", Content_Type=OFFSET_BODY["Content-Type"], Upload_Offset="0",
+            Upload_Checksum=f"sha256 {digest}",
+        )  # fmt: skip
+        with start_request(impatient.port, head, data[:300_000]) as silent:
+            assert_request_timeout(read_answer_and_close(silent))
+            assert offset_of(client, url) == 0
+            assert send(client, url, 0, data).status_code == 204
         assert final_bytes(impatient, client, url) == data
 
 
