@@ -32,7 +32,7 @@ from chunkstore.auth import TokenStore
 from chunkstore.config import MiB, Settings
 from chunkstore.errors import Unauthorized
 from chunkstore.gc import collect
-from chunkstore.lifeline import PARENT_PID_VARIABLE, STOP_TIMEOUT, tie_to_parent
+from chunkstore.lifeline import PARENT_PID_VARIABLE, tie_to_parent
 from chunkstore.service import UploadService
 from chunkstore.tus import TusUploads
 
@@ -165,5 +165,5 @@ def create_worker_app() -> Litestar:
     first ties its life to the serving process, so that it never outlives it."""
     parent = os.environ.get(PARENT_PID_VARIABLE)
     if parent:
-        tie_to_parent(int(parent), STOP_TIMEOUT)
+        tie_to_parent(int(parent))
     return create_app()

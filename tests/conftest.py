@@ -30,18 +30,21 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def process_state(pid: int) -> str | None:
-    """The state letter of a process (R, S, Z...) from /proc; None if there is none."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return None
-    return stat.rpartition(")")[2].split()[0]
-
-
 def is_running(pid: int) -> bool:
-    """True while the process exists and has not exited (a zombie has)."""
-    return process_state(pid) not in (None, "Z", "X")
+    """True while any thread of the process has not exited. A process's first thread can
+    be a zombie while others still run (and hold its files, sockets included)."""
+    try:
+        threads = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return False
+    for thread in threads:
+        try:
+            stat = Path(f"/proc/{pid}/task/{thread}/stat").read_text()
+        except FileNotFoundError:
+            continue
+        if stat.rpartition(")")[2].split()[0] not in ("Z", "X"):
+            return True
+    return False
 
 
 def child_pids(parent: int) -> list[int]:

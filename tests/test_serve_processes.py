@@ -16,8 +16,7 @@ import pytest
 from tests.conftest import Server, is_running
 from tests.helpers import UPLOAD, init_upload, start_request, temp_files
 
-#: Worker processes live this long at most after their parent dies (see
-#: chunkstore.lifeline): the deadline of every wait here, never a measured limit.
+#: The deadline of every wait here, never a measured limit.
 DEADLINE = 60.0
 
 
@@ -28,9 +27,12 @@ def wait_until(condition: Callable[[], bool], what: str, deadline: float = DEADL
         time.sleep(0.05)
 
 
-def assert_port_refuses(port: int) -> None:
-    with pytest.raises(ConnectionRefusedError):
+def refuses_connections(port: int) -> bool:
+    try:
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    except ConnectionRefusedError:
+        return True
+    return False
 
 
 @contextmanager
@@ -74,7 +76,7 @@ def test_workers_exit_when_the_main_process_is_killed(patient_server: Server) ->
         server.process.wait(timeout=DEADLINE)  # type: ignore[union-attr]
 
         wait_until(lambda: not any(map(is_running, workers)), "every worker exiting")
-        assert_port_refuses(server.port)
+        wait_until(lambda: refuses_connections(server.port), "the port refusing connections")
 
 
 def test_sigterm_to_the_main_process_stops_every_worker(patient_server: Server) -> None:
@@ -85,4 +87,4 @@ def test_sigterm_to_the_main_process_stops_every_worker(patient_server: Server) 
 
         server.process.wait(timeout=DEADLINE)  # type: ignore[union-attr]
         wait_until(lambda: not any(map(is_running, workers)), "every worker exiting")
-        assert_port_refuses(server.port)
+        wait_until(lambda: refuses_connections(server.port), "the port refusing connections")
