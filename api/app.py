@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from typing import Any
 
 from litestar import Litestar, Router
@@ -29,11 +30,13 @@ from api.observability import configure_logging, request_id_middleware
 from api.problems import EXCEPTION_HANDLERS
 from api.routes import ROUTES
 from api.routing import options_handler
+from api.timeouts import body_idle_timeout_middleware
 from api.tus import TusController, tus_middleware
 from chunkstore.auth import TokenStore
 from chunkstore.config import Settings
 from chunkstore.errors import Unauthorized
 from chunkstore.gc import collect
+from chunkstore.lifeline import PARENT_PID_VARIABLE, tie_to_parent
 from chunkstore.service import UploadService
 from chunkstore.tus import TusUploads
 
@@ -169,6 +172,10 @@ def create_app(settings: Settings | None = None) -> Litestar:
             security=[{"bearer": []}],
         ),
     )
+    # Innermost of these wrappers, so every body reader below it is covered, and the
+    # request id middleware still sees the body unfinished (its answer closes the
+    # connection).
+    app.asgi_handler = body_idle_timeout_middleware(app.asgi_handler, settings.body_idle_timeout)
     describe_api(app, settings)
     # Outermost, around Litestar's own exception handling, so that answers to errors
     # raised in middleware (a 401 from auth) also carry the request id and are logged
@@ -180,3 +187,12 @@ def create_app(settings: Settings | None = None) -> Litestar:
     # tus method override must happen before routing, its headers on every answer.
     app.asgi_handler = tus_middleware(app.asgi_handler, settings)
     return app
+
+
+def create_worker_app() -> Litestar:
+    """The application as ``chunkstore serve`` runs it in each worker process: a worker
+    first ties its life to the serving process, so that it never outlives it."""
+    parent = os.environ.get(PARENT_PID_VARIABLE)
+    if parent:
+        tie_to_parent(int(parent))
+    return create_app()

@@ -42,6 +42,7 @@ STATUS_BY_ERROR: dict[type[errors.ChunkstoreError], int] = {
     errors.ChunkIndexOutOfRange: 400,
     errors.IncompleteBody: 400,
     errors.FieldTooLong: 400,
+    errors.RequestTimeout: 408,
     errors.Unauthorized: 401,
     errors.UploadNotFound: 404,
     errors.ChunkConflict: 409,
@@ -63,6 +64,7 @@ STATUS_BY_ERROR: dict[type[errors.ChunkstoreError], int] = {
     errors.TooManySessions: 429,
     errors.UploadLocked: 423,
     errors.CorruptBlob: 500,
+    errors.InsufficientStorage: 507,
     errors.ConcurrencyConflict: 503,
     errors.ChunkSwept: 503,
     files.FileNotReady: 409,
@@ -107,8 +109,9 @@ UPLOAD_OFFSET = ProblemHeader(
 TUS_VERSION = ProblemHeader(
     "Tus-Version", "The tus versions this server speaks.", lambda error: tus.TUS_VERSION
 )
-#: A lock is held for the length of one request; a second later is a fair first retry.
-LOCK_RETRY_SECONDS = 1
+#: Retry-After of a 423: the upload is busy with another request, which ends when its
+#: body does (or within CHUNKSTORE_BODY_IDLE_TIMEOUT if its client went silent).
+LOCK_RETRY_SECONDS = 2
 RETRY_AFTER_LOCKED = ProblemHeader(
     "Retry-After",
     "Seconds to wait before retrying.",

@@ -36,6 +36,7 @@ from chunkstore.errors import (
     IncompleteBody,
     InvalidFilename,
     InvalidRequest,
+    RequestTimeout,
     SessionExpired,
     TooLarge,
     TooManySessions,
@@ -134,6 +135,13 @@ CAPABILITIES = Answer(
 TUS_ERRORS = (tus.UnsupportedTusVersion, InvalidRequest)
 UPLOAD_ERRORS = (*TUS_ERRORS, UploadNotFound, SessionExpired)
 COMPLETION_ERRORS = (ValidationFailed, CorruptBlob, ConcurrencyConflict, ChunkSwept)
+
+
+def refused_at(request: AnyRequest, error: ChunkstoreError, location: str) -> Response[bytes]:
+    """The error answer to a creation whose upload exists nonetheless, with its Location."""
+    refused = problems.chunkstore_error(request, error)
+    refused.headers["Location"] = location
+    return refused
 
 
 def owner_of(request: AnyRequest) -> str:
@@ -336,15 +344,20 @@ class TusController(Controller):
         if with_body:
             try:
                 state = await write_body(request, tus_uploads, state.upload_id, 0)
+            except RequestTimeout as error:
+                # A client that stalled may still read the answer: a 408 that says
+                # where the upload is and how far it got.
+                refused = refused_at(request, error, location)
+                state = await asyncio.to_thread(tus_uploads.head, owner, state.upload_id)
+                refused.headers["Upload-Offset"] = str(state.tus_offset)
+                return refused
             except IncompleteBody:
                 state = await asyncio.to_thread(tus_uploads.head, owner, state.upload_id)
             except ChunkstoreError as error:
                 # The upload exists although its first bytes were refused (a checksum
                 # mismatch): say where it is, so the client can resume instead of
                 # leaving it to expire.
-                refused = problems.chunkstore_error(request, error)
-                refused.headers["Location"] = location
-                return refused
+                return refused_at(request, error, location)
         elif tus_uploads.needs_completion(state):
             state = await asyncio.to_thread(tus_uploads.complete, owner, state)
         headers = {"Location": location, **offset_headers(state)}

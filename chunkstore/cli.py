@@ -23,6 +23,9 @@ def _data_dir(value: str | None) -> Path:
 def cmd_serve(args: argparse.Namespace) -> int:
     from granian import Granian
     from granian.constants import Interfaces
+    from granian.http import HTTP1Settings
+
+    from chunkstore.lifeline import PARENT_PID_VARIABLE, STOP_TIMEOUT
 
     data_dir = _data_dir(args.data)
     os.environ["CHUNKSTORE_DATA"] = str(data_dir)
@@ -35,22 +38,44 @@ def cmd_serve(args: argparse.Namespace) -> int:
         shutil.rmtree(metrics_dir, ignore_errors=True)
         metrics_dir.mkdir(parents=True)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
-    Settings.from_env()  # fail fast on a bad setting, before the server starts
+    settings = Settings.from_env()  # fail fast on a bad setting, before the server starts
+    prepare_data_dir(settings)
     print(
         f"chunkstore serving http://{args.host}:{args.port} (data: {data_dir})",
         file=sys.stderr,
         flush=True,
     )
+    # Workers end with this process, even when it is killed (chunkstore.lifeline).
+    os.environ[PARENT_PID_VARIABLE] = str(os.getpid())
     Granian(
-        "api.app:create_app",
+        "api.app:create_worker_app",
         factory=True,
         address=args.host,
         port=args.port,
         interface=Interfaces.ASGI,
         workers=args.workers,
         log_access=False,
+        # granian closes a connection that sends part of a request's headers, or nothing
+        # after a request, once this passes; the body's own deadline is api/timeouts.py.
+        http1_settings=HTTP1Settings(
+            header_read_timeout=max(1, round(settings.body_idle_timeout * 1000))
+        ),
+        # Without it, SIGTERM waits for every request in flight, however long a client
+        # keeps one open; past it the worker is killed, which loses nothing acknowledged.
+        workers_kill_timeout=STOP_TIMEOUT,
     ).serve()
     return 0
+
+
+def prepare_data_dir(settings: Settings) -> None:
+    """Create the data directory and its database schema once, before any worker starts:
+    workers creating the schema of a fresh database side by side lost one of them to
+    "database is locked" in about one start in five."""
+    from chunkstore.auth import TokenStore
+    from chunkstore.service import UploadService
+
+    UploadService.open(settings).close()
+    TokenStore(settings.database_path)
 
 
 def cmd_token_create(args: argparse.Namespace) -> int:

@@ -57,6 +57,9 @@ COMPLETING_STATUSES = frozenset({"assembling", "completed"})
 #: A body cut off in transit is a network failure, although the server that saw it
 #: answers 400; the client sees it only when the answer still gets through.
 RETRYABLE_PROBLEMS = frozenset({"incomplete-body"})
+#: Refusals that waiting cannot fix unless the server says how long to wait: the open
+#: sessions end only when the owner completes or cancels one, or when they expire.
+RETRY_ONLY_IF_TOLD = frozenset({"too-many-sessions"})
 #: Send-then-complete rounds. Complete answers 409 with the missing chunks when some
 #: are still missing (e.g. a session expiry race); more rounds than this is a bug.
 COMPLETION_ROUNDS = 3
@@ -103,11 +106,24 @@ class ServerError(ClientError):
     """The server refused a request with an error that retrying cannot fix."""
 
     def __init__(self, status: int, slug: str, detail: str, problem: dict[str, Any]) -> None:
-        super().__init__(f"{detail} (HTTP {status} {slug})")
+        super().__init__(self.message(status, slug, detail))
         self.status = status
         self.slug = slug
         self.detail = detail
         self.problem = problem
+
+    @staticmethod
+    def message(status: int, slug: str, detail: str) -> str:
+        return f"{detail} (HTTP {status} {slug})"
+
+
+class OutOfStorage(ServerError):
+    """The server's disk is full (507): retrying cannot help until its operator frees
+    space. What the server acknowledged is kept; running the command again resumes."""
+
+    @staticmethod
+    def message(status: int, slug: str, detail: str) -> str:
+        return f"the server is out of storage ({status} {slug}): {detail}"
 
 
 class GaveUp(ClientError):
@@ -119,7 +135,8 @@ class FileChanged(ClientError):
 
 
 class TransientError(Exception):
-    """A failure worth retrying: network error, timeout, 5xx, 429."""
+    """A failure worth retrying: network error, timeout, and the answers
+    ``is_transient`` names."""
 
     def __init__(self, reason: str, retry_after: float | None = None) -> None:
         super().__init__(reason)
@@ -194,10 +211,29 @@ def answer_of(response: httpx.Response) -> Any:
         problem = {}
     slug = str(problem.get("type") or f"http-{status}").removeprefix("/problems/")
     detail = str(problem.get("detail") or response.reason_phrase or "request failed")
-    if status == 429 or status >= 500 or slug in RETRYABLE_PROBLEMS:
-        retry_after = retry_after_seconds(response.headers.get("Retry-After"))
+    retry_after = retry_after_seconds(response.headers.get("Retry-After"))
+    if is_transient(status, slug, retry_after is not None):
         raise TransientError(f"HTTP {status} {slug}: {detail}", retry_after)
+    if status == 507:
+        raise OutOfStorage(status, slug, detail, problem)
     raise ServerError(status, slug, detail, problem)
+
+
+def is_transient(status: int, slug: str, retry_after: bool) -> bool:
+    """Whether an error answer is worth sending the request again for.
+
+    5xx but 507 (a full disk stays full), 408 (the server stopped waiting for a slow
+    body), 429 (but refusals that only the owner's own action ends, unless the server
+    names a wait) and a body cut off on the way. Every other 4xx is final: the same
+    request would be refused the same way.
+    """
+    if status == 507:
+        return False
+    if status >= 500 or status == 408 or slug in RETRYABLE_PROBLEMS:
+        return True
+    if status == 429:
+        return retry_after or slug not in RETRY_ONLY_IF_TOLD
+    return False
 
 
 class ServerApi:

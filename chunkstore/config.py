@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -79,6 +80,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     #: When set, ``GET /metrics`` wants ``Authorization: Bearer <this>``; empty: no auth.
     metrics_token: str = ""
 
+    #: Seconds a request may go without receiving a byte of its body before the server
+    #: stops waiting (408): a client that goes silent without closing its connection
+    #: would otherwise hold its socket, its temp file and, for tus, the upload's lock.
+    body_idle_timeout: float = 30.0
+
     #: Origins a browser may upload from (CORS on ``/files/``, the tus endpoint); "*"
     #: for any. Empty: no CORS headers.
     cors_origins: tuple[str, ...] = ()
@@ -112,6 +118,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "gc_interval": ("CHUNKSTORE_GC_INTERVAL", float),
             "gc_hours": ("CHUNKSTORE_GC_HOURS", float),
             "gc_grace": ("CHUNKSTORE_GC_GRACE", float),
+            "body_idle_timeout": ("CHUNKSTORE_BODY_IDLE_TIMEOUT", float),
         }
         for field, (name, kind) in numeric.items():
             if env.get(name):
@@ -131,7 +138,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             changes["metrics_token"] = env["CHUNKSTORE_METRICS_TOKEN"].strip()
         if env.get("CHUNKSTORE_CORS_ORIGINS"):
             changes["cors_origins"] = _split(env["CHUNKSTORE_CORS_ORIGINS"])
-        return msgspec.structs.replace(base, **changes)
+        settings = msgspec.structs.replace(base, **changes)
+        if not (0 < settings.body_idle_timeout < math.inf):
+            raise ValueError("CHUNKSTORE_BODY_IDLE_TIMEOUT must be a positive number of seconds")
+        return settings
 
 
 def _split(value: str) -> tuple[str, ...]:

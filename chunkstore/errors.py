@@ -7,6 +7,8 @@ name of the problem.
 
 from __future__ import annotations
 
+import errno
+from types import TracebackType
 from typing import Any
 
 
@@ -82,6 +84,17 @@ class FieldTooLong(InvalidRequest):
 
     slug = "field-too-long"
     title = "Field longer than allowed"
+
+
+class RequestTimeout(IncompleteBody):
+    """The client sent no byte of the request body for ``CHUNKSTORE_BODY_IDLE_TIMEOUT``
+    seconds, so the server stopped waiting. The request keeps what a body cut off at that
+    point keeps (the whole frames of a batch, the received bytes of a tus PATCH without a
+    checksum; nothing of a single chunk) and holds nothing any more: ask for the status
+    (or HEAD the tus upload) and send the rest."""
+
+    slug = "request-timeout"
+    title = "Request body stalled"
 
 
 class Unauthorized(ChunkstoreError):
@@ -237,6 +250,15 @@ class ValidationFailed(ChunkstoreError):
     title = "File failed validation"
 
 
+class InsufficientStorage(ChunkstoreError):
+    """The server's storage is full (or the data directory's quota is used up). The
+    request that hit it stored nothing; everything acknowledged before is kept. Retrying
+    does not help until an operator frees space: then send the same request again."""
+
+    slug = "insufficient-storage"
+    title = "Insufficient storage"
+
+
 class CorruptBlob(ChunkstoreError):
     """A stored blob is missing or its bytes do not hash to its name."""
 
@@ -266,3 +288,38 @@ class ConcurrencyConflict(ChunkstoreError):
 
     slug = "concurrency-conflict"
     title = "Concurrent update"
+
+
+#: errno values that mean there is no room to write: the filesystem is full, or the quota
+#: of the user the server runs as is used up.
+NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+class FullDiskGuard:
+    """``with full_disk_guard("the chunk"):`` turns a full filesystem met inside the
+    block into ``InsufficientStorage``; every other error passes unchanged. A class, not
+    a generator: it wraps every write of a request body."""
+
+    __slots__ = ("what",)
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if isinstance(error, OSError) and error.errno in NO_SPACE_ERRNOS:
+            raise InsufficientStorage(
+                f"no space left on the server to write {self.what}; nothing of this request"
+                " was kept. Send it again once the operator has freed space.",
+            ) from error
+
+
+def full_disk_guard(what: str) -> FullDiskGuard:
+    return FullDiskGuard(what)

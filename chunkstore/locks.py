@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from chunkstore.errors import UploadLocked
+from chunkstore.errors import UploadLocked, full_disk_guard
 
 #: Waits start short (a PATCH of a few MiB holds the lock for milliseconds) and back off.
 _FIRST_DELAY = 0.005
@@ -69,7 +69,8 @@ class UploadLocks:
         deadline = time.monotonic() + wait
         delay = _FIRST_DELAY
         while True:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            with full_disk_guard("the upload's lock file"):
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

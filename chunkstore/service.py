@@ -56,6 +56,7 @@ from chunkstore.errors import (
     TooLarge,
     UploadNotActive,
     ValidationFailed,
+    full_disk_guard,
 )
 from chunkstore.eventlog import EventStore, session_row
 from chunkstore.eventlog.sqlite import SQLiteEventStore
@@ -719,7 +720,7 @@ class UploadService:
     def _complete(self, state: SessionState, part: Path) -> Completion:
         chunks = state.ordered_chunks()
         try:
-            with open(part, "xb") as out:
+            with full_disk_guard("the assembled file"), open(part, "xb") as out:
                 assembled = assemble(self.blobs, chunks, out)
                 out.flush()
                 os.fsync(out.fileno())
@@ -747,7 +748,8 @@ class UploadService:
             self._fail(state, *problem)
         relative = Path("files") / state.upload_id / state.filename
         final = self.settings.data_dir / relative
-        publish(part, final)
+        with full_disk_guard("the completed file"):
+            publish(part, final)
         try:
             state = self._append_or_settle(state, [UploadCompleted(str(relative), detected)])
         except BaseException:

@@ -61,6 +61,7 @@ from chunkstore.errors import (
     TooLarge,
     UploadNotActive,
     UploadNotFound,
+    full_disk_guard,
 )
 
 # The per-upload lock's refusal (chunkstore.locks), answered 423 on tus routes too.
@@ -364,22 +365,24 @@ class Staging:
         unacknowledged leftover past them is overwritten, and the file is fsynced."""
         path = self.path(upload_id, base)
         created = not path.exists()
-        with open(path, "r+b" if not created else "xb") as staged:
-            staged.seek(old_size)
-            staged.write(data)
-            staged.truncate()
-            staged.flush()
-            os.fsync(staged.fileno())
-        if created:
-            fsync_directory(self.directory)
+        with full_disk_guard("the upload's tail"):
+            with open(path, "r+b" if not created else "xb") as staged:
+                staged.seek(old_size)
+                staged.write(data)
+                staged.truncate()
+                staged.flush()
+                os.fsync(staged.fileno())
+            if created:
+                fsync_directory(self.directory)
 
     def write(self, upload_id: str, base: int, data: bytes) -> None:
         """A new tail starting at ``base``, durable before the event naming it exists."""
-        with open(self.path(upload_id, base), "wb") as staged:
-            staged.write(data)
-            staged.flush()
-            os.fsync(staged.fileno())
-        fsync_directory(self.directory)
+        with full_disk_guard("the upload's tail"):
+            with open(self.path(upload_id, base), "wb") as staged:
+                staged.write(data)
+                staged.flush()
+                os.fsync(staged.fileno())
+            fsync_directory(self.directory)
 
     def discard(self, upload_id: str, keep_base: int | None = None) -> None:
         """Remove an upload's staging files, but the one at ``keep_base`` (and a

@@ -5,13 +5,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import socket
 import struct
 import time
 import zlib
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import blake3
 import httpx
@@ -241,3 +242,52 @@ def recorded_events(data_dir: Path, upload_id: str) -> list[Event]:
         return [recorded.event for recorded in store.read(upload_id)]
     finally:
         store.close()
+
+
+# -- raw HTTP/1.1 over a socket: clients that misbehave as no library would ---------------
+
+
+def start_request(port: int, head: str, body: bytes = b"") -> socket.socket:
+    """Open a connection and send ``head`` (a request line and headers, ending in an empty
+    line) and ``body``, which may be only part of what the headers announce. The caller
+    keeps the socket open and silent for as long as it likes."""
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.sendall(head.encode("latin-1") + body)
+    return sock
+
+
+class RawAnswer(NamedTuple):
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def read_answer_and_close(sock: socket.socket, deadline: float = 60.0) -> RawAnswer:
+    """Read until the server closes the connection, at most ``deadline`` seconds, and
+    parse the one HTTP/1.1 answer it sent. Fails if the connection stays open."""
+    received = bytearray()
+    ends = time.monotonic() + deadline
+    while True:
+        remaining = ends - time.monotonic()
+        if remaining <= 0:
+            raise AssertionError(f"connection still open after {deadline} s: {bytes(received)!r}")
+        sock.settimeout(remaining)
+        try:
+            piece = sock.recv(65536)
+        except TimeoutError:
+            continue
+        if not piece:
+            break
+        received += piece
+    if not received:
+        raise AssertionError("the server closed the connection without an answer")
+    head, _, body = bytes(received).partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in header_lines:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return RawAnswer(int(status_line.split()[1]), headers, body)

@@ -20,9 +20,13 @@ from chunkstore.chunking import ChunkInfo, chunk_file
 from chunkstore.cli import render_progress
 from chunkstore.client import (
     BATCH_BYTES,
+    OutOfStorage,
     RetryPolicy,
+    ServerError,
+    TransientError,
     UploadClient,
     UploadResult,
+    answer_of,
     plan_batches,
     retry_after_seconds,
 )
@@ -503,6 +507,62 @@ def test_retry_after_is_read_as_seconds_or_as_an_http_date() -> None:
     assert retry_after_seconds("Tue, 01 Jan 2030 11:00:00 GMT", now) == 0.0
     assert retry_after_seconds("soon", now) is None
     assert retry_after_seconds(None, now) is None
+
+
+def problem_answer(status: int, slug: str, **headers: str) -> httpx.Response:
+    body = {"type": f"/problems/{slug}", "status": status, "detail": f"{slug} happened"}
+    return httpx.Response(
+        status, json=body, headers={"Content-Type": "application/problem+json", **headers}
+    )
+
+
+@pytest.mark.parametrize(
+    ("status", "slug", "headers"),
+    [
+        (500, "internal-error", {}),
+        (502, "http-502", {}),
+        (503, "concurrency-conflict", {}),
+        (408, "request-timeout", {}),
+        (400, "incomplete-body", {}),
+        (429, "http-429", {}),
+        (429, "too-many-sessions", {"Retry-After": "5"}),
+    ],
+)
+def test_answers_that_waiting_can_fix_are_retried(
+    status: int, slug: str, headers: dict[str, str]
+) -> None:
+    with pytest.raises(TransientError):
+        answer_of(problem_answer(status, slug, **headers))
+
+
+@pytest.mark.parametrize(
+    ("status", "slug"),
+    [
+        (400, "checksum-mismatch"),
+        (401, "unauthorized"),
+        (404, "upload-not-found"),
+        (409, "chunk-conflict"),
+        (410, "upload-expired"),
+        (413, "too-large"),
+        (415, "unsupported-media-type"),
+        (422, "validation-failed"),
+        (429, "too-many-sessions"),
+        (507, "insufficient-storage"),
+    ],
+)
+def test_answers_that_waiting_cannot_fix_fail_at_once(status: int, slug: str) -> None:
+    with pytest.raises(ServerError) as refused:
+        answer_of(problem_answer(status, slug))
+    assert refused.value.status == status
+    assert refused.value.slug == slug
+
+
+def test_a_full_disk_fails_with_a_message_that_says_so() -> None:
+    with pytest.raises(OutOfStorage) as refused:
+        answer_of(problem_answer(507, "insufficient-storage"))
+    assert str(refused.value) == (
+        "the server is out of storage (507 insufficient-storage): insufficient-storage happened"
+    )
 
 
 def test_backoff_is_full_jitter_under_a_growing_cap_and_obeys_retry_after() -> None:

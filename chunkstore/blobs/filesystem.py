@@ -21,7 +21,7 @@ from typing import BinaryIO
 import blake3
 
 from chunkstore.blobs import BlobRef
-from chunkstore.errors import CorruptBlob
+from chunkstore.errors import CorruptBlob, full_disk_guard
 
 DIGEST_LENGTH = 64
 #: Largest single write() call. On the Linux hosts measured, single writes of 2 MiB or
@@ -126,7 +126,8 @@ class FileBlobWriter:
         assert self._fd is not None, "writer already finished"
         if self._hasher is not None:
             self._hasher.update(data)
-        write_all(self._write, data)
+        with full_disk_guard("a chunk"):
+            write_all(self._write, data)
         self._size += len(data)
 
     def digest(self) -> str:
@@ -246,7 +247,8 @@ class FileBlobStore:
         hash to ``expected_digest`` (the batch path hashes frames as they arrive)."""
         if expected_digest is not None and self.exists(expected_digest):
             return VerifyingWriter(self, expected_digest, verified)
-        return FileBlobWriter(self, expected_digest if verified else None)
+        with full_disk_guard("a chunk"):
+            return FileBlobWriter(self, expected_digest if verified else None)
 
     def commit_many(self, writers: Sequence[object]) -> list[BlobRef]:
         """Make every writer's bytes durable under its digest.
@@ -271,16 +273,17 @@ class FileBlobStore:
             # reports that as not created (a stat per chunk saved).
             to_link.append((position, writer, target))
         try:
-            if len(to_link) == 1 or (to_link and _syncfs is None):
-                for position, writer, target in to_link:
-                    refs[position] = self._link_durably(writer, target)
-            elif to_link:
-                for _, writer, _ in to_link:
-                    writer._close()
-                sync_filesystem(self.tmp_dir)
-                for position, writer, target in to_link:
-                    refs[position] = self._link(writer, target)
-                sync_filesystem(self.objects_dir)
+            with full_disk_guard("chunks"):
+                if len(to_link) == 1 or (to_link and _syncfs is None):
+                    for position, writer, target in to_link:
+                        refs[position] = self._link_durably(writer, target)
+                elif to_link:
+                    for _, writer, _ in to_link:
+                        writer._close()
+                    sync_filesystem(self.tmp_dir)
+                    for position, writer, target in to_link:
+                        refs[position] = self._link(writer, target)
+                    sync_filesystem(self.objects_dir)
         finally:
             for _, writer, _ in to_link:
                 writer._discard()

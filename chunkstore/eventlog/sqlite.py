@@ -19,11 +19,34 @@ from typing import Any
 import sqlite_utils
 
 from chunkstore import events as ev
-from chunkstore.errors import ConcurrencyConflict
+from chunkstore.errors import ConcurrencyConflict, InsufficientStorage
 from chunkstore.eventlog import SESSION_COLUMNS, RecordedEvent, iso, parse_iso
 
 _READ_BATCH = 2000
 _IN_BATCH = 500
+
+
+def _database_full(error: BaseException) -> bool:
+    """SQLITE_FULL: the disk (or the quota) had no room for the database or its WAL."""
+    if not isinstance(error, sqlite3.OperationalError):
+        return False
+    code = getattr(error, "sqlite_errorcode", None)
+    if code is not None:
+        return bool(code & 0xFF == sqlite3.SQLITE_FULL)
+    return "database or disk is full" in str(error)
+
+
+def _rollback(conn: sqlite3.Connection, error: BaseException) -> None:
+    """Undo a failed write transaction, then raise what the caller should see. SQLite
+    may have rolled back already (it does on SQLITE_FULL): a second ROLLBACK would fail
+    and hide the reason."""
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
+    if _database_full(error):
+        raise InsufficientStorage(
+            "no space left on the server to record this request; nothing of it was kept."
+            " Send it again once the operator has freed space."
+        ) from error
 
 
 class SQLiteEventStore:
@@ -177,8 +200,8 @@ class SQLiteEventStore:
                     stored,
                 )
             conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
+        except BaseException as error:
+            _rollback(conn, error)
             raise
         return recorded
 
@@ -202,8 +225,8 @@ class SQLiteEventStore:
             for row in rows:
                 self._upsert_session(conn, row)
             conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
+        except BaseException as error:
+            _rollback(conn, error)
             raise
 
     # -- reading -----------------------------------------------------------------------
@@ -346,8 +369,8 @@ class SQLiteEventStore:
                 owner_chunks,
             )
             conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
+        except BaseException as error:
+            _rollback(conn, error)
             raise
 
     @contextlib.contextmanager
