@@ -19,7 +19,14 @@ from litestar import Request, Response, delete, get
 from litestar.response import Stream
 
 from api.contract import Answer, Header, contract
-from chunkstore.errors import CorruptBlob, RangeNotSatisfiable, UploadNotFound
+from chunkstore.errors import (
+    ConcurrencyConflict,
+    CorruptBlob,
+    RangeNotSatisfiable,
+    UploadLocked,
+    UploadNotActive,
+    UploadNotFound,
+)
 from chunkstore.files import FileNotReady, StoredFile, read_range, stored_file
 from chunkstore.service import UploadService
 
@@ -74,31 +81,31 @@ _FILE_HEADERS = (
 )
 
 
-@get(
-    "/api/v1/files/{upload_id:str}",
-    sync_to_thread=True,
-    opt=contract(
-        UploadNotFound,
-        FileNotReady,
-        RangeNotSatisfiable,
-        CorruptBlob,
-        headers=[
-            Header("Range", "One `bytes=first-last` range (another form sends the whole file)."),
-            Header("If-Range", "Send the range only if the ETag is still this one."),
-            Header("If-None-Match", "304 if the ETag is this one (or `*`)."),
-        ],
-        answers=[
-            Answer(200, "The whole file.", _FILE_HEADERS, media_type="*/*"),
-            Answer(
-                206,
-                "The range asked for.",
-                (*_FILE_HEADERS, Header("Content-Range", "`bytes first-last/size`.")),
-                media_type="*/*",
-            ),
-            Answer(304, "Not modified: the client's copy is current.", _FILE_HEADERS[:3]),
-        ],
-    ),
+#: What a download answers, wherever it is served (here and on a tus upload's URL).
+DOWNLOAD_CONTRACT = contract(
+    UploadNotFound,
+    FileNotReady,
+    RangeNotSatisfiable,
+    CorruptBlob,
+    headers=[
+        Header("Range", "One `bytes=first-last` range (another form sends the whole file)."),
+        Header("If-Range", "Send the range only if the ETag is still this one."),
+        Header("If-None-Match", "304 if the ETag is this one (or `*`)."),
+    ],
+    answers=[
+        Answer(200, "The whole file.", _FILE_HEADERS, media_type="*/*"),
+        Answer(
+            206,
+            "The range asked for.",
+            (*_FILE_HEADERS, Header("Content-Range", "`bytes first-last/size`.")),
+            media_type="*/*",
+        ),
+        Answer(304, "Not modified: the client's copy is current.", _FILE_HEADERS[:3]),
+    ],
 )
+
+
+@get("/api/v1/files/{upload_id:str}", sync_to_thread=True, opt=DOWNLOAD_CONTRACT)
 def download_file(request: AnyRequest, upload_id: str, service: UploadService) -> Response[Any]:
     """A completed upload's bytes, whole or one range (the owner only)."""
     return download(request, service, upload_id)
@@ -128,7 +135,11 @@ def download(request: AnyRequest, service: UploadService, upload_id: str) -> Res
     return _stream(service, file, chosen, headers)
 
 
-@delete("/api/v1/files/{upload_id:str}", status_code=204)
+@delete(
+    "/api/v1/files/{upload_id:str}",
+    status_code=204,
+    opt=contract(UploadNotFound, UploadNotActive, UploadLocked, ConcurrencyConflict),
+)
 async def delete_file(request: AnyRequest, upload_id: str, service: UploadService) -> None:
     """Delete a completed upload: its file now, its unshared chunks at gc's next run."""
     owner = str(request.user)

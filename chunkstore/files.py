@@ -52,6 +52,15 @@ def load_manifest(blobs: BlobStore, digest: str) -> Manifest:
         raise CorruptBlob(f"manifest {digest} does not decode: {error}", digest=digest) from None
 
 
+def served_type(detected: str | None) -> str:
+    """The Content-Type a file is served with: what libmagic detected, but never one of
+    its ``inode/*`` answers (an empty file is ``inode/x-empty``), which are no media
+    types."""
+    if not detected or detected.startswith("inode/"):
+        return "application/octet-stream"
+    return detected
+
+
 def stored_file(state: SessionState, data_dir: Path) -> StoredFile:
     """What there is to read of a session; raises ``FileNotReady`` unless completed,
     ``UploadNotFound`` once deleted (the file is gone, as for a missing upload)."""
@@ -73,7 +82,7 @@ def stored_file(state: SessionState, data_dir: Path) -> StoredFile:
         size=state.manifest.size,
         sha256=state.manifest.sha256,
         blake3=state.manifest.blake3,
-        mime_type=state.detected_mime or "application/octet-stream",
+        mime_type=served_type(state.detected_mime),
         manifest_digest=state.manifest.manifest_digest,
         path=path if present else None,
     )

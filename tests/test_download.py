@@ -319,3 +319,17 @@ def test_options_on_a_file_url_lists_get_and_delete(server: Server) -> None:
 
     assert answer.status_code == 204
     assert set(answer.headers["Allow"].replace(" ", "").split(",")) == {"DELETE", "GET", "OPTIONS"}
+
+
+def test_an_empty_file_is_served_as_octet_stream_not_as_libmagic_names_it(
+    server: Server,
+) -> None:
+    tus_headers = {"Tus-Resumable": "1.0.0"}
+    with server.client("empty-download") as client:
+        created = client.post("/files/", headers={**tus_headers, "Upload-Length": "0"})
+        assert created.status_code == 201
+        answer = client.get(created.headers["Location"])
+
+    assert answer.status_code == 200
+    assert answer.content == b""
+    assert answer.headers["Content-Type"] == "application/octet-stream"

@@ -25,7 +25,6 @@ PUBLIC_OPERATIONS = {
     ("get", "/metrics"),
     ("get", "/problems/{slug}"),
     ("options", "/files"),
-    ("options", "/files/{upload_id}"),
 }
 
 
