@@ -32,12 +32,12 @@ from api.routes import ROUTES
 from api.routing import options_handler
 from api.timeouts import body_idle_timeout_middleware
 from api.tus import TusController, tus_middleware
-from chunkstore.auth import TokenStore
+from chunkstore.application import UploadService
 from chunkstore.config import Settings
 from chunkstore.errors import Unauthorized
 from chunkstore.gc import collect
 from chunkstore.lifeline import PARENT_PID_VARIABLE, tie_to_parent
-from chunkstore.service import UploadService
+from chunkstore.tokens import TokenStore
 from chunkstore.tus import TusUploads
 
 gc_log = logging.getLogger("chunkstore.gc")
@@ -108,12 +108,13 @@ def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or Settings.from_env()
     configure_logging()
     service = UploadService.open(settings)
-    tokens = TokenStore(settings.database_path)
+    tokens = service.store.tokens
 
     def sweep_temp_files() -> None:
         # A crash can leave temp files behind; none is visible, all are garbage.
         # Several workers share the directory, so spare files still being written.
-        service.blobs.sweep_temp_files(older_than=settings.temp_grace)  # type: ignore[attr-defined]
+        for backend in service.store.temp_files:
+            backend.sweep_temp_files(older_than=settings.temp_grace)
 
     metrics = Metrics(service, settings)
     background = BackgroundGc(service, settings, metrics)

@@ -19,6 +19,7 @@ from litestar import Request, Response, delete, get
 from litestar.response import Stream
 
 from api.contract import Answer, Header, contract
+from chunkstore.application import UploadService
 from chunkstore.errors import (
     ConcurrencyConflict,
     CorruptBlob,
@@ -27,8 +28,7 @@ from chunkstore.errors import (
     UploadNotActive,
     UploadNotFound,
 )
-from chunkstore.files import FileNotReady, StoredFile, read_range, stored_file
-from chunkstore.service import UploadService
+from chunkstore.reading import FileNotReady, StoredFile, read_range, stored_file
 
 AnyRequest = Request[Any, Any, Any]
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
@@ -115,7 +115,7 @@ def download(request: AnyRequest, service: UploadService, upload_id: str) -> Res
     """A completed upload's bytes for its owner, whole or the range asked for; also
     what ``GET /files/{upload_id}`` (tus) answers."""
     state = service.get(str(request.user), upload_id)
-    file = stored_file(state, service.settings.data_dir)
+    file = stored_file(state, service.store.files)
     etag = f'"{file.sha256}"'
     headers = {
         "ETag": etag,
@@ -156,7 +156,7 @@ def _stream(
     if chosen is not None:
         headers["Content-Range"] = f"bytes {first}-{last}/{file.size}"
     headers["Content-Length"] = str(last - first + 1)
-    pieces = read_range(file, service.blobs, first, last)
+    pieces = read_range(file, service.store.blobs, service.store.files, first, last)
     # The first piece is read (and its chunk re-hashed) before the answer starts, so a
     # damaged first chunk is a corrupt-blob problem; damage further on can only cut the
     # body short, once the status has gone out.

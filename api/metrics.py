@@ -42,6 +42,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from api.contract import Answer, contract
+from chunkstore.application import UploadService
 from chunkstore.config import Settings
 from chunkstore.errors import Unauthorized
 from chunkstore.events import (
@@ -53,18 +54,17 @@ from chunkstore.events import (
     ValidationFailed,
 )
 from chunkstore.gc import GcReport
-from chunkstore.service import UploadService
-from chunkstore.session import (
-    ACTIVE,
-    ASSEMBLING,
-    CANCELLED,
-    COMPLETED,
-    DELETED,
-    EXPIRED,
-    FAILED,
-)
+from chunkstore.session import Status
 
-_STATUSES = (ACTIVE, ASSEMBLING, COMPLETED, FAILED, CANCELLED, EXPIRED, DELETED)
+_STATUSES = (
+    Status.ACTIVE,
+    Status.ASSEMBLING,
+    Status.COMPLETED,
+    Status.FAILED,
+    Status.CANCELLED,
+    Status.EXPIRED,
+    Status.DELETED,
+)
 
 
 class StoreCollector(Collector):
@@ -73,7 +73,7 @@ class StoreCollector(Collector):
     def __init__(self, service: UploadService) -> None:
         self.service = service
         self.lock = threading.Lock()
-        self.position = service.events.last_position()
+        self.position = service.store.log.last_position()
         self.chunks_stored = 0
         self.bytes_received = 0
         self.bytes_deduplicated = 0
@@ -81,7 +81,7 @@ class StoreCollector(Collector):
         self.ended: Tally[str] = Tally()
 
     def catch_up(self) -> None:
-        for recorded in self.service.events.read_all(self.position):
+        for recorded in self.service.store.log.read_all(self.position):
             self.position = recorded.position
             match recorded.event:
                 case ChunkStored(size=size, reused=reused):
@@ -93,13 +93,13 @@ class StoreCollector(Collector):
                 case ValidationFailed(reason=reason):
                     self.failures[reason] += 1
                 case UploadCompleted():
-                    self.ended[COMPLETED] += 1
+                    self.ended[Status.COMPLETED] += 1
                 case UploadCancelled():
-                    self.ended[CANCELLED] += 1
+                    self.ended[Status.CANCELLED] += 1
                 case UploadExpired():
-                    self.ended[EXPIRED] += 1
+                    self.ended[Status.EXPIRED] += 1
                 case UploadDeleted():
-                    self.ended[DELETED] += 1
+                    self.ended[Status.DELETED] += 1
 
     def collect(self) -> Iterator[Metric]:
         with self.lock:
@@ -130,10 +130,10 @@ class StoreCollector(Collector):
             ended = CounterMetricFamily(
                 "chunkstore_uploads_ended", "Uploads that reached a final status", labels=["status"]
             )
-            for status in (COMPLETED, CANCELLED, EXPIRED, DELETED):
+            for status in (Status.COMPLETED, Status.CANCELLED, Status.EXPIRED, Status.DELETED):
                 ended.add_metric([status], self.ended[status])
             yield ended
-        by_status = self.service.events.count_sessions_by_status()
+        by_status = self.service.store.index.count_sessions_by_status()
         sessions = GaugeMetricFamily(
             "chunkstore_sessions", "Sessions by stored status (the projection)", labels=["status"]
         )

@@ -25,7 +25,7 @@ import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
-from chunkstore import errors, files, tus
+from chunkstore import errors, reading, tus
 from chunkstore.bounds import MAX_LISTED_INDEXES, shorten
 
 log = logging.getLogger("chunkstore.api")
@@ -67,7 +67,7 @@ STATUS_BY_ERROR: dict[type[errors.ChunkstoreError], int] = {
     errors.InsufficientStorage: 507,
     errors.ConcurrencyConflict: 503,
     errors.ChunkSwept: 503,
-    files.FileNotReady: 409,
+    reading.FileNotReady: 409,
     # tus 1.0 prescribes these statuses for its own failures.
     tus.OffsetMismatch: 409,
     tus.UnsupportedChecksumAlgorithm: 400,

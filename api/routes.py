@@ -19,16 +19,13 @@ from api.schemas import (
     CancelBody,
     ChunkBody,
     ChunkPage,
-    ChunkPageAnswer,
     DigestList,
-    InitAnswer,
     InitBody,
     MissingDigests,
-    QuotaAnswer,
-    StatusAnswer,
-    StatusProgress,
     UploadRef,
 )
+from chunkstore import batch, views
+from chunkstore.application import UploadService
 from chunkstore.bounds import quote
 from chunkstore.commands import InitRequest
 from chunkstore.errors import (
@@ -60,21 +57,22 @@ from chunkstore.errors import (
     UploadNotFound,
     ValidationFailed,
 )
-from chunkstore.listing import list_chunks
-from chunkstore.service import (
+from chunkstore.intake import Checksum
+from chunkstore.session import SessionState
+from chunkstore.views import (
     BatchReceipt,
-    Checksum,
+    ChunkPageAnswer,
     ChunkReceipt,
     Completion,
-    UploadService,
-    state_summary,
+    InitAnswer,
+    QuotaAnswer,
+    StatusAnswer,
 )
-from chunkstore.session import SessionState
 
 AnyRequest = Request[Any, Any, Any]
 UPLOAD = "/api/v1/upload"
 NEW_ID = "$response.body#/upload_id"
-BATCH_MEDIA_TYPE = "application/vnd.chunkstore.batch"
+BATCH_MEDIA_TYPE = batch.MEDIA_TYPE
 CHUNK_CHECKSUM = Header(
     "X-Chunk-Checksum",
     "`sha256=<hex>` or `blake3=<hex>` of the chunk's bytes (400 if they do not match).",
@@ -164,28 +162,7 @@ def init_upload(request: AnyRequest, data: InitBody, service: UploadService) -> 
         chunk_count=data.chunk_count,
     )
     state = service.init_upload(owner_of(request), init)
-    assert state.expires_at is not None
-    listing = list_chunks(state)
-    return InitAnswer(
-        upload_id=state.upload_id,
-        status=state.status,
-        filename=state.filename,
-        total_size=state.total_size,
-        chunk_size=state.chunk_size,
-        total_chunks=state.total_chunks,
-        expires_at=state.expires_at,
-        missing_chunks=listing.missing_chunks,
-        needed_chunks=listing.needed_chunks,
-        missing_count=listing.missing_count,
-        needed_count=listing.needed_count,
-        chunks_truncated=listing.chunks_truncated,
-        next_from=listing.next_from,
-        declared_chunks=state.declared_chunks,
-        chunk_page_size=service.settings.chunk_page_size,
-        bytes_total=state.total_size,
-        bytes_received=state.bytes_received,
-        bytes_deduplicated=state.bytes_deduplicated,
-    )
+    return views.init_answer(state, service.settings.chunk_page_size)
 
 
 @post(
@@ -211,19 +188,7 @@ def declare_chunks(
     """The next page of a manifest-mode session's chunk list (see ``chunk_count``)."""
     page = [(chunk.digest, chunk.size) for chunk in data.chunks]
     state, needed = service.declare_chunks(owner_of(request), upload_id, data.start, page)
-    return ChunkPageAnswer(
-        upload_id=state.upload_id,
-        status=state.status,
-        start=data.start,
-        declared_chunks=state.declared_chunks,
-        total_chunks=state.total_chunks,
-        needed_chunks=needed,
-        needed_count=state.needed_count,
-        chunk_page_size=service.settings.chunk_page_size,
-        bytes_total=state.total_size,
-        bytes_received=state.bytes_received,
-        bytes_deduplicated=state.bytes_deduplicated,
-    )
+    return views.page_answer(state, data.start, needed, service.settings.chunk_page_size)
 
 
 @post(
@@ -390,12 +355,8 @@ def upload_status(
 def status_answer(
     request: AnyRequest, service: UploadService, state: SessionState, start: int = 0
 ) -> StatusAnswer:
-    summary = state_summary(state, service.clock(), start)
     used, limit = service.quota_usage(owner_of(request))
-    return StatusAnswer(
-        **{**summary, "progress": StatusProgress(**summary["progress"])},
-        quota=QuotaAnswer(used=used, limit=limit),
-    )
+    return views.status_answer(state, service.clock(), start, QuotaAnswer(used=used, limit=limit))
 
 
 ROUTES = [

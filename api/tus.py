@@ -25,6 +25,7 @@ from api.contract import Answer, Body, Header, contract
 from api.observability import has_body
 from api.routing import allowed_methods
 from chunkstore import tus
+from chunkstore.application import UploadService
 from chunkstore.bounds import quote
 from chunkstore.config import Settings
 from chunkstore.errors import (
@@ -46,8 +47,7 @@ from chunkstore.errors import (
     UploadNotFound,
     ValidationFailed,
 )
-from chunkstore.service import UploadService
-from chunkstore.session import SessionState
+from chunkstore.session import SessionState, Status
 from chunkstore.tus import TUS_VERSION, TusUploads, UploadChecksum
 
 AnyRequest = Request[Any, Any, Any]
@@ -184,7 +184,7 @@ def upload_headers(state: SessionState) -> dict[str, str]:
         headers["Upload-Concat"] = "partial"
     elif state.tus_concat == "final":
         headers["Upload-Concat"] = "final;" + " ".join(f"{FILES}/{p}" for p in state.tus_parts)
-    if state.expires_at is not None and state.status == "active":
+    if state.expires_at is not None and state.status == Status.ACTIVE:
         headers["Upload-Expires"] = http_date(state)
     return headers
 

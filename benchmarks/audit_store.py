@@ -25,11 +25,12 @@ from pathlib import Path
 
 import blake3
 
+from chunkstore.application import UploadService
 from chunkstore.audit import replay_store
 from chunkstore.commands import InitRequest
 from chunkstore.config import Settings
 from chunkstore.errors import ValidationFailed
-from chunkstore.service import Frame, UploadService
+from chunkstore.intake import Frame
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -59,7 +60,7 @@ def build(data_dir: Path, sessions: int, chunks_per_session: int, complete_every
                     Frame(index, chunks[index][0], sizes[index], [memoryview(pieces[index])])
                     for index in range(start, min(start + BATCH, len(pieces)))
                 ]
-                service.record_frames(owner, upload_id, frames)
+                service.intake.record_frames(owner, upload_id, frames)
             written += sum(sizes)
             if number % complete_every == 0:
                 # Random bytes are now and then taken for a DOS executable and refused;

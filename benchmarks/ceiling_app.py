@@ -15,7 +15,7 @@ from typing import Any
 import blake3
 from litestar import Litestar, Request, get, put
 
-from chunkstore.blobs.filesystem import write_all
+from chunkstore.durable import write_all
 
 
 def create_app() -> Litestar:

@@ -66,12 +66,13 @@ from benchmarks.raw_upload import upload as raw_upload
 from benchmarks.releases import DJANGO_RELEASES, release_tars
 from benchmarks.tus_upload import tus_upload as chunkstore_tus_upload
 from chunkstore import commands
+from chunkstore.application import UploadService
 from chunkstore.audit import replay_store
 from chunkstore.chunking import chunk_file
 from chunkstore.config import Settings
-from chunkstore.eventlog import session_row
 from chunkstore.events import ChunkStored
-from chunkstore.service import Frame, UploadService
+from chunkstore.intake import Frame
+from chunkstore.projections import project
 from chunkstore.session import replay
 from tests.conftest import Server, free_port
 
@@ -522,7 +523,8 @@ def time_appends(data_dir: Path, count: int) -> float:
         for index, digest in enumerate(digests):
             event = ChunkStored(index, digest, 1)
             new_state = replay([event], state)
-            service.events.append(state.upload_id, state.version, [event], session_row(new_state))
+            changes = project(new_state, [event])
+            service.store.log.append(state.upload_id, state.version, [event], changes)
             state = new_state
         return time.perf_counter() - started
     finally:
@@ -567,7 +569,7 @@ def fill_store(data_dir: Path, total: int, chunk: int = 64 * 1024) -> None:
                 Frame(index, digest, chunk, [memoryview(piece)])
                 for index, ((digest, _), piece) in enumerate(zip(chunks, pieces, strict=True))
             ]
-            service.record_frames("bench", upload_id, frames)
+            service.intake.record_frames("bench", upload_id, frames)
     finally:
         service.close()
 
@@ -586,7 +588,7 @@ def time_read(data_dir: Path) -> tuple[int, float]:
     service = open_service(data_dir)
     try:
         started = time.perf_counter()
-        count = sum(1 for _ in service.events.read_all())
+        count = sum(1 for _ in service.store.log.read_all())
         return count, time.perf_counter() - started
     finally:
         service.close()

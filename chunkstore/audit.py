@@ -26,23 +26,18 @@ nowhere else stays reported.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import secrets
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import blake3
 import msgspec
 
-from chunkstore.blobs.filesystem import make_durable_dirs
+from chunkstore.application import UploadService
 from chunkstore.errors import ConcurrencyConflict, CorruptBlob
-from chunkstore.eventlog import session_row
 from chunkstore.events import (
     ChunkStored,
     Event,
@@ -57,21 +52,11 @@ from chunkstore.events import (
     UploadInitiated,
     event_type,
 )
-from chunkstore.files import load_manifest
 from chunkstore.gc import confirm_orphan, orphan_candidates
 from chunkstore.manifest import Manifest, assemble
-from chunkstore.service import UploadService, publish
-from chunkstore.session import (
-    ACTIVE,
-    ASSEMBLING,
-    COMPLETED,
-    EXPIRED,
-    FAILED,
-    FINAL_STATUSES,
-    SessionState,
-    replay,
-    replay_steps,
-)
+from chunkstore.projections import session_row
+from chunkstore.reading import load_manifest
+from chunkstore.session import FINAL_STATUSES, SessionState, Status, replay, replay_steps
 
 READ_SIZE = 1024 * 1024
 #: Blobs per task handed to a hashing thread, threads, and tasks queued at once.
@@ -84,7 +69,7 @@ _REBUILD_ATTEMPTS = 20
 ProgressCallback = Callable[[int, int], None]
 
 #: Sessions whose chunks (and manifest, and final file) must all be there.
-LIVE_STATUSES = frozenset({ACTIVE, ASSEMBLING, COMPLETED})
+LIVE_STATUSES = frozenset({Status.ACTIVE, Status.ASSEMBLING, Status.COMPLETED})
 
 PROJECTION_KINDS = frozenset(
     {
@@ -145,9 +130,9 @@ class _Store(msgspec.Struct, kw_only=True):
 #: What may still follow a final status: deleting a completed upload, cancelling a
 #: failed or expired one (which records that the owner gave up on it).
 _AFTER_END: dict[str, tuple[type[Event], ...]] = {
-    COMPLETED: (UploadDeleted,),
-    FAILED: (UploadCancelled,),
-    EXPIRED: (UploadCancelled,),
+    Status.COMPLETED: (UploadDeleted,),
+    Status.FAILED: (UploadCancelled,),
+    Status.EXPIRED: (UploadCancelled,),
 }
 _CREATIONS = (UploadInitiated, TusUploadCreated)
 
@@ -191,12 +176,12 @@ def _broken_rule(state: SessionState, event: Event) -> tuple[str, str] | None:
             if total_size < state.tus_offset:
                 return "bytes-past-size", f"{state.tus_offset} bytes are past {total_size}"
         case ManifestWritten():
-            if state.status != ACTIVE:
+            if state.status != Status.ACTIVE:
                 return "event-out-of-order", f"a manifest written while {state.status}"
             if _missing(state):
                 return "event-out-of-order", "a manifest written while chunks were missing"
         case UploadCompleted():
-            if state.status != ASSEMBLING:
+            if state.status != Status.ASSEMBLING:
                 return "event-out-of-order", "completed without a manifest"
         case UploadDeleted():
             return "event-out-of-order", f"deleted while {state.status}, not completed"
@@ -205,7 +190,7 @@ def _broken_rule(state: SessionState, event: Event) -> tuple[str, str] | None:
 
 def _broken_chunk_rule(state: SessionState, event: ChunkStored) -> tuple[str, str] | None:
     index, digest, size = event.index, event.digest, event.size
-    if state.status != ACTIVE:
+    if state.status != Status.ACTIVE:
         return "event-out-of-order", f"chunk {index} stored while {state.status}"
     if state.mode == "tus":
         # Cut from the stream in order: each new chunk is the next index.
@@ -254,10 +239,10 @@ def _missing(state: SessionState) -> bool:
 
 def replay_store(service: UploadService, findings: list[Finding] | None = None) -> _Store:
     """Fold every stream from the log, in global order; version gaps are findings."""
-    position = service.events.last_position()
+    position = service.store.log.last_position()
     streams: dict[str, list[Event]] = defaultdict(list)
     count = 0
-    for recorded in service.events.read_all():
+    for recorded in service.store.log.read_all():
         if recorded.position > position:
             break
         stream = streams[recorded.stream_id]
@@ -293,7 +278,7 @@ def replay_store(service: UploadService, findings: list[Finding] | None = None) 
 def check_projections(service: UploadService, store: _Store) -> list[Finding]:
     """The ``sessions`` rows and ``owner_chunks`` rows against the events."""
     findings = []
-    rows = {row["upload_id"]: row for row in service.events.session_rows()}
+    rows = {row["upload_id"]: row for row in service.store.index.session_rows()}
     for upload_id, state in sorted(store.states.items()):
         expected = session_row(state)
         actual = rows.pop(upload_id, None)
@@ -309,7 +294,7 @@ def check_projections(service: UploadService, store: _Store) -> list[Finding]:
             findings.append(Finding("projection-mismatch", upload_id, "; ".join(differences)))
     for upload_id in sorted(rows):
         findings.append(Finding("projection-orphan", upload_id, "sessions row without events"))
-    actual_chunks = set(service.events.owner_chunk_rows())
+    actual_chunks = set(service.store.index.owner_chunk_rows())
     for owner, digest, size in sorted(store.owner_chunks - actual_chunks):
         findings.append(
             Finding("owner-chunks-missing", digest, f"owner {owner!r} stored it ({size} bytes)")
@@ -321,54 +306,31 @@ def check_projections(service: UploadService, store: _Store) -> list[Finding]:
     return findings
 
 
-def _hash_blob(service: UploadService, digest: str, path: str | None) -> tuple[int, str]:
-    """(size, BLAKE3 hex) of a blob, straight from its file when the store names one."""
+def _hash_blob(service: UploadService, digest: str) -> tuple[int, str]:
+    """(size, BLAKE3 hex) of a blob as the store gives it back."""
     hasher = blake3.blake3()
     size = 0
-    if path is None:
-        with service.blobs.open(digest) as blob:
-            while piece := blob.read(READ_SIZE):
-                hasher.update(piece)
-                size += len(piece)
-        return size, hasher.hexdigest()
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        raise CorruptBlob(f"blob {digest} is missing", digest=digest) from None
-    try:
-        while piece := os.read(fd, READ_SIZE):
+    with service.store.blobs.open(digest) as blob:
+        while piece := blob.read(READ_SIZE):
             hasher.update(piece)
             size += len(piece)
-    finally:
-        os.close(fd)
     return size, hasher.hexdigest()
 
 
-def _blob_entries(service: UploadService) -> Iterator[tuple[str, str | None]]:
-    entries = getattr(service.blobs, "entries", None)
-    if entries is not None:
-        yield from entries()
-    else:
-        for digest in service.blobs.digests():
-            yield digest, None
-
-
-def _hash_batch(
-    service: UploadService, batch: list[tuple[str, str | None]]
-) -> list[tuple[str, int, str]]:
+def _hash_batch(service: UploadService, batch: list[str]) -> list[tuple[str, int, str]]:
     """(digest, size, actual BLAKE3) of each blob; size -1 for one that vanished."""
     results = []
-    for digest, path in batch:
+    for digest in batch:
         try:
-            results.append((digest, *_hash_blob(service, digest, path)))
+            results.append((digest, *_hash_blob(service, digest)))
         except CorruptBlob:
             results.append((digest, -1, ""))  # swept between listing and reading
     return results
 
 
-def _entry_batches(service: UploadService) -> Iterator[list[tuple[str, str | None]]]:
-    batch: list[tuple[str, str | None]] = []
-    for entry in _blob_entries(service):
+def _entry_batches(service: UploadService) -> Iterator[list[str]]:
+    batch: list[str] = []
+    for entry in service.store.blobs.digests():
         batch.append(entry)
         if len(batch) == _HASH_BATCH:
             yield batch
@@ -411,9 +373,7 @@ def check_blobs(
     return findings, sizes
 
 
-def _take(
-    batches: Iterator[list[tuple[str, str | None]]], count: int
-) -> list[list[tuple[str, str | None]]]:
+def _take(batches: Iterator[list[str]], count: int) -> list[list[str]]:
     taken = []
     for batch in batches:
         taken.append(batch)
@@ -452,7 +412,7 @@ def check_manifest(
     if digest not in sizes:
         return [Finding("manifest-missing", upload_id, f"manifest blob {digest}")], None
     try:
-        manifest = load_manifest(service.blobs, digest)
+        manifest = load_manifest(service.store.blobs, digest)
     except CorruptBlob as error:
         return [Finding("manifest-corrupt", upload_id, error.detail)], None
     findings = []
@@ -477,11 +437,6 @@ def check_manifest(
     return findings, manifest
 
 
-def final_path(service: UploadService, state: SessionState) -> Path:
-    assert state.file_path is not None
-    return service.settings.data_dir / state.file_path
-
-
 def check_file(
     service: UploadService,
     state: SessionState,
@@ -490,12 +445,11 @@ def check_file(
     total_bytes: int,
 ) -> list[Finding]:
     """A completed upload's final file: present, the right size, the right BLAKE3."""
-    assert state.manifest is not None
-    path = final_path(service, state)
+    assert state.manifest is not None and state.file_path is not None
+    files = service.store.files
     upload_id = state.upload_id
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
+    size = files.size(state.file_path)
+    if size is None:
         return [Finding("file-missing", upload_id, f"{state.file_path} is gone")]
     summary.files += 1
     if size != state.manifest.size:
@@ -507,7 +461,7 @@ def check_file(
             )
         ]
     hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
-    with open(path, "rb") as source:
+    with files.open(state.file_path) as source:
         while piece := source.read(8 * READ_SIZE):
             hasher.update(piece)
             summary.file_bytes += len(piece)
@@ -524,21 +478,20 @@ def check_orphan_files(service: UploadService, store: _Store) -> list[Finding]:
     """Files under ``files/`` that no completed upload owns (a cancelled upload's file, a
     deleted upload's file that outlived its deletion, a stray)."""
     findings = []
-    data_dir = service.settings.data_dir
-    for path in orphan_candidates(service, store.states):
-        why = confirm_orphan(service, path)
+    for entry in orphan_candidates(service, store.states):
+        why = confirm_orphan(service, entry.location)
         if why is not None:
-            findings.append(Finding("file-orphan", str(path.relative_to(data_dir)), why))
+            findings.append(Finding("file-orphan", entry.location, why))
     return findings
 
 
 def _total_bytes(service: UploadService, store: _Store) -> int:
     """Bytes the audit will read (for the progress bar): blobs plus final files."""
     total = 0
-    for digest in service.blobs.digests():
-        total += service.blobs.size(digest) or 0
+    for digest in service.store.blobs.digests():
+        total += service.store.blobs.size(digest) or 0
     for state in store.states.values():
-        if state.status == COMPLETED and state.manifest is not None:
+        if state.status == Status.COMPLETED and state.manifest is not None:
             total += state.manifest.size
     return total
 
@@ -564,7 +517,7 @@ def audit(service: UploadService, progress: ProgressCallback | None = None) -> A
         if manifest is None:
             chunks = ((index, d, s) for index, (d, s) in sorted(state.chunks.items()))
             findings.extend(check_chunks(upload_id, chunks, sizes))
-        if state.status == COMPLETED:
+        if state.status == Status.COMPLETED:
             findings.extend(check_file(service, state, summary, progress, total_bytes))
     findings.extend(check_orphan_files(service, store))
     summary.seconds = round(time.perf_counter() - started, 3)
@@ -574,10 +527,9 @@ def audit(service: UploadService, progress: ProgressCallback | None = None) -> A
 # -- repair ---------------------------------------------------------------------------
 
 
-def quarantine_dir(service: UploadService) -> Path:
+def quarantine_name() -> str:
     """Where repair keeps damaged files and blobs: evidence is moved, never deleted."""
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    return service.settings.data_dir / "quarantine" / stamp
+    return f"quarantine/{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}"
 
 
 def rebuild_projections(service: UploadService) -> None:
@@ -587,7 +539,7 @@ def rebuild_projections(service: UploadService) -> None:
         store = replay_store(service)
         rows = [session_row(state) for _, state in sorted(store.states.items())]
         try:
-            service.events.rebuild_projections(rows, sorted(store.owner_chunks), store.position)
+            service.store.index.rebuild(rows, sorted(store.owner_chunks), store.position)
             return
         except ConcurrencyConflict:
             continue
@@ -608,17 +560,20 @@ def restore_manifest(service: UploadService, state: SessionState) -> bool:
     data = manifest.encode()
     if blake3.blake3(data).hexdigest() != state.manifest.manifest_digest:
         return False
-    service.blobs.put(data)
+    service.store.blobs.put(data)
     return True
 
 
 def restore_chunk(
-    service: UploadService, digest: str, source: Path, offset: int, size: int, aside: Path
+    service: UploadService, digest: str, source: str, offset: int, size: int, aside: str
 ) -> bool:
     """Rebuild a chunk blob from the bytes an intact final file holds at ``offset``."""
-    writer = service.blobs.writer()
+    blobs, evidence = service.store.blobs, service.store.blob_evidence
+    if blobs.exists(digest) and evidence is None:
+        return False  # a damaged blob that cannot be set aside keeps its name
+    writer = blobs.writer()
     try:
-        with open(source, "rb") as file:
+        with service.store.files.open(source) as file:
             file.seek(offset)
             remaining = size
             while remaining > 0 and (piece := file.read(min(READ_SIZE, remaining))):
@@ -627,57 +582,50 @@ def restore_chunk(
         if writer.size != size or writer.digest() != digest:
             writer.abort()
             return False
-        if service.blobs.exists(digest):
-            service.blobs.set_aside(digest, aside / "blobs")  # type: ignore[attr-defined]
-        writer.commit()
+        if evidence is not None and blobs.exists(digest):
+            evidence.set_aside(digest, f"{aside}/blobs")
+        blobs.commit_many([writer])
         return True
     except BaseException:
         writer.abort()
         raise
 
 
-def rematerialize(service: UploadService, state: SessionState, aside: Path) -> str | None:
+def rematerialize(service: UploadService, state: SessionState, aside: str) -> str | None:
     """Rebuild a final file from its chunks; None when done, else why it could not be."""
-    assert state.manifest is not None
+    assert state.manifest is not None and state.file_path is not None
+    files = service.store.files
     try:
-        manifest = load_manifest(service.blobs, state.manifest.manifest_digest)
+        manifest = load_manifest(service.store.blobs, state.manifest.manifest_digest)
     except CorruptBlob as error:
         return error.detail
-    path = final_path(service, state)
-    part = service.tmp_dir / f"repair-{state.upload_id}-{secrets.token_hex(6)}.part"
+    part = files.writer(state.upload_id, state.filename)
     try:
-        with open(part, "xb") as out:
-            assembled = assemble(service.blobs, manifest.chunks, out)
-            out.flush()
-            os.fsync(out.fileno())
+        assembled = assemble(service.store.blobs, manifest.chunks, part)
         if (assembled.blake3, assembled.sha256) != (manifest.blake3, manifest.sha256):
             return "the chunks no longer assemble into the recorded file"
-        if path.exists():
-            evidence = aside / "files" / state.upload_id
-            make_durable_dirs(evidence)
-            os.replace(path, evidence / path.name)
-        publish(part, path)
+        files.quarantine(state.file_path, f"{aside}/files")
+        part.commit()
         return None
     except CorruptBlob as error:
         return error.detail
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            part.unlink()
+        part.abort()
 
 
-def _chunk_sources(
-    service: UploadService, store: _Store, bad_files: set[str]
-) -> dict[str, tuple[Path, int, int]]:
+def _chunk_sources(store: _Store, bad_files: set[str]) -> dict[str, tuple[str, int, int]]:
     """digest -> (intact final file, offset, size) for every chunk of a good file."""
-    sources: dict[str, tuple[Path, int, int]] = {}
+    sources: dict[str, tuple[str, int, int]] = {}
     for upload_id, state in store.states.items():
-        if state.status != COMPLETED or upload_id in bad_files or state.manifest is None:
+        if state.status != Status.COMPLETED or upload_id in bad_files or state.manifest is None:
+            continue
+        if state.file_path is None:
             continue
         if len(state.chunks) != state.total_chunks:
             continue
         offset = 0
         for digest, size in state.ordered_chunks():
-            sources.setdefault(digest, (final_path(service, state), offset, size))
+            sources.setdefault(digest, (state.file_path, offset, size))
             offset += size
     return sources
 
@@ -685,7 +633,7 @@ def _chunk_sources(
 def repair(service: UploadService, report: AuditReport) -> list[str]:
     """Fix what the findings allow; returns one line per action taken or refused."""
     actions: list[str] = []
-    aside = quarantine_dir(service)
+    aside = quarantine_name()
     rebuild_projections(service)
     actions.append("rebuilt the sessions and owner_chunks projections from the events")
     store = replay_store(service)
@@ -695,11 +643,11 @@ def repair(service: UploadService, report: AuditReport) -> list[str]:
     missing = {
         f.detail.rsplit("blob ", 1)[-1] for f in report.findings if f.kind == "chunk-missing"
     }
-    sources = _chunk_sources(service, store, bad_files)
+    sources = _chunk_sources(store, bad_files)
     for digest in sorted(bad_blobs | missing):
         source = sources.get(digest)
         if source is not None and restore_chunk(service, digest, *source, aside):
-            actions.append(f"restored blob {digest} from {source[0].name}")
+            actions.append(f"restored blob {digest} from {source[0].rsplit('/', 1)[-1]}")
         else:
             actions.append(f"cannot restore blob {digest}: its bytes exist nowhere else")
     for finding in report.findings:

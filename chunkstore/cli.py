@@ -71,20 +71,22 @@ def prepare_data_dir(settings: Settings) -> None:
     """Create the data directory and its database schema once, before any worker starts:
     workers creating the schema of a fresh database side by side lost one of them to
     "database is locked" in about one start in five."""
-    from chunkstore.auth import TokenStore
-    from chunkstore.service import UploadService
+    from chunkstore.store import open_store
 
-    UploadService.open(settings).close()
-    TokenStore(settings.database_path)
+    open_store(settings).close()
 
 
 def cmd_token_create(args: argparse.Namespace) -> int:
-    from chunkstore.auth import TokenStore
-    from chunkstore.blobs.filesystem import make_durable_dirs
+    from chunkstore.durable import make_durable_dirs
+    from chunkstore.store import open_store
 
     settings = Settings.from_env(_data_dir(args.data))
     make_durable_dirs(settings.data_dir)
-    print(TokenStore(settings.database_path).create(args.name))
+    store = open_store(settings)
+    try:
+        print(store.tokens.create(args.name))
+    finally:
+        store.close()
     return 0
 
 
@@ -228,8 +230,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def _open_service(data: str | None) -> Any:
     """The library over an existing data directory (these commands never create one)."""
+    from chunkstore.application import UploadService
     from chunkstore.errors import InvalidRequest
-    from chunkstore.service import UploadService
 
     settings = Settings.from_env(_data_dir(data))
     if not settings.database_path.exists():
@@ -240,12 +242,12 @@ def _open_service(data: str | None) -> Any:
 def cmd_replay(args: argparse.Namespace) -> int:
     from chunkstore import replay
     from chunkstore.errors import UploadNotFound
-    from chunkstore.eventlog import iso
+    from chunkstore.projections import iso
 
     at = replay.parse_moment(args.at) if args.at else None
     service = _open_service(args.data)
     try:
-        recorded = service.events.read(args.upload_id)
+        recorded = service.store.log.read(args.upload_id)
     finally:
         service.close()
     if not recorded:

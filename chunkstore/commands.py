@@ -52,15 +52,7 @@ from chunkstore.events import (
 )
 from chunkstore.listing import list_chunks
 from chunkstore.policy import check_declared_type, clean_filename
-from chunkstore.session import (
-    ACTIVE,
-    ASSEMBLING,
-    CANCELLED,
-    COMPLETED,
-    DELETED,
-    FAILED,
-    SessionState,
-)
+from chunkstore.session import SessionState, Status
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
@@ -332,7 +324,7 @@ def check_accepting(state: SessionState, now: datetime) -> None:
         raise SessionExpired(
             f"upload {state.upload_id} expired at {state.expires_at}", upload_id=state.upload_id
         )
-    if state.status != ACTIVE:
+    if state.status != Status.ACTIVE:
         raise UploadNotActive(
             f"upload {state.upload_id} is {state.status} and takes no more chunks",
             status=state.status,
@@ -440,12 +432,12 @@ def decide_chunk(
 
 def check_completable(state: SessionState, now: datetime) -> None:
     """Refuse completion of a session that cannot become a file now."""
-    if state.status == FAILED:
+    if state.status == Status.FAILED:
         raise ValidationFailed(
             state.failure_detail or state.failure_reason or "validation failed",
             reason=state.failure_reason,
         )
-    if state.status == CANCELLED:
+    if state.status == Status.CANCELLED:
         raise UploadNotActive(f"upload {state.upload_id} was cancelled", status=state.status)
     if state.is_expired(now):
         raise SessionExpired(f"upload {state.upload_id} expired", upload_id=state.upload_id)
@@ -475,22 +467,22 @@ def check_completable(state: SessionState, now: datetime) -> None:
 
 def decide_expire(state: SessionState, now: datetime) -> list[KnownEvent]:
     """Record that an active session passed its TTL (run by gc, not by clients)."""
-    if state.status in (ACTIVE, ASSEMBLING) and state.is_expired(now):
+    if state.status in (Status.ACTIVE, Status.ASSEMBLING) and state.is_expired(now):
         return [UploadExpired()]
     return []
 
 
 def decide_cancel(state: SessionState, reason: str) -> list[KnownEvent]:
     check_length("reason", reason, MAX_CANCEL_REASON)
-    if state.status == COMPLETED:
+    if state.status == Status.COMPLETED:
         raise UploadNotActive(
             f"upload {state.upload_id} is completed; it can no longer be cancelled:"
             f" delete it instead (DELETE /api/v1/files/{state.upload_id})",
             status=state.status,
         )
-    if state.status == DELETED:
+    if state.status == Status.DELETED:
         raise UploadNotActive(f"upload {state.upload_id} was deleted", status=state.status)
-    if state.status == CANCELLED:
+    if state.status == Status.CANCELLED:
         return []
     return [UploadCancelled(reason=reason)]
 
@@ -498,9 +490,9 @@ def decide_cancel(state: SessionState, reason: str) -> list[KnownEvent]:
 def decide_delete(state: SessionState, reason: str) -> list[KnownEvent]:
     """Delete a completed upload. A deleted one is gone (404, as a missing one); an
     unfinished one is cancelled, not deleted."""
-    if state.status == DELETED:
+    if state.status == Status.DELETED:
         raise UploadNotFound(f"no upload {state.upload_id}", upload_id=state.upload_id)
-    if state.status != COMPLETED:
+    if state.status != Status.COMPLETED:
         raise UploadNotActive(
             f"upload {state.upload_id} is {state.status}, not completed: there is no file"
             " to delete (cancel an unfinished upload instead)",

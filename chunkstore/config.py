@@ -89,6 +89,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     #: for any. Empty: no CORS headers.
     cors_origins: tuple[str, ...] = ()
 
+    #: Where the event log, projections and tokens live: ``sqlite:///path`` or
+    #: ``memory://``; empty: ``sqlite:///<data_dir>/chunkstore.sqlite3``.
+    db_url: str = ""
+    #: Where blobs, final files, tails and locks live: ``file:///path`` or ``memory://``;
+    #: empty: ``file://<data_dir>``.
+    blobs_url: str = ""
+
     @property
     def database_path(self) -> Path:
         return self.data_dir / "chunkstore.sqlite3"
@@ -136,6 +143,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             )
         if env.get("CHUNKSTORE_METRICS_TOKEN"):
             changes["metrics_token"] = env["CHUNKSTORE_METRICS_TOKEN"].strip()
+        for field, name in (("db_url", "CHUNKSTORE_DB"), ("blobs_url", "CHUNKSTORE_BLOBS")):
+            if env.get(name):
+                changes[field] = env[name].strip()
         if env.get("CHUNKSTORE_CORS_ORIGINS"):
             changes["cors_origins"] = _split(env["CHUNKSTORE_CORS_ORIGINS"])
         settings = msgspec.structs.replace(base, **changes)

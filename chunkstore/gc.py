@@ -28,32 +28,24 @@ Races with a live server, and how each is closed:
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime, timedelta
-from pathlib import Path
 
 import msgspec
 
-from chunkstore.blobs import BlobStore
+from chunkstore.application import UploadService
+from chunkstore.blobs import BlobAgeing, BlobStore
 from chunkstore.errors import CorruptBlob, UploadLocked
+from chunkstore.eventlog import SweepGuard
 from chunkstore.events import Event
-from chunkstore.files import load_manifest
-from chunkstore.service import UploadService, remove_final
-from chunkstore.session import (
-    ACTIVE,
-    ASSEMBLING,
-    COMPLETED,
-    DELETED,
-    FINAL_STATUSES,
-    SessionState,
-    replay,
-)
+from chunkstore.files import FileEntry, upload_of
+from chunkstore.reading import load_manifest
+from chunkstore.session import FINAL_STATUSES, SessionState, Status, replay
 
 #: Blobs deleted per write-lock hold: small, so appends wait only milliseconds.
 SWEEP_BATCH = 256
-_LIVE_STATUSES = frozenset({ACTIVE, ASSEMBLING, COMPLETED})
+_LIVE_STATUSES = frozenset({Status.ACTIVE, Status.ASSEMBLING, Status.COMPLETED})
 
 
 class GcReport(msgspec.Struct, kw_only=True):
@@ -109,7 +101,7 @@ class References:
 
     def catch_up(self) -> None:
         pending: dict[str, list[Event]] = {}
-        for recorded in self.service.events.read_all(self.position):
+        for recorded in self.service.store.log.read_all(self.position):
             pending.setdefault(recorded.stream_id, []).append(recorded.event)
             self.last_recorded[recorded.stream_id] = recorded.recorded_at
             self.position = recorded.position
@@ -125,14 +117,14 @@ class References:
             self.digests.update(digest for digest, _ in state.chunks.values())
             if state.manifest is not None:
                 self.digests.add(state.manifest.manifest_digest)
-                if state.status == COMPLETED:
+                if state.status == Status.COMPLETED:
                     self.digests.update(self._manifest_chunks(state.manifest.manifest_digest))
         else:
             # An ended session takes no more chunks, so nothing it names is in flight.
             self.released.add(state.upload_id)
 
     def _keeps(self, state: SessionState) -> bool:
-        if state.status == DELETED:
+        if state.status == Status.DELETED:
             # Its owner asked for the bytes to go: released at once, not after ``hours``.
             return False
         if state.upload_id in self.ending_now and self.ended_at is not None:
@@ -143,76 +135,70 @@ class References:
 
     def _manifest_chunks(self, digest: str) -> Iterator[str]:
         with contextlib.suppress(CorruptBlob):
-            yield from (chunk for chunk, _ in load_manifest(self.service.blobs, digest).chunks)
+            yield from (
+                chunk for chunk, _ in load_manifest(self.service.store.blobs, digest).chunks
+            )
 
 
 def expirable(service: UploadService, now: datetime) -> list[str]:
     """Sessions still open in the log but past their TTL."""
     found = []
-    for row in service.events.session_rows():
-        if row["status"] in (ACTIVE, ASSEMBLING):
+    for row in service.store.index.session_rows():
+        if row["status"] in (Status.ACTIVE, Status.ASSEMBLING):
             state = service.load(row["upload_id"])
-            if state.status in (ACTIVE, ASSEMBLING) and state.is_expired(now):
+            if state.status in (Status.ACTIVE, Status.ASSEMBLING) and state.is_expired(now):
                 found.append(state.upload_id)
     return found
 
 
-def staging_files(service: UploadService, upload_ids: Iterable[str]) -> list[str]:
-    """Files that belong to these (ended) sessions and to nothing else: a half-assembled
-    final file in ``tmp/`` (``<kind>-<upload_id>-<random>``) and a tus upload's staged
-    tail in ``staging/`` (``<upload_id>.<offset>``)."""
-    wanted = set(upload_ids)
-    found: list[str] = []
-    if not wanted:
-        return found
-    data_dir = service.settings.data_dir
-    for directory, owner_of in (
-        (data_dir / "tmp", lambda name: name.split("-")[1] if name.count("-") >= 2 else ""),
-        (data_dir / "staging", lambda name: name.split(".")[0]),
-    ):
-        if not directory.is_dir():
-            continue
-        for entry in os.scandir(directory):
-            if entry.is_file() and owner_of(entry.name) in wanted:
-                found.append(entry.path)
-    return sorted(found)
+def leftovers(service: UploadService, upload_ids: Iterable[str]) -> dict[str, int]:
+    """Upload id -> how many things belong to it, of these (ended) sessions, and to
+    nothing else: half-assembled final files (parts) and offset-stream tails."""
+    ended = set(upload_ids)
+    found: dict[str, int] = {}
+    for owners in (service.store.files.parts(), service.store.tails.uploads()):
+        for upload_id, count in owners.items():
+            if upload_id in ended:
+                found[upload_id] = found.get(upload_id, 0) + count
+    return found
 
 
-def orphan_candidates(service: UploadService, states: Mapping[str, SessionState]) -> list[Path]:
-    """Files under ``files/`` that no completed upload in ``states`` owns."""
+def _discard_leftovers(service: UploadService, upload_ids: Iterable[str]) -> None:
+    for upload_id in upload_ids:
+        service.store.files.discard_parts(upload_id)
+        service.store.tails.discard(upload_id)
+
+
+def orphan_candidates(
+    service: UploadService, states: Mapping[str, SessionState]
+) -> list[FileEntry]:
+    """Final files that no completed upload in ``states`` owns."""
     owned = {
-        service.settings.data_dir / state.file_path
+        state.file_path
         for state in states.values()
-        if state.status == COMPLETED and state.file_path is not None
+        if state.status == Status.COMPLETED and state.file_path is not None
     }
-    found = []
-    for directory, _, names in os.walk(service.files_dir):
-        for name in names:
-            path = Path(directory) / name
-            if path not in owned:
-                found.append(path)
-    return sorted(found)
+    return [entry for entry in service.store.files.scan() if entry.location not in owned]
 
 
-def confirm_orphan(service: UploadService, path: Path, remove: bool = False) -> str | None:
-    """Why ``path`` is an orphan (no completed upload owns it), or None if it is not one
-    after all. Checked against the log under the upload's lock, so that a completion
-    publishing it right now is never mistaken for a leftover (a busy upload: None);
-    ``remove`` removes it under that lock too."""
-    relative = path.relative_to(service.settings.data_dir)
-    upload_id = relative.parts[1] if len(relative.parts) > 2 else ""
+def confirm_orphan(service: UploadService, location: str, remove: bool = False) -> str | None:
+    """Why the file at ``location`` is an orphan (no completed upload owns it), or None if
+    it is not one after all. Checked against the log under the upload's lock, so that a
+    completion publishing it right now is never mistaken for a leftover (a busy upload:
+    None); ``remove`` removes it under that lock too."""
+    upload_id = upload_of(location)
     state = service.load(upload_id) if upload_id else SessionState.empty()
     if not state.exists:
         if remove:
-            remove_final(path)
+            service.store.files.remove(location)
         return f"no upload {upload_id[:40]!r}" if upload_id else "outside any upload's directory"
     try:
-        with service.locks.hold(upload_id):
+        with service.store.locks.hold(upload_id):
             state = service.load(upload_id)
-            if state.status == COMPLETED and state.file_path == str(relative):
+            if state.status == Status.COMPLETED and state.file_path == location:
                 return None
             if remove:
-                remove_final(path)
+                service.store.files.remove(location)
     except UploadLocked:
         return None
     return f"upload {upload_id} is {state.status}"
@@ -226,19 +212,15 @@ def _remove_orphans(
     dry_run: bool,
     report: GcReport,
 ) -> None:
-    for path in orphan_candidates(service, states):
-        try:
-            stat = path.stat()
-        except FileNotFoundError:
-            continue
+    for entry in orphan_candidates(service, states):
         # A completion writes its file before it records it: spare young ones.
-        if wall_now - stat.st_mtime < grace:
+        if wall_now - entry.mtime < grace:
             continue
-        if confirm_orphan(service, path, remove=not dry_run) is None:
+        if confirm_orphan(service, entry.location, remove=not dry_run) is None:
             continue
         report.orphan_files_removed += 1
-        report.orphan_bytes_freed += stat.st_size
-        report.orphans.append(str(path.relative_to(service.settings.data_dir)))
+        report.orphan_bytes_freed += entry.size
+        report.orphans.append(entry.location)
 
 
 def _expire(service: UploadService, upload_id: str) -> bool:
@@ -277,30 +259,39 @@ def collect(
     )
     references.catch_up()
     ended = {u for u, state in references.states.items() if state.status in FINAL_STATUSES}
-    staging = staging_files(service, ended | set(expiring))
-    report.staging_files_removed = len(staging)
+    found = leftovers(service, ended | set(expiring))
+    report.staging_files_removed = sum(found.values())
     if not dry_run:
-        for path in staging:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+        _discard_leftovers(service, found)
     report.sessions_released = len(references.released)
     _remove_orphans(service, references.states, grace, wall_clock(), dry_run, report)
-    report.lock_files_removed = service.locks.sweep(dry_run=dry_run)
-    candidates = _candidates(service.blobs, references, grace, wall_clock(), report)
+    report.lock_files_removed = service.store.locks.sweep(dry_run=dry_run)
+    blobs, ageing, guard = service.store.blobs, service.store.blob_ageing, service.store.sweep_guard
+    if ageing is None or guard is None:
+        # Without blob ages nothing tells an unreferenced blob from one a request just
+        # wrote, and without the log's write lock an append could race a deletion.
+        report.seconds = round(time.perf_counter() - started, 3)
+        return report
+    candidates = _candidates(blobs, ageing, references, grace, wall_clock(), report)
     for batch in _batches(candidates, SWEEP_BATCH):
         if dry_run:
             for digest in batch:
                 report.blobs_swept += 1
-                report.bytes_freed += service.blobs.size(digest) or 0
+                report.bytes_freed += blobs.size(digest) or 0
                 report.swept.append(digest)
             continue
-        _sweep(service, references, batch, grace, wall_clock, report)
+        _sweep(service, guard, ageing, references, batch, grace, wall_clock, report)
     report.seconds = round(time.perf_counter() - started, 3)
     return report
 
 
 def _candidates(
-    blobs: BlobStore, references: References, grace: float, wall_now: float, report: GcReport
+    blobs: BlobStore,
+    ageing: BlobAgeing,
+    references: References,
+    grace: float,
+    wall_now: float,
+    report: GcReport,
 ) -> list[str]:
     candidates = []
     for digest in blobs.digests():
@@ -308,7 +299,7 @@ def _candidates(
         if digest in references.digests:
             report.blobs_referenced += 1
             continue
-        mtime = blobs.mtime(digest)  # type: ignore[attr-defined]
+        mtime = ageing.mtime(digest)
         if mtime is None:
             continue
         if wall_now - mtime < grace:
@@ -320,6 +311,8 @@ def _candidates(
 
 def _sweep(
     service: UploadService,
+    guard: SweepGuard,
+    ageing: BlobAgeing,
     references: References,
     batch: list[str],
     grace: float,
@@ -327,17 +320,17 @@ def _sweep(
     report: GcReport,
 ) -> None:
     """Delete one batch under the log's write lock, after a last look at the log."""
-    with service.events.write_locked():
+    with guard.write_locked():
         references.catch_up()
         wall_now = wall_clock()
         for digest in batch:
             if digest in references.digests:
                 continue
-            mtime = service.blobs.mtime(digest)  # type: ignore[attr-defined]
+            mtime = ageing.mtime(digest)
             if mtime is None or wall_now - mtime < grace:
                 continue
-            size = service.blobs.size(digest) or 0
-            if service.blobs.delete(digest):
+            size = service.store.blobs.size(digest) or 0
+            if service.store.blobs.delete(digest):
                 report.blobs_swept += 1
                 report.bytes_freed += size
                 report.swept.append(digest)

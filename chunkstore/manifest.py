@@ -11,13 +11,12 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import BinaryIO
+from typing import Protocol
 
 import blake3
 import msgspec
 
 from chunkstore.blobs import BlobStore
-from chunkstore.blobs.filesystem import write_all
 from chunkstore.errors import CorruptBlob
 
 READ_SIZE = 1024 * 1024
@@ -46,6 +45,12 @@ class Assembled(msgspec.Struct, frozen=True):
     size: int
     blake3: str
     sha256: str
+    #: The file's first ``head_size`` bytes (what libmagic reads to detect its type).
+    head: bytes = b""
+
+
+class Sink(Protocol):
+    def write(self, data: bytes | memoryview) -> None: ...
 
 
 # Hashing and writing release the GIL; a small pool lets the whole-file hashes and the
@@ -53,8 +58,14 @@ class Assembled(msgspec.Struct, frozen=True):
 _pool = ThreadPoolExecutor(max_workers=3, thread_name_prefix="assemble")
 
 
-def assemble(blobs: BlobStore, chunks: Sequence[tuple[str, int]], out: BinaryIO) -> Assembled:
-    """Stream the chunks in order into ``out``, verifying each against its digest.
+def assemble(
+    blobs: BlobStore,
+    chunks: Sequence[tuple[str, int]],
+    out: Sink | None = None,
+    head_size: int = 0,
+) -> Assembled:
+    """Stream the chunks in order into ``out`` (if given), verifying each against its
+    digest; the result keeps the first ``head_size`` bytes.
 
     This thread reads and BLAKE3-hashes each chunk; the whole file's SHA-256 and BLAKE3
     and the writes of the previous few MiB run meanwhile in the pool. Handing work over in
@@ -64,9 +75,10 @@ def assemble(blobs: BlobStore, chunks: Sequence[tuple[str, int]], out: BinaryIO)
     whole_blake3 = blake3.blake3()
     whole_sha256 = hashlib.sha256()
     size = 0
-    pending: list[Future[None]] = []
+    pending: list[Future[object]] = []
     buffer: list[bytes] = []
     buffered = 0
+    head = bytearray()
 
     def hand_off() -> None:
         nonlocal pending, buffer, buffered
@@ -76,8 +88,11 @@ def assemble(blobs: BlobStore, chunks: Sequence[tuple[str, int]], out: BinaryIO)
         pending = [
             _pool.submit(whole_sha256.update, data),
             _pool.submit(whole_blake3.update, data),
-            _pool.submit(write_all, out.write, data),
         ]
+        if out is not None:
+            pending.append(_pool.submit(out.write, data))
+        if len(head) < head_size:
+            head.extend(memoryview(data)[: head_size - len(head)])
         buffer, buffered = [], 0
 
     try:
@@ -105,4 +120,4 @@ def assemble(blobs: BlobStore, chunks: Sequence[tuple[str, int]], out: BinaryIO)
     finally:
         for job in pending:
             job.result()
-    return Assembled(size, whole_blake3.hexdigest(), whole_sha256.hexdigest())
+    return Assembled(size, whole_blake3.hexdigest(), whole_sha256.hexdigest(), bytes(head))

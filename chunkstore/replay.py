@@ -12,7 +12,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from chunkstore import events as ev
-from chunkstore.eventlog import RecordedEvent, iso
+from chunkstore.eventlog import RecordedEvent
+from chunkstore.projections import iso
 from chunkstore.session import SessionState, replay
 
 #: Fields left out of the one-line details (shown elsewhere, or too long to read).

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 
 from chunkstore.events import (
     ChunksDeclared,
@@ -29,24 +30,38 @@ from chunkstore.events import (
     ValidationFailed,
 )
 
-ACTIVE = "active"
-ASSEMBLING = "assembling"
-COMPLETED = "completed"
-FAILED = "failed"
-CANCELLED = "cancelled"
-EXPIRED = "expired"
-#: A completed upload its owner deleted: the file is gone, the history stays.
-DELETED = "deleted"
-NEW = "new"
+
+class Status(StrEnum):
+    """Where a session stands; the value is what answers, the log and projections say.
+
+    active -> assembling -> completed | failed; active -> cancelled | expired;
+    completed -> deleted.
+    """
+
+    NEW = "new"
+    ACTIVE = "active"
+    ASSEMBLING = "assembling"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+    #: A completed upload its owner deleted: the file is gone, the history stays.
+    DELETED = "deleted"
+
+
+#: Sessions that still take chunks or are being completed (they count as open).
+OPEN_STATUSES = frozenset({Status.ACTIVE, Status.ASSEMBLING})
 #: Statuses after which a session takes no more chunks.
-FINAL_STATUSES = frozenset({COMPLETED, FAILED, CANCELLED, EXPIRED, DELETED})
+FINAL_STATUSES = frozenset(
+    {Status.COMPLETED, Status.FAILED, Status.CANCELLED, Status.EXPIRED, Status.DELETED}
+)
 
 
 @dataclass(frozen=True, slots=True)
 class SessionState:
     upload_id: str = ""
     version: int = 0
-    status: str = NEW
+    status: Status = Status.NEW
     owner: str = ""
     filename: str = ""
     total_size: int = 0
@@ -102,10 +117,10 @@ class SessionState:
         return self.version > 0
 
     def is_expired(self, now: datetime) -> bool:
-        if self.status == EXPIRED:
+        if self.status == Status.EXPIRED:
             return True
         return (
-            self.status in (ACTIVE, ASSEMBLING)
+            self.status in (Status.ACTIVE, Status.ASSEMBLING)
             and self.expires_at is not None
             and now >= self.expires_at
         )
@@ -113,7 +128,7 @@ class SessionState:
     def effective_status(self, now: datetime) -> str:
         """The status as a client sees it: an active session past its TTL is expired
         even before ``gc`` records ``UploadExpired``."""
-        return EXPIRED if self.is_expired(now) else self.status
+        return Status.EXPIRED if self.is_expired(now) else self.status
 
     @property
     def declared_chunks(self) -> int:
@@ -219,7 +234,7 @@ class _Fold:
         match event:
             case UploadInitiated():
                 v.update(
-                    status=ACTIVE,
+                    status=Status.ACTIVE,
                     owner=event.owner,
                     filename=event.filename,
                     total_size=event.total_size,
@@ -258,7 +273,7 @@ class _Fold:
                     v["chunk_size"] = max(v["chunk_size"], size)
             case TusUploadCreated():
                 v.update(
-                    status=ACTIVE,
+                    status=Status.ACTIVE,
                     owner=event.owner,
                     filename=event.filename,
                     mime_type=event.mime_type,
@@ -276,17 +291,17 @@ class _Fold:
             case TusTailStaged(size=size):
                 v["tus_tail"] = size
             case ManifestWritten():
-                v.update(status=ASSEMBLING, manifest=event)
+                v.update(status=Status.ASSEMBLING, manifest=event)
             case ValidationFailed(reason=reason, detail=detail):
-                v.update(status=FAILED, failure_reason=reason, failure_detail=detail)
+                v.update(status=Status.FAILED, failure_reason=reason, failure_detail=detail)
             case UploadCompleted(path=path, detected_mime=mime):
-                v.update(status=COMPLETED, file_path=path, detected_mime=mime)
+                v.update(status=Status.COMPLETED, file_path=path, detected_mime=mime)
             case UploadCancelled(reason=reason):
-                v.update(status=CANCELLED, cancel_reason=reason)
+                v.update(status=Status.CANCELLED, cancel_reason=reason)
             case UploadExpired():
-                v.update(status=EXPIRED)
+                v.update(status=Status.EXPIRED)
             case UploadDeleted():
-                v.update(status=DELETED, file_path=None)
+                v.update(status=Status.DELETED, file_path=None)
             case UnknownEvent():
                 pass  # written by a newer version; counted, otherwise ignored
 

@@ -6,17 +6,16 @@ of almost the same file share their chunks even though the client knows nothing 
 chunks. FastCDC's cut points depend only on the bytes since the chunk's start, so when
 the acknowledged tail plus new bytes are cut, every chunk but the last is final; the
 last one is final only once the upload is complete. Until then it is the upload's
-*tail*: kept durable in ``staging/<upload_id>.<base>`` (``base`` is the stream offset
+*tail*: kept durable by the tail port (``chunkstore.tails``; ``base`` is the stream offset
 where the tail starts, i.e. the bytes already in chunks), and its length is recorded
 as ``TusTailStaged``, so ``Upload-Offset`` is a replay of the log like everything else.
 
-Crash safety of the staging file: a new tail is written to a file named after its own
-base and fsynced before the events that make it current are appended; files of other
-bases, and bytes past the recorded tail length, are leftovers of an unfinished request
-and are ignored (then removed or truncated). A PATCH holds the upload's lock
-(``chunkstore.locks``: an ``flock`` that dies with its process, so no stale lock survives
-a crash and workers of one data directory never interleave bytes); the append still
-states the version it saw.
+Crash safety of the tail: a new tail is written under its own base and made durable
+before the events that make it current are appended; tails of other bases, and bytes
+past the recorded tail length, are leftovers of an unfinished request and are ignored
+(then removed or overwritten). A PATCH holds the upload's lock (``chunkstore.locks``: it
+dies with its holder, so no stale lock survives a crash and the processes serving one
+store never interleave bytes); the append still states the version it saw.
 """
 
 from __future__ import annotations
@@ -24,22 +23,19 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
 import hashlib
-import os
 import uuid
 from collections.abc import AsyncIterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import blake3
 import msgspec
 
 from chunkstore import commands
+from chunkstore.application import UploadService
 from chunkstore.blobs import BlobStore, BlobWriter
-from chunkstore.blobs.filesystem import fsync_directory, make_durable_dirs
 from chunkstore.bounds import (
     MAX_CONCAT_PARTS,
     MAX_MIME_TYPE,
@@ -61,7 +57,6 @@ from chunkstore.errors import (
     TooLarge,
     UploadNotActive,
     UploadNotFound,
-    full_disk_guard,
 )
 
 # The per-upload lock's refusal (chunkstore.locks), answered 423 on tus routes too.
@@ -74,8 +69,7 @@ from chunkstore.events import (
     TusUploadCreated,
 )
 from chunkstore.policy import check_declared_type, clean_filename
-from chunkstore.service import UploadService
-from chunkstore.session import ACTIVE, CANCELLED, COMPLETED, DELETED, SessionState
+from chunkstore.session import SessionState, Status
 
 TUS_VERSION = "1.0.0"
 EXTENSIONS = (
@@ -264,7 +258,7 @@ def check_part_complete(part: SessionState) -> int:
 
 def check_readable(state: SessionState, now: datetime) -> None:
     """HEAD: a terminated upload is gone (404), an expired one is Gone (410)."""
-    if state.status in (CANCELLED, DELETED):
+    if state.status in (Status.CANCELLED, Status.DELETED):
         raise UploadNotFound(f"no upload {shorten(state.upload_id)}", upload_id=state.upload_id)
     if state.is_expired(now):
         raise SessionExpired(
@@ -338,61 +332,7 @@ def decide_append(
     return new_events
 
 
-# -- staging -------------------------------------------------------------------------------
-
-
-class Staging:
-    """The durable tails of tus uploads: ``staging/<upload_id>.<base>``."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        make_durable_dirs(directory)
-
-    def path(self, upload_id: str, base: int) -> Path:
-        return self.directory / f"{upload_id}.{base}"
-
-    def read_tail(self, upload_id: str, base: int, size: int) -> bytes:
-        if size == 0:
-            return b""
-        with open(self.path(upload_id, base), "rb") as staged:
-            tail = staged.read(size)
-        if len(tail) != size:
-            raise ChunkstoreError(f"staging file of upload {upload_id} lost acknowledged bytes")
-        return tail
-
-    def extend(self, upload_id: str, base: int, old_size: int, data: bytes) -> None:
-        """Append to the current tail in place: bytes up to ``old_size`` are kept, any
-        unacknowledged leftover past them is overwritten, and the file is fsynced."""
-        path = self.path(upload_id, base)
-        created = not path.exists()
-        with full_disk_guard("the upload's tail"):
-            with open(path, "r+b" if not created else "xb") as staged:
-                staged.seek(old_size)
-                staged.write(data)
-                staged.truncate()
-                staged.flush()
-                os.fsync(staged.fileno())
-            if created:
-                fsync_directory(self.directory)
-
-    def write(self, upload_id: str, base: int, data: bytes) -> None:
-        """A new tail starting at ``base``, durable before the event naming it exists."""
-        with full_disk_guard("the upload's tail"):
-            with open(self.path(upload_id, base), "wb") as staged:
-                staged.write(data)
-                staged.flush()
-                os.fsync(staged.fileno())
-            fsync_directory(self.directory)
-
-    def discard(self, upload_id: str, keep_base: int | None = None) -> None:
-        """Remove an upload's staging files, but the one at ``keep_base`` (and a
-        ``<upload_id>.lock`` left by versions that locked uploads here)."""
-        for entry in os.scandir(self.directory):
-            name, _, suffix = entry.name.partition(".")
-            if name != upload_id or suffix == str(keep_base):
-                continue
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(entry.path)
+# -- cutting -------------------------------------------------------------------------------
 
 
 class StreamCutter:
@@ -482,7 +422,7 @@ class TusUploads:
     def __init__(self, service: UploadService) -> None:
         self.service = service
         self.settings = service.settings
-        self.staging = Staging(service.settings.data_dir / "staging")
+        self.tails = service.store.tails
 
     def create(
         self,
@@ -502,10 +442,10 @@ class TusUploads:
             metadata_header,
             self.settings,
             now,
-            self.service.events.count_open_sessions(owner, now),
+            self.service.store.index.count_open_sessions(owner, now),
             concat,
             parts,
-            self.service.events.bytes_held(owner, now),
+            self.service.store.index.bytes_held(owner, now),
         )
         created = new_events[0]
         assert isinstance(created, TusUploadCreated)
@@ -524,7 +464,7 @@ class TusUploads:
     def needs_completion(self, state: SessionState) -> bool:
         """Whole, not a partial, not yet turned into a file."""
         return (
-            state.status == ACTIVE
+            state.status == Status.ACTIVE
             and state.tus_concat != "partial"
             and not state.tus_length_deferred
             and state.tus_offset == state.total_size
@@ -533,7 +473,7 @@ class TusUploads:
     def complete(self, owner: str, state: SessionState) -> SessionState:
         """Reaching Upload-Length completes through the manifest and validator path."""
         self.service.complete_upload(owner, state.upload_id)
-        self.staging.discard(state.upload_id)
+        self.tails.discard(state.upload_id)
         return self.service.get(owner, state.upload_id)
 
     async def patch(
@@ -552,14 +492,14 @@ class TusUploads:
         # live, not a tus upload, or not at this offset. Then checked again under the lock.
         state = await asyncio.to_thread(self.head, owner, upload_id)
         check_patchable(state, offset, self.service.clock())
-        lock = await asyncio.to_thread(self.service.locks.acquire, upload_id)
+        lock = await asyncio.to_thread(self.service.store.locks.acquire, upload_id)
         try:
             state = await asyncio.to_thread(self.service.get, owner, upload_id)
             now = self.service.clock()
             check_patchable(state, offset, now)
             held = 0
             if state.tus_length_deferred:
-                held = await asyncio.to_thread(self.service.events.bytes_held, owner, now)
+                held = await asyncio.to_thread(self.service.store.index.bytes_held, owner, now)
             length = decide_length(state, declared_length, self.settings, held)
             limit = (length if length is not None else self.settings.max_file_size) - offset
             if content_length is not None and content_length > limit:
@@ -569,8 +509,8 @@ class TusUploads:
             if room is not None and content_length is not None and content_length > room:
                 commands.check_quota(held, content_length, self.settings)
             base = state.tus_offset - state.tus_tail
-            tail = await asyncio.to_thread(self.staging.read_tail, upload_id, base, state.tus_tail)
-            cutter = StreamCutter(self.service.blobs, tail)
+            tail = await asyncio.to_thread(self.tails.read, upload_id, base, state.tus_tail)
+            cutter = StreamCutter(self.service.store.blobs, tail)
             hasher = checksum.hasher() if checksum is not None else None
             received = 0
             broken: IncompleteBody | None = None
@@ -628,14 +568,14 @@ class TusUploads:
         old_base = state.tus_offset - state.tus_tail
         new_base = old_base + sum(size for _, size in cutter.chunks)
         if new_base == old_base:
-            self.staging.extend(state.upload_id, old_base, state.tus_tail, tail[state.tus_tail :])
+            self.tails.extend(state.upload_id, old_base, state.tus_tail, tail[state.tus_tail :])
         elif tail:
-            self.staging.write(state.upload_id, new_base, tail)
+            self.tails.write(state.upload_id, new_base, tail)
         new_events = decide_append(state, cutter.chunks, len(tail), declared_length)
         adds = declared_growth(state, declared_length) if declared_length is not None else 0
         state = self.service.append_decided(state, new_events, adds_bytes=adds)
         if new_base != old_base:
-            self.staging.discard(state.upload_id, keep_base=new_base)
+            self.tails.discard(state.upload_id, keep_base=new_base)
         return state
 
     def terminate(self, owner: str, upload_id: str) -> None:
@@ -643,14 +583,14 @@ class TusUploads:
         file removed), each waiting for a PATCH or a completion under way to end."""
         reason = "terminated by the client (tus)"
         state = self.head(owner, upload_id)
-        if state.status != COMPLETED:
+        if state.status != Status.COMPLETED:
             try:
                 self.service.cancel_upload(owner, upload_id, reason)
             except UploadNotActive:
                 # A completion got there first: the upload now has a file to delete.
                 state = self.service.get(owner, upload_id)
-                if state.status != COMPLETED:
+                if state.status != Status.COMPLETED:
                     raise
-        if state.status == COMPLETED:
+        if state.status == Status.COMPLETED:
             self.service.delete_upload(owner, upload_id, reason)
-        self.staging.discard(upload_id)
+        self.tails.discard(upload_id)

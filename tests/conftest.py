@@ -17,9 +17,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from chunkstore.auth import TokenStore
-from chunkstore.blobs.filesystem import make_durable_dirs
 from chunkstore.config import Settings
+from chunkstore.durable import make_durable_dirs
+from chunkstore.store import open_store
 
 MiB = 1024 * 1024
 
@@ -162,7 +162,11 @@ class Server:
         if self.command_prefix:
             return self.cli("token", "create", owner).stdout.strip()
         settings = Settings(data_dir=self.data_dir)
-        return TokenStore(settings.database_path).create(owner)
+        store = open_store(settings)
+        try:
+            return store.tokens.create(owner)
+        finally:
+            store.close()
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         """A ``chunkstore`` command on this server's data directory (``--data`` added)."""

@@ -18,8 +18,10 @@ import blake3
 import httpx
 
 from chunkstore.client import BATCH_MEDIA_TYPE
-from chunkstore.eventlog.sqlite import SQLiteEventStore
+from chunkstore.config import Settings
+from chunkstore.eventlog import EventLog
 from chunkstore.events import Event
+from chunkstore.store import open_store
 
 UPLOAD = "/api/v1/upload"
 PROBLEM_JSON = "application/problem+json"
@@ -235,11 +237,16 @@ def temp_files(data_dir: Path) -> list[Path]:
     return sorted(path for path in (data_dir / "tmp").rglob("*") if path.is_file())
 
 
+def all_stream_ids(log: EventLog) -> list[str]:
+    """Every stream the log holds, in order (from the whole log, as a reader sees it)."""
+    return sorted({recorded.stream_id for recorded in log.read_all()})
+
+
 def recorded_events(data_dir: Path, upload_id: str) -> list[Event]:
     """The events of one upload, read straight from the data dir's log."""
-    store = SQLiteEventStore(data_dir / "chunkstore.sqlite3")
+    store = open_store(Settings(data_dir=data_dir))
     try:
-        return [recorded.event for recorded in store.read(upload_id)]
+        return [recorded.event for recorded in store.log.read(upload_id)]
     finally:
         store.close()
 

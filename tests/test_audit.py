@@ -19,10 +19,10 @@ from typing import Any
 import msgspec
 import pytest
 
+from chunkstore.application import UploadService
 from chunkstore.commands import InitRequest
 from chunkstore.config import Settings
 from chunkstore.errors import ValidationFailed
-from chunkstore.service import UploadService
 from tests.helpers import FakeClock, blake3_hex, flip_byte, split
 
 KiB = 1024

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from chunkstore.eventlog.sqlite import SQLiteEventStore
+from chunkstore.eventlog.sqlite import SQLiteLog
 from tests.conftest import MakeServer, Server
 from tests.helpers import (
     UPLOAD,
@@ -350,7 +350,7 @@ def test_tus_creation_refuses_metadata_over_its_bound_and_creates_nothing(
 
 
 def sessions_of(server: Server, owner: str) -> list[dict[str, object]]:
-    store = SQLiteEventStore(server.data_dir / "chunkstore.sqlite3")
+    store = SQLiteLog(server.data_dir / "chunkstore.sqlite3")
     try:
         return [row for row in store.session_rows() if row["owner"] == owner]
     finally:

@@ -64,7 +64,7 @@ def write_random(path: Path, size: int) -> Path:
         for _ in range(size // MiB):
             out.write(os.urandom(MiB))
         out.write(os.urandom(size % MiB))
-    while detect_mime(path) != "application/octet-stream":
+    while detect_mime(path.read_bytes()) != "application/octet-stream":
         with open(path, "r+b") as out:
             out.write(os.urandom(min(size, 4096)))
     return path

@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 
 from chunkstore.errors import ConcurrencyConflict
-from chunkstore.eventlog import session_row
-from chunkstore.eventlog.sqlite import SQLiteEventStore
+from chunkstore.eventlog.sqlite import SQLiteLog
 from chunkstore.events import ChunkStored, KnownEvent, UploadCancelled, UploadInitiated
+from chunkstore.projections import project, session_row
 from chunkstore.session import SessionState, replay
+from tests.helpers import all_stream_ids
 
 NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 D0, D1 = "0" * 64, "1" * 64
@@ -32,21 +33,21 @@ def initiated(owner: str = "alice", ttl_hours: int = 24) -> UploadInitiated:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[SQLiteEventStore]:
-    instance = SQLiteEventStore(tmp_path / "events.sqlite3")
+def store(tmp_path: Path) -> Iterator[SQLiteLog]:
+    instance = SQLiteLog(tmp_path / "events.sqlite3")
     yield instance
     instance.close()
 
 
-def append(store: SQLiteEventStore, stream_id: str, events: list[KnownEvent]) -> SessionState:
+def append(store: SQLiteLog, stream_id: str, events: list[KnownEvent]) -> SessionState:
     """Append at the stream's current version, with the matching projection row."""
     state = replay([r.event for r in store.read(stream_id)], SessionState.empty(stream_id))
     new_state = replay(events, state)
-    store.append(stream_id, state.version, events, session_row(new_state))
+    store.append(stream_id, state.version, events, project(new_state, events))
     return new_state
 
 
-def test_appended_events_are_read_back_in_order_with_versions(store: SQLiteEventStore) -> None:
+def test_appended_events_are_read_back_in_order_with_versions(store: SQLiteLog) -> None:
     append(store, "u1", [initiated()])
     append(store, "u1", [ChunkStored(1, D1, 1000), ChunkStored(0, D0, 1000)])
 
@@ -62,7 +63,7 @@ def test_appended_events_are_read_back_in_order_with_versions(store: SQLiteEvent
 
 
 def test_an_append_with_a_stale_expected_version_raises_and_writes_nothing(
-    store: SQLiteEventStore,
+    store: SQLiteLog,
 ) -> None:
     append(store, "u1", [initiated()])
     append(store, "u1", [ChunkStored(0, D0, 1000)])
@@ -76,15 +77,15 @@ def test_an_append_with_a_stale_expected_version_raises_and_writes_nothing(
     assert store.session_row("u1") == row_before
 
 
-def test_an_append_to_a_new_stream_must_expect_version_zero(store: SQLiteEventStore) -> None:
+def test_an_append_to_a_new_stream_must_expect_version_zero(store: SQLiteLog) -> None:
     with pytest.raises(ConcurrencyConflict):
-        store.append("u1", 1, [initiated()], session_row(replay([initiated()])))
+        store.append("u1", 1, [initiated()], project(replay([initiated()]), [initiated()]))
 
     assert store.read("u1") == []
     assert store.session_row("u1") is None
 
 
-def test_positions_order_every_stream_globally(store: SQLiteEventStore) -> None:
+def test_positions_order_every_stream_globally(store: SQLiteLog) -> None:
     append(store, "u1", [initiated()])
     append(store, "u2", [initiated("bob")])
     append(store, "u1", [ChunkStored(0, D0, 1000)])
@@ -97,10 +98,10 @@ def test_positions_order_every_stream_globally(store: SQLiteEventStore) -> None:
         "u2",
         "u1",
     ]
-    assert list(store.stream_ids()) == ["u1", "u2"]
+    assert list(all_stream_ids(store)) == ["u1", "u2"]
 
 
-def test_the_projection_row_is_written_with_the_events(store: SQLiteEventStore) -> None:
+def test_the_projection_row_is_written_with_the_events(store: SQLiteLog) -> None:
     state = append(store, "u1", [initiated(), ChunkStored(0, D0, 1000)])
 
     row = store.session_row("u1")
@@ -109,7 +110,7 @@ def test_the_projection_row_is_written_with_the_events(store: SQLiteEventStore) 
     assert (row["status"], row["received_chunks"], row["version"]) == ("active", 1, 2)
 
 
-def test_open_sessions_count_only_live_ones_of_that_owner(store: SQLiteEventStore) -> None:
+def test_open_sessions_count_only_live_ones_of_that_owner(store: SQLiteLog) -> None:
     append(store, "live", [initiated()])
     append(store, "cancelled", [initiated(), UploadCancelled("x")])
     append(store, "expired", [initiated(ttl_hours=1)])
@@ -120,12 +121,10 @@ def test_open_sessions_count_only_live_ones_of_that_owner(store: SQLiteEventStor
     assert store.count_open_sessions("bob", NOW) == 1
 
 
-def test_a_second_store_on_the_same_file_sees_the_events(
-    store: SQLiteEventStore, tmp_path: Path
-) -> None:
+def test_a_second_store_on_the_same_file_sees_the_events(store: SQLiteLog, tmp_path: Path) -> None:
     append(store, "u1", [initiated()])
 
-    other = SQLiteEventStore(tmp_path / "events.sqlite3")
+    other = SQLiteLog(tmp_path / "events.sqlite3")
     try:
         assert [r.event for r in other.read("u1")] == [initiated()]
     finally:

@@ -77,7 +77,7 @@ def ended_blobs(store: Store) -> set[Path]:
             digests = {digest for digest, _ in state.chunks.values()}
             if state.manifest is not None:
                 digests.add(state.manifest.manifest_digest)
-            paths |= {service.blobs.path_for(d) for d in digests}  # type: ignore[attr-defined]
+            paths |= {service.store.blobs.path_for(d) for d in digests}  # type: ignore[attr-defined]
         return paths
     finally:
         service.close()
@@ -123,7 +123,7 @@ def test_young_blobs_are_spared_by_the_grace_period(store: Store) -> None:
 
 def test_a_blob_no_event_names_is_swept(store: Store) -> None:
     service = open_service(store.data_dir)
-    stray = service.blobs.put(b"written, but its event never was")
+    stray = service.store.blobs.put(b"written, but its event never was")
     service.close()
 
     answer = gc(store.data_dir, "--grace", "0", "--verbose")
@@ -136,7 +136,7 @@ def test_dry_run_changes_no_byte_on_disk(store: Store) -> None:
     service = open_service(store.data_dir, two_hours_ago)
     overdue = start(service, os.urandom(2 * KiB))
     service.close()
-    (store.data_dir / "tmp" / f"assemble-{overdue}-abc.part").write_bytes(b"half")
+    (store.data_dir / "tmp" / "files" / f"assemble-{overdue}-abc.part").write_bytes(b"half")
     before = snapshot(store.data_dir)
 
     result = run_cli(
@@ -169,7 +169,7 @@ def test_gc_expires_sessions_past_their_ttl_and_removes_their_staging_files(
     service = open_service(tmp_path / "data", clock)
     stale = start(service, os.urandom(2 * KiB))
     send(service, stale, os.urandom(KiB), 1)
-    staging = service.tmp_dir / f"assemble-{stale}-0123.part"
+    staging = service.settings.data_dir / "tmp" / "files" / f"assemble-{stale}-0123.part"
     staging.write_bytes(b"partial")
     tail = service.settings.data_dir / "staging" / f"{stale}.1024"
     tail.parent.mkdir(exist_ok=True)
@@ -185,9 +185,9 @@ def test_gc_expires_sessions_past_their_ttl_and_removes_their_staging_files(
     assert report.staging_files_removed == 2
     assert not staging.exists() and not tail.exists()
     assert fresh_tail.exists()
-    assert isinstance(service.events.read(stale)[-1].event, UploadExpired)
+    assert isinstance(service.store.log.read(stale)[-1].event, UploadExpired)
     assert service.load(fresh).status == "active"
-    assert service.events.session_row(stale)["status"] == "expired"  # type: ignore[index]
+    assert service.store.index.session_row(stale)["status"] == "expired"  # type: ignore[index]
     service.close()
 
 
@@ -201,7 +201,7 @@ def test_a_dry_run_expires_nothing(tmp_path: Path) -> None:
 
     assert report.sessions_expired == 1
     assert service.load(stale).status == "active"
-    assert len(service.events.read(stale)) == 1
+    assert len(service.store.log.read(stale)) == 1
     service.close()
 
 
@@ -346,8 +346,8 @@ def test_an_append_naming_a_swept_blob_is_refused_under_the_lock(store: Store) -
     fresh = ChunkStored(index=2, digest=blake3_hex(split(store.in_flight_data, KiB)[0]), size=KiB)
 
     with pytest.raises(ChunkSwept):
-        service._append(state, [gone])
-    service._append(state, [fresh])
+        service.append(state, [gone])
+    service.append(state, [fresh])
 
     assert len(recorded_events(store.data_dir, store.in_flight)) == state.version + 1
     service.close()

@@ -16,11 +16,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from chunkstore.application import UploadService
 from chunkstore.commands import InitRequest
 from chunkstore.config import Settings
 from chunkstore.errors import UploadLocked, UploadNotFound
-from chunkstore.locks import UploadLocks
-from chunkstore.service import UploadService
+from chunkstore.locks.flock import FlockLocks as UploadLocks
 from chunkstore.tus import TusUploads
 from tests.conftest import MakeServer, Server
 from tests.helpers import FakeClock, cancel, complete
@@ -69,13 +69,13 @@ def test_a_waiter_gets_the_lock_once_its_holder_lets_go(locks: UploadLocks) -> N
 
 def test_locks_of_different_uploads_are_independent(locks: UploadLocks) -> None:
     with locks.hold("u1"), locks.hold("u2"):
-        assert locks.files() == ["u1", "u2"]
+        assert locks.held() == ["u1", "u2"]
 
 
 def test_releasing_removes_the_lock_file(locks: UploadLocks) -> None:
     with locks.hold("u1"):
-        assert locks.files() == ["u1"]
-    assert locks.files() == []
+        assert locks.held() == ["u1"]
+    assert locks.held() == []
 
 
 def test_only_one_of_many_threads_holds_the_lock_at_a_time(locks: UploadLocks) -> None:
@@ -99,13 +99,13 @@ def test_only_one_of_many_threads_holds_the_lock_at_a_time(locks: UploadLocks) -
     for thread in threads:
         thread.join(120)
     assert most == 1
-    assert locks.files() == []
+    assert locks.held() == []
 
 
 HOLD_AND_WAIT = """
 import sys, time
 from pathlib import Path
-from chunkstore.locks import UploadLocks
+from chunkstore.locks.flock import FlockLocks as UploadLocks
 lock = UploadLocks(Path(sys.argv[1])).acquire("u1")
 print("held", flush=True)
 time.sleep(600)
@@ -127,14 +127,14 @@ def test_the_lock_of_a_killed_process_is_free_and_its_file_swept(locks: UploadLo
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait(30)
-    assert locks.files() == ["u1"]  # the dead holder never removed it
+    assert locks.held() == ["u1"]  # the dead holder never removed it
     with locks.hold("u1"):
         pass
-    assert locks.files() == []
+    assert locks.held() == []
     os.close(os.open(locks.directory / "u2", os.O_CREAT | os.O_RDWR))  # another leftover
     assert locks.sweep(dry_run=True) == 1
     assert locks.sweep() == 1
-    assert locks.files() == []
+    assert locks.held() == []
 
 
 # -- no per-upload state for ids that are not the caller's ----------------------------------
@@ -172,7 +172,7 @@ def test_made_up_and_foreign_ids_leave_no_lock_file_and_no_cached_state(
             tus.terminate("alice", upload_id)
         with pytest.raises(UploadNotFound):
             asyncio.run(tus.patch("alice", upload_id, 0, never_read()))
-    assert service.locks.files() == []
+    assert service.store.locks.held() == []
     assert set(service.cached_upload_ids()) == cached_before
     assert not set(made_up) & set(service.cached_upload_ids())
 

@@ -147,7 +147,7 @@ def test_text_that_libmagic_takes_for_plotter_commands_may_still_be_declared_tex
     # Base64 text that happens to start with "PA": libmagic says HP-GL.
     path = tmp_path / "note.txt"
     path.write_bytes(b"PACNgjWG/ViGQ2xvdWRz" * 50)
-    detected = detect_mime(path)
+    detected = detect_mime(path.read_bytes())
 
     assert detected == "application/vnd.hp-HPGL"
     assert types_agree("text/plain", detected)

@@ -16,6 +16,7 @@ from chunkstore.errors import QuotaExceeded
 from tests.conftest import MakeServer, Server
 from tests.helpers import (
     UPLOAD,
+    all_stream_ids,
     assert_problem,
     blake3_hex,
     cancel,
@@ -44,11 +45,11 @@ def used(client: httpx.Client, upload_id: str) -> int:
 
 def upload_ids_of(server: Server) -> set[str]:
     """Every stream in the data dir's log."""
-    from chunkstore.eventlog.sqlite import SQLiteEventStore
+    from chunkstore.eventlog.sqlite import SQLiteLog
 
-    store = SQLiteEventStore(server.data_dir / "chunkstore.sqlite3")
+    store = SQLiteLog(server.data_dir / "chunkstore.sqlite3")
     try:
-        return set(store.stream_ids())
+        return set(all_stream_ids(store))
     finally:
         store.close()
 

@@ -156,7 +156,7 @@ def test_state_at_is_the_fold_of_events_recorded_until_then(tmp_path: Path) -> N
     service = open_service(tmp_path / "data")
     upload_id = start(service, b"y" * KiB)
     service.cancel_upload("alice", upload_id, "no")
-    recorded = service.events.read(upload_id)
+    recorded = service.store.log.read(upload_id)
     service.close()
 
     assert state_at(recorded, None).status == "cancelled"
@@ -177,9 +177,9 @@ def test_replay_into_a_reader_that_stops_early_ends_quietly(tmp_path: Path) -> N
     import subprocess
     import sys
 
+    from chunkstore.application import UploadService
     from chunkstore.commands import InitRequest
     from chunkstore.config import Settings
-    from chunkstore.service import UploadService
 
     service = UploadService.open(Settings(data_dir=tmp_path / "data"))
     data = os.urandom(3000)

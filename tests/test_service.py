@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from chunkstore import commands
-from chunkstore import service as service_module
+from chunkstore.application import UploadService
 from chunkstore.commands import InitRequest
 from chunkstore.config import Settings
 from chunkstore.errors import (
@@ -28,7 +28,6 @@ from chunkstore.errors import (
     UploadNotFound,
     ValidationFailed,
 )
-from chunkstore.eventlog import session_row
 from chunkstore.events import (
     ChunkStored,
     ManifestWritten,
@@ -38,11 +37,15 @@ from chunkstore.events import (
     UploadInitiated,
 )
 from chunkstore.events import ValidationFailed as ValidationFailedEvent
+from chunkstore.files import local as local_files
+from chunkstore.intake import Checksum
 from chunkstore.manifest import Manifest
-from chunkstore.service import Checksum, UploadService, state_summary
+from chunkstore.projections import project, session_row
 from chunkstore.session import SessionState, replay
+from chunkstore.views import state_summary
 from tests.helpers import (
     FakeClock,
+    all_stream_ids,
     blake3_hex,
     blob_path,
     flip_byte,
@@ -102,7 +105,7 @@ def send_all(service: UploadService, upload_id: str, data: bytes, chunk_size: in
 
 
 def events_of(service: UploadService, upload_id: str) -> list[object]:
-    return [recorded.event for recorded in service.events.read(upload_id)]
+    return [recorded.event for recorded in service.store.log.read(upload_id)]
 
 
 # -- init and status --------------------------------------------------------------------
@@ -400,7 +403,7 @@ def test_completion_writes_the_manifest_as_a_content_addressed_object(
     send_all(service, upload_id, data)
 
     completion = service.complete_upload(OWNER, upload_id)
-    with service.blobs.open(completion.manifest_digest) as blob:
+    with service.store.blobs.open(completion.manifest_digest) as blob:
         raw = blob.read()
     manifest = Manifest.decode(raw)
 
@@ -525,17 +528,17 @@ def test_a_completion_whose_final_event_is_refused_removes_the_file_it_published
     # upload between the moment completion publishes the file and the moment it
     # records UploadCompleted.
     other = UploadService.open(Settings(data_dir=data_dir, session_ttl=TTL), clock=clock)
-    publish = service_module.publish
+    publish = local_files.publish
 
     def publish_then_cancel_elsewhere(part: Path, final: Path) -> None:
         publish(part, final)
         state = other.load(upload_id)
         cancelled = [UploadCancelled("elsewhere")]
-        other.events.append(
-            upload_id, state.version, cancelled, session_row(replay(cancelled, state))
+        other.store.log.append(
+            upload_id, state.version, cancelled, project(replay(cancelled, state), cancelled)
         )
 
-    monkeypatch.setattr(service_module, "publish", publish_then_cancel_elsewhere)
+    monkeypatch.setattr(local_files, "publish", publish_then_cancel_elsewhere)
     try:
         with pytest.raises(UploadNotActive):
             service.complete_upload(OWNER, upload_id)
@@ -628,14 +631,14 @@ def test_the_sessions_projection_equals_the_replayed_events_for_every_status(
     clock.advance(TTL + 1)  # both are now past their expiry; gc records it for one
     service.expire_upload(expired)
 
-    store = service.events
-    stream_ids = list(store.stream_ids())
+    log, index = service.store.log, service.store.index
+    stream_ids = list(all_stream_ids(log))
     assert set(stream_ids) == {completed, cancelled, failed, active, empty, untouched, expired}
     statuses = set()
     for stream_id in stream_ids:
-        events = [recorded.event for recorded in store.read(stream_id)]
+        events = [recorded.event for recorded in log.read(stream_id)]
         expected = session_row(replay(events, SessionState.empty(stream_id)))
-        assert store.session_row(stream_id) == expected
+        assert index.session_row(stream_id) == expected
         statuses.add(expected["status"])
     assert statuses == {"completed", "cancelled", "failed", "active", "expired"}
-    assert {row["upload_id"] for row in store.session_rows()} == set(stream_ids)
+    assert {row["upload_id"] for row in index.session_rows()} == set(stream_ids)

@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 
 from chunkstore import events as ev
-from chunkstore.eventlog import session_row
-from chunkstore.eventlog.sqlite import SQLiteEventStore
+from chunkstore.eventlog.sqlite import SQLiteLog
 from chunkstore.events import (
     ChunkStored,
     ManifestWritten,
@@ -22,6 +21,7 @@ from chunkstore.events import (
     UploadInitiated,
     ValidationFailed,
 )
+from chunkstore.projections import project
 from chunkstore.session import SessionState, apply, replay
 
 CREATED = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
@@ -239,9 +239,9 @@ def test_an_unknown_event_row_in_the_log_is_read_back_and_replayed_without_a_cra
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "events.sqlite3"
-    store = SQLiteEventStore(path)
+    store = SQLiteLog(path)
     first = initiated()
-    store.append("u1", 0, [first], session_row(replay([first], SessionState.empty("u1"))))
+    store.append("u1", 0, [first], project(replay([first], SessionState.empty("u1")), [first]))
     # What a newer version of chunkstore would have written: a type this one lacks.
     conn = sqlite3.connect(path)
     with conn:
@@ -260,7 +260,7 @@ def test_an_unknown_event_row_in_the_log_is_read_back_and_replayed_without_a_cra
     conn.close()
     later = ChunkStored(0, D0, 1000)
     so_far = replay([first, UnknownEvent("FutureThing", {})], SessionState.empty("u1"))
-    store.append("u1", 2, [later], session_row(apply(so_far, later)))
+    store.append("u1", 2, [later], project(apply(so_far, later), [later]))
 
     recorded = store.read("u1")
     replayed = replay([r.event for r in recorded], SessionState.empty("u1"))

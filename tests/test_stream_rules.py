@@ -12,8 +12,7 @@ import pytest
 from chunkstore import commands, tus
 from chunkstore.audit import stream_findings
 from chunkstore.errors import NotAChunkUpload, NotATusUpload
-from chunkstore.eventlog import session_row
-from chunkstore.eventlog.sqlite import SQLiteEventStore
+from chunkstore.eventlog.sqlite import SQLiteLog
 from chunkstore.events import (
     ChunkStored,
     Event,
@@ -30,6 +29,7 @@ from chunkstore.events import (
     UploadInitiated,
     ValidationFailed,
 )
+from chunkstore.projections import project
 from chunkstore.session import SessionState, replay
 from tests.test_audit import run_cli
 
@@ -196,19 +196,19 @@ def test_a_finding_names_the_stream_and_the_event() -> None:
 # -- audit reports a broken stream, whoever wrote it -------------------------------------------
 
 
-def append_raw(store: SQLiteEventStore, stream_id: str, events: list[KnownEvent]) -> None:
+def append_raw(store: SQLiteLog, stream_id: str, events: list[KnownEvent]) -> None:
     """Append as a writer that checks nothing would (bypassing the commands)."""
     state = SessionState.empty(stream_id)
     for event in events:
         new_state = replay([event], state)
-        store.append(stream_id, state.version, [event], session_row(new_state))
+        store.append(stream_id, state.version, [event], project(new_state, [event]))
         state = new_state
 
 
 def test_chunkstore_audit_reports_a_stream_that_breaks_its_rules(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     data_dir.mkdir()
-    store = SQLiteEventStore(data_dir / "chunkstore.sqlite3")
+    store = SQLiteLog(data_dir / "chunkstore.sqlite3")
     try:
         # A tus PATCH's bytes recorded in a JSON-API upload of one 100-byte chunk.
         append_raw(store, "u1", [fixed(100), ChunkStored(1, A, 64), TusTailStaged(36)])

@@ -15,15 +15,16 @@ from pathlib import Path
 import httpx
 import pytest
 
-from chunkstore.auth import TokenStore
-from chunkstore.eventlog import session_row
-from chunkstore.eventlog.sqlite import SQLiteEventStore
+from chunkstore.eventlog.sqlite import SQLiteLog
 from chunkstore.events import ChunkStored, ValidationFailed
+from chunkstore.projections import session_row
 from chunkstore.session import SessionState, replay
+from chunkstore.tokens.sqlite import SQLiteTokens
 from tests.conftest import MakeServer, Server
 from tests.helpers import (
     OCTET_STREAM,
     UPLOAD,
+    all_stream_ids,
     assert_problem,
     blake3_hex,
     blob_path,
@@ -644,7 +645,7 @@ def test_a_request_with_a_non_bearer_scheme_is_refused_with_401(server: Server) 
 
 def test_a_revoked_token_is_refused_with_401(server: Server, owner: str) -> None:
     token = server.token(owner)
-    TokenStore(server.data_dir / "chunkstore.sqlite3").revoke(token)
+    SQLiteTokens(server.data_dir / "chunkstore.sqlite3").revoke(token)
     with server.client(owner=None, headers={"Authorization": f"Bearer {token}"}) as client:
         response = client.post(f"{UPLOAD}/init", json={"filename": "a.bin", "total_size": 1})
 
@@ -1103,9 +1104,9 @@ def test_the_sessions_projection_matches_the_log_after_concurrent_http_traffic(
                 each.close()
         assert all(a.status_code == 200 for a in answers)
 
-    store = SQLiteEventStore(server.data_dir / "chunkstore.sqlite3")
+    store = SQLiteLog(server.data_dir / "chunkstore.sqlite3")
     try:
-        stream_ids = list(store.stream_ids())
+        stream_ids = list(all_stream_ids(store))
         assert set(stream_ids) == {completed, cancelled, failed, active}
         for stream_id in stream_ids:
             events = [recorded.event for recorded in store.read(stream_id)]

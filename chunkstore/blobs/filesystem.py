@@ -14,49 +14,22 @@ import functools
 import os
 import secrets
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
 import blake3
 
-from chunkstore.blobs import BlobRef
+from chunkstore.blobs import BlobRef, BlobWriter, is_digest, put_stream
+from chunkstore.durable import fsync_directory, make_durable_dirs, write_all
 from chunkstore.errors import CorruptBlob, full_disk_guard
-
-DIGEST_LENGTH = 64
-#: Largest single write() call. On the Linux hosts measured, single writes of 2 MiB or
-#: more ran 4-5x slower than the same bytes in calls of 1 MiB or less.
-WRITE_SLICE = 256 * 1024
-
-
-def write_all(write: Callable[[memoryview], int | None], data: bytes | memoryview) -> None:
-    """Write every byte of ``data`` in slices of at most ``WRITE_SLICE`` through
-    ``write`` (a file's ``write``, or ``os.write`` bound to a descriptor)."""
-    view = memoryview(data)
-    while view:
-        written = write(view[:WRITE_SLICE])
-        view = view[written if written is not None else len(view[:WRITE_SLICE]) :]
-
 
 #: Blob temp files are spread over this many directories under ``tmp/``. On ext4,
 #: creating files in one directory takes that directory's lock: four threads creating
 #: files measured 850 us a file in one directory against 310 us across four.
 TEMP_SPREAD = 16
 
-_HEX = frozenset("0123456789abcdef")
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-
-
-def is_digest(value: str) -> bool:
-    return len(value) == DIGEST_LENGTH and set(value) <= _HEX
-
-
-def fsync_directory(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _load_syncfs() -> object | None:
@@ -83,19 +56,6 @@ def sync_filesystem(path: Path) -> bool:
         return True
     finally:
         os.close(fd)
-
-
-def make_durable_dirs(path: Path) -> None:
-    """``mkdir -p`` that also fsyncs each parent whose entry it created."""
-    missing: list[Path] = []
-    current = path
-    while not current.exists():
-        missing.append(current)
-        current = current.parent
-    for directory in reversed(missing):
-        with contextlib.suppress(FileExistsError):
-            directory.mkdir()
-        fsync_directory(directory.parent)
 
 
 class FileBlobWriter:
@@ -135,9 +95,6 @@ class FileBlobWriter:
             assert self._verified is not None
             return self._verified
         return self._hasher.hexdigest()
-
-    def commit(self) -> BlobRef:
-        return self._store.commit_many([self])[0]
 
     @property
     def path(self) -> str:
@@ -182,9 +139,6 @@ class VerifyingWriter:
 
     def digest(self) -> str:
         return self._expected if self._hasher is None else self._hasher.hexdigest()
-
-    def commit(self) -> BlobRef:
-        return self._store.commit_many([self])[0]
 
     def abort(self) -> None:
         pass
@@ -250,7 +204,7 @@ class FileBlobStore:
         with full_disk_guard("a chunk"):
             return FileBlobWriter(self, expected_digest if verified else None)
 
-    def commit_many(self, writers: Sequence[object]) -> list[BlobRef]:
+    def commit_many(self, writers: Sequence[BlobWriter]) -> list[BlobRef]:
         """Make every writer's bytes durable under its digest.
 
         One writer: fsync the file, link it, fsync the directory. Several (a batch of
@@ -261,8 +215,8 @@ class FileBlobStore:
         refs: dict[int, BlobRef] = {}
         to_link: list[tuple[int, FileBlobWriter, str]] = []
         for position, writer in enumerate(writers):
-            digest = writer.digest()  # type: ignore[attr-defined]
-            size = writer.size  # type: ignore[attr-defined]
+            digest = writer.digest()
+            size = writer.size
             target = self._path_str(digest)
             if isinstance(writer, VerifyingWriter):
                 if not os.path.exists(target):
@@ -271,6 +225,7 @@ class FileBlobStore:
                 continue
             # No existence check first: a link onto an existing name fails, and _link
             # reports that as not created (a stat per chunk saved).
+            assert isinstance(writer, FileBlobWriter)
             to_link.append((position, writer, target))
         try:
             with full_disk_guard("chunks"):
@@ -325,18 +280,8 @@ class FileBlobStore:
             fsync_directory(Path(directory))
         return ref
 
-    def put_stream(self, chunks: Iterable[bytes]) -> BlobRef:
-        writer = self.writer()
-        try:
-            for chunk in chunks:
-                writer.write(chunk)
-        except BaseException:
-            writer.abort()
-            raise
-        return writer.commit()
-
     def put(self, data: bytes) -> BlobRef:
-        return self.put_stream((data,))
+        return put_stream(self, (data,))
 
     def open(self, digest: str) -> BinaryIO:
         try:
@@ -374,17 +319,18 @@ class FileBlobStore:
         except FileNotFoundError:
             return None
 
-    def set_aside(self, digest: str, into: Path) -> Path | None:
-        """Move a (damaged) blob out of the store into ``into``, keeping it as evidence,
-        so that a good copy can take its name. None if there was no such blob."""
-        make_durable_dirs(into)
-        target = into / f"{digest}.{secrets.token_hex(4)}"
+    def set_aside(self, digest: str, into: str) -> str | None:
+        """Move a (damaged) blob out of the store into ``<root>/<into>``, keeping it as
+        evidence, so that a good copy can take its name. None if there was no such blob."""
+        directory = self.root / into
+        make_durable_dirs(directory)
+        target = directory / f"{digest}.{secrets.token_hex(4)}"
         try:
             os.replace(self.path_for(digest), target)
         except FileNotFoundError:
             return None
-        fsync_directory(into)
-        return target
+        fsync_directory(directory)
+        return str(target.relative_to(self.root))
 
     def entries(self) -> Iterator[tuple[str, str]]:
         """(digest, file path) of every blob, in ``digests()`` order. For readers of the

@@ -1,157 +1,115 @@
-"""SQLite event store (the embedded default).
+"""The event log on SQLite (the embedded default): ``sqlite:///path/to/file``.
 
-WAL mode so readers never block the writer; ``synchronous=FULL`` because a committed
-append is an acknowledged chunk and must survive power loss, not just a crash. Each
-thread gets its own connection; several processes may share the file (appends take the
-write lock with ``BEGIN IMMEDIATE`` and wait up to ``busy_timeout``).
+One database file holds the events, the projections (``chunkstore.projections``) and
+the tokens. Positions are ``MAX(position) + 1`` taken under the database's write lock,
+so they are gap-free and in commit order: a reader following ``read_all`` never skips
+an event committed after the position it has seen.
 """
 
 from __future__ import annotations
 
 import contextlib
 import sqlite3
-import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import sqlite_utils
+from sqlite_utils.db import Table
 
 from chunkstore import events as ev
-from chunkstore.errors import ConcurrencyConflict, InsufficientStorage
-from chunkstore.eventlog import SESSION_COLUMNS, RecordedEvent, iso, parse_iso
+from chunkstore.errors import ConcurrencyConflict
+from chunkstore.eventlog import RecordedEvent
+from chunkstore.projections import (
+    HELD_STATUS_VALUES,
+    OPEN_STATUS_VALUES,
+    OWNER_CHUNK_SCHEMA,
+    SESSION_COLUMNS,
+    SESSION_SCHEMA,
+    OwnerChunk,
+    RowChanges,
+    SessionRow,
+    iso,
+    parse_iso,
+)
+from chunkstore.sqlitedb import Database
 
 _READ_BATCH = 2000
 _IN_BATCH = 500
+_OPEN = f"status IN ({', '.join('?' for _ in OPEN_STATUS_VALUES)}) AND expires_at > ?"
+_HELD = f"status IN ({', '.join('?' for _ in HELD_STATUS_VALUES)})"
+# An upsert, not INSERT OR REPLACE: replacing deletes and re-inserts the row, which
+# rewrites both of its indexes on every chunk; updating in place leaves them alone
+# unless an indexed column changed.
+_UPSERT = (
+    f"INSERT INTO sessions ({', '.join(SESSION_COLUMNS)})"
+    f" VALUES ({', '.join('?' for _ in SESSION_COLUMNS)})"
+    " ON CONFLICT (upload_id) DO UPDATE SET "
+    + ", ".join(f"{column} = excluded.{column}" for column in SESSION_COLUMNS[1:])
+)
+_ADD_OWNER_CHUNK = "INSERT OR IGNORE INTO owner_chunks (owner, digest, size) VALUES (?, ?, ?)"
 
 
-def _database_full(error: BaseException) -> bool:
-    """SQLITE_FULL: the disk (or the quota) had no room for the database or its WAL."""
-    if not isinstance(error, sqlite3.OperationalError):
-        return False
-    code = getattr(error, "sqlite_errorcode", None)
-    if code is not None:
-        return bool(code & 0xFF == sqlite3.SQLITE_FULL)
-    return "database or disk is full" in str(error)
+def _table(db: sqlite_utils.Database, name: str) -> Table:
+    table = db.table(name)
+    assert isinstance(table, Table)
+    return table
 
 
-def _rollback(conn: sqlite3.Connection, error: BaseException) -> None:
-    """Undo a failed write transaction, then raise what the caller should see. SQLite
-    may have rolled back already (it does on SQLITE_FULL): a second ROLLBACK would fail
-    and hide the reason."""
-    if conn.in_transaction:
-        conn.execute("ROLLBACK")
-    if _database_full(error):
-        raise InsufficientStorage(
-            "no space left on the server to record this request; nothing of it was kept."
-            " Send it again once the operator has freed space."
-        ) from error
+class SQLiteLog:
+    """``EventLog``, ``SessionIndex`` and ``SweepGuard`` on one SQLite database."""
 
-
-class SQLiteEventStore:
     def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
+        self.db = Database(path)
         self._create_schema()
 
-    # -- connections -------------------------------------------------------------------
-
-    def connection(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA busy_timeout=30000")
-            conn.execute("PRAGMA foreign_keys=ON")
-            self._local.conn = conn
-            with self._lock:
-                self._connections.append(conn)
-        return conn
-
     def close(self) -> None:
-        with self._lock:
-            for conn in self._connections:
-                conn.close()
-            self._connections.clear()
-        self._local = threading.local()
+        self.db.close()
 
     def _create_schema(self) -> None:
-        db = sqlite_utils.Database(self.connection())
-        if "events" not in db.table_names():
-            db.execute(
-                """
-                CREATE TABLE IF NOT EXISTS events (
-                    stream_id   TEXT    NOT NULL,
-                    version     INTEGER NOT NULL,
-                    position    INTEGER NOT NULL UNIQUE,
-                    type        TEXT    NOT NULL,
-                    data        TEXT    NOT NULL,
-                    recorded_at TEXT    NOT NULL,
-                    PRIMARY KEY (stream_id, version)
-                )
-                """
+        db = sqlite_utils.Database(self.db.connection())
+        db.execute(
+            """
+            CREATE TABLE IF NOT EXISTS events (
+                stream_id   TEXT    NOT NULL,
+                version     INTEGER NOT NULL,
+                position    INTEGER NOT NULL UNIQUE,
+                type        TEXT    NOT NULL,
+                data        TEXT    NOT NULL,
+                recorded_at TEXT    NOT NULL,
+                PRIMARY KEY (stream_id, version)
             )
-        db["sessions"].create(
-            {
-                "upload_id": str,
-                "owner": str,
-                "filename": str,
-                "status": str,
-                "mode": str,
-                "mime_type": str,
-                "detected_mime": str,
-                "total_size": int,
-                "total_chunks": int,
-                "chunk_size": int,
-                "received_chunks": int,
-                "bytes_received": int,
-                "created_at": str,
-                "expires_at": str,
-                "file_path": str,
-                "sha256": str,
-                "manifest_digest": str,
-                "failure_reason": str,
-                "version": int,
-            },
+            """
+        )
+        sessions = _table(db, "sessions")
+        sessions.create(
+            SESSION_SCHEMA,
             pk="upload_id",
             not_null={"owner", "status", "version"},
             if_not_exists=True,
         )
-        # Which chunks each owner has stored: "do you already have these?" is answered
-        # only from here, so nobody can probe for another owner's content.
-        db["owner_chunks"].create(
-            {"owner": str, "digest": str, "size": int},
-            pk=("owner", "digest"),
-            not_null={"size"},
-            if_not_exists=True,
+        _table(db, "owner_chunks").create(
+            OWNER_CHUNK_SCHEMA, pk=("owner", "digest"), not_null={"size"}, if_not_exists=True
         )
-        db["sessions"].create_index(["owner", "status"], if_not_exists=True)
-        db["sessions"].create_index(["status", "expires_at"], if_not_exists=True)
+        sessions.create_index(["owner", "status"], if_not_exists=True)
+        sessions.create_index(["status", "expires_at"], if_not_exists=True)
 
-    # -- writing -----------------------------------------------------------------------
+    # -- EventLog ------------------------------------------------------------------------
 
     def append(
         self,
         stream_id: str,
         expected_version: int,
         events: Sequence[ev.KnownEvent],
-        projection: dict[str, Any],
+        changes: RowChanges,
         precondition: Callable[[], None] | None = None,
     ) -> list[RecordedEvent]:
-        """``precondition`` (optional) runs while the write lock is held, before anything
-        is written; it raises to refuse the append. gc deletes blobs under the same lock,
-        so "the chunks this event names still exist" checked here stays true."""
         if not events:
             return []
-        conn = self.connection()
         now = datetime.now(UTC)
         recorded_at = iso(now)
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self.db.write() as conn:
             if precondition is not None:
                 precondition()
             (current,) = conn.execute(
@@ -165,71 +123,33 @@ class SQLiteEventStore:
                     actual=current,
                 )
             (position,) = conn.execute("SELECT COALESCE(MAX(position), 0) FROM events").fetchone()
-            rows = []
-            recorded = []
-            for offset, event in enumerate(events, start=1):
-                rows.append(
-                    (
-                        stream_id,
-                        expected_version + offset,
-                        position + offset,
-                        ev.event_type(event),
-                        ev.encode(event).decode(),
-                        recorded_at,
-                    )
-                )
-                recorded.append(
-                    RecordedEvent(
-                        stream_id, expected_version + offset, position + offset, now, event
-                    )
-                )
+            recorded = [
+                RecordedEvent(stream_id, expected_version + n, position + n, now, event)
+                for n, event in enumerate(events, start=1)
+            ]
             conn.executemany(
                 "INSERT INTO events (stream_id, version, position, type, data, recorded_at)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
-                rows,
+                [
+                    (
+                        stream_id,
+                        item.version,
+                        item.position,
+                        ev.event_type(item.event),
+                        ev.encode(event).decode(),
+                        recorded_at,
+                    )
+                    for item, event in zip(recorded, events, strict=True)
+                ],
             )
-            self._upsert_session(conn, projection)
-            stored = [
-                (projection["owner"], event.digest, event.size)
-                for event in events
-                if isinstance(event, ev.ChunkStored)
-            ]
-            if stored:
-                conn.executemany(
-                    "INSERT OR IGNORE INTO owner_chunks (owner, digest, size) VALUES (?, ?, ?)",
-                    stored,
-                )
-            conn.execute("COMMIT")
-        except BaseException as error:
-            _rollback(conn, error)
-            raise
+            self._store_rows(conn, changes)
         return recorded
 
-    # An upsert, not INSERT OR REPLACE: replacing deletes and re-inserts the row, which
-    # rewrites both of its indexes on every chunk; updating in place leaves them alone
-    # unless an indexed column changed.
-    _UPSERT = (
-        f"INSERT INTO sessions ({', '.join(SESSION_COLUMNS)})"
-        f" VALUES ({', '.join('?' for _ in SESSION_COLUMNS)})"
-        " ON CONFLICT (upload_id) DO UPDATE SET "
-        + ", ".join(f"{column} = excluded.{column}" for column in SESSION_COLUMNS[1:])
-    )
-
-    def _upsert_session(self, conn: sqlite3.Connection, row: dict[str, Any]) -> None:
-        conn.execute(self._UPSERT, [row[column] for column in SESSION_COLUMNS])
-
-    def replace_session_rows(self, rows: Sequence[dict[str, Any]]) -> None:
-        conn = self.connection()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            for row in rows:
-                self._upsert_session(conn, row)
-            conn.execute("COMMIT")
-        except BaseException as error:
-            _rollback(conn, error)
-            raise
-
-    # -- reading -----------------------------------------------------------------------
+    @staticmethod
+    def _store_rows(conn: sqlite3.Connection, changes: RowChanges) -> None:
+        conn.execute(_UPSERT, [changes.session[column] for column in SESSION_COLUMNS])
+        if changes.owner_chunks:
+            conn.executemany(_ADD_OWNER_CHUNK, changes.owner_chunks)
 
     @staticmethod
     def _recorded(row: tuple[Any, ...]) -> RecordedEvent:
@@ -237,7 +157,7 @@ class SQLiteEventStore:
         return RecordedEvent(stream_id, version, position, parse_iso(recorded_at), ev.decode(data))
 
     def read(self, stream_id: str, after_version: int = 0) -> list[RecordedEvent]:
-        rows = self.connection().execute(
+        rows = self.db.connection().execute(
             "SELECT stream_id, version, position, data, recorded_at FROM events"
             " WHERE stream_id = ? AND version > ? ORDER BY version",
             (stream_id, after_version),
@@ -245,7 +165,7 @@ class SQLiteEventStore:
         return [self._recorded(row) for row in rows]
 
     def read_all(self, after_position: int = 0) -> Iterator[RecordedEvent]:
-        conn = self.connection()
+        conn = self.db.connection()
         while True:
             rows = conn.execute(
                 "SELECT stream_id, version, position, data, recorded_at FROM events"
@@ -258,31 +178,60 @@ class SQLiteEventStore:
                 yield self._recorded(row)
             after_position = rows[-1][2]
 
-    def stream_ids(self) -> Iterator[str]:
-        rows = self.connection().execute("SELECT DISTINCT stream_id FROM events ORDER BY stream_id")
-        for (stream_id,) in rows.fetchall():
-            yield stream_id
-
-    def session_row(self, upload_id: str) -> dict[str, Any] | None:
-        conn = self.connection()
-        cursor = conn.execute(
-            f"SELECT {', '.join(SESSION_COLUMNS)} FROM sessions WHERE upload_id = ?", (upload_id,)
+    def last_position(self) -> int:
+        (position,) = (
+            self.db.connection().execute("SELECT COALESCE(MAX(position), 0) FROM events").fetchone()
         )
-        row = cursor.fetchone()
+        return int(position)
+
+    # -- SessionIndex --------------------------------------------------------------------
+
+    def session_row(self, upload_id: str) -> SessionRow | None:
+        row = (
+            self.db.connection()
+            .execute(
+                f"SELECT {', '.join(SESSION_COLUMNS)} FROM sessions WHERE upload_id = ?",
+                (upload_id,),
+            )
+            .fetchone()
+        )
         return dict(zip(SESSION_COLUMNS, row, strict=True)) if row else None
 
-    def session_rows(self) -> Iterator[dict[str, Any]]:
-        cursor = self.connection().execute(
+    def session_rows(self) -> Iterator[SessionRow]:
+        cursor = self.db.connection().execute(
             f"SELECT {', '.join(SESSION_COLUMNS)} FROM sessions ORDER BY upload_id"
         )
-        for row in cursor.fetchall():
-            yield dict(zip(SESSION_COLUMNS, row, strict=True))
+        while rows := cursor.fetchmany(_READ_BATCH):
+            for row in rows:
+                yield dict(zip(SESSION_COLUMNS, row, strict=True))
+
+    def count_open_sessions(self, owner: str, now: datetime) -> int:
+        (count,) = (
+            self.db.connection()
+            .execute(
+                f"SELECT COUNT(*) FROM sessions WHERE owner = ? AND {_OPEN}",
+                (owner, *OPEN_STATUS_VALUES, iso(now)),
+            )
+            .fetchone()
+        )
+        return int(count)
+
+    def bytes_held(self, owner: str, now: datetime) -> int:
+        (held,) = (
+            self.db.connection()
+            .execute(
+                "SELECT COALESCE(SUM(MAX(total_size, bytes_received)), 0) FROM sessions"
+                f" WHERE owner = ? AND ({_HELD} OR ({_OPEN}))",
+                (owner, *HELD_STATUS_VALUES, *OPEN_STATUS_VALUES, iso(now)),
+            )
+            .fetchone()
+        )
+        return int(held)
 
     def known_digests(self, owner: str, digests: Iterable[str]) -> set[str]:
-        """Which of ``digests`` this owner has stored before."""
         wanted = list(dict.fromkeys(digests))
         found: set[str] = set()
-        conn = self.connection()
+        conn = self.db.connection()
         for start in range(0, len(wanted), _IN_BATCH):
             batch = wanted[start : start + _IN_BATCH]
             rows = conn.execute(
@@ -293,66 +242,22 @@ class SQLiteEventStore:
             found.update(digest for (digest,) in rows)
         return found
 
-    def count_open_sessions(self, owner: str, now: datetime) -> int:
-        (count,) = (
-            self.connection()
-            .execute(
-                "SELECT COUNT(*) FROM sessions WHERE owner = ?"
-                " AND status IN ('active', 'assembling') AND expires_at > ?",
-                (owner, iso(now)),
-            )
-            .fetchone()
-        )
-        return int(count)
-
-    def bytes_held(self, owner: str, now: datetime) -> int:
-        (held,) = (
-            self.connection()
-            .execute(
-                "SELECT COALESCE(SUM(MAX(total_size, bytes_received)), 0) FROM sessions"
-                " WHERE owner = ? AND (status = 'completed'"
-                " OR (status IN ('active', 'assembling') AND expires_at > ?))",
-                (owner, iso(now)),
-            )
-            .fetchone()
-        )
-        return int(held)
-
-    # -- audit, gc and metrics (whole-store views) --------------------------------------
-
-    def last_position(self) -> int:
-        """The global position of the newest event (0 for an empty log)."""
-        (position,) = (
-            self.connection().execute("SELECT COALESCE(MAX(position), 0) FROM events").fetchone()
-        )
-        return int(position)
-
-    def owner_chunk_rows(self) -> Iterator[tuple[str, str, int]]:
-        """Every (owner, digest, size) row of the owner_chunks projection."""
-        cursor = self.connection().execute(
+    def owner_chunk_rows(self) -> Iterator[OwnerChunk]:
+        cursor = self.db.connection().execute(
             "SELECT owner, digest, size FROM owner_chunks ORDER BY owner, digest"
         )
         while rows := cursor.fetchmany(_READ_BATCH):
             yield from rows
 
     def count_sessions_by_status(self) -> dict[str, int]:
-        """Sessions per stored status, straight from the projection (cheap at scrape time)."""
-        rows = self.connection().execute("SELECT status, COUNT(*) FROM sessions GROUP BY status")
+        rows = self.db.connection().execute("SELECT status, COUNT(*) FROM sessions GROUP BY status")
         return {str(status): int(count) for status, count in rows}
 
-    def rebuild_projections(
-        self,
-        rows: Sequence[dict[str, Any]],
-        owner_chunks: Iterable[tuple[str, str, int]],
-        built_at_position: int,
+    def rebuild(
+        self, rows: Sequence[SessionRow], chunks: Iterable[OwnerChunk], built_at_position: int
     ) -> None:
-        """Replace both projections with ones rebuilt from the events up to
-        ``built_at_position``, in one transaction, so a reader sees either the old
-        projections or the new ones. Raises ``ConcurrencyConflict`` if events were
-        appended since (the rows would be stale); the caller rebuilds again."""
-        conn = self.connection()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        """In one transaction, so a reader sees either the old projections or the new."""
+        with self.db.write() as conn:
             (current,) = conn.execute("SELECT COALESCE(MAX(position), 0) FROM events").fetchone()
             if current != built_at_position:
                 raise ConcurrencyConflict(
@@ -363,23 +268,13 @@ class SQLiteEventStore:
             conn.execute("DELETE FROM sessions")
             conn.execute("DELETE FROM owner_chunks")
             for row in rows:
-                self._upsert_session(conn, row)
-            conn.executemany(
-                "INSERT OR IGNORE INTO owner_chunks (owner, digest, size) VALUES (?, ?, ?)",
-                owner_chunks,
-            )
-            conn.execute("COMMIT")
-        except BaseException as error:
-            _rollback(conn, error)
-            raise
+                conn.execute(_UPSERT, [row[column] for column in SESSION_COLUMNS])
+            conn.executemany(_ADD_OWNER_CHUNK, chunks)
+
+    # -- SweepGuard ----------------------------------------------------------------------
 
     @contextlib.contextmanager
     def write_locked(self) -> Iterator[None]:
-        """Hold the database write lock: no append can commit meanwhile (gc deletes blobs
-        under it, so an append is wholly before or wholly after a deletion batch)."""
-        conn = self.connection()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        """Hold the database's write lock: no append commits meanwhile."""
+        with self.db.write():
             yield
-        finally:
-            conn.execute("COMMIT")

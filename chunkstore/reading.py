@@ -8,15 +8,15 @@ manifest's order, each chunk re-hashed against its name as it streams by.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import blake3
 import msgspec
 
 from chunkstore.blobs import BlobStore
 from chunkstore.errors import CorruptBlob, UploadNotActive, UploadNotFound
+from chunkstore.files import FileSink
 from chunkstore.manifest import Manifest
-from chunkstore.session import COMPLETED, DELETED, SessionState
+from chunkstore.session import SessionState, Status
 
 READ_SIZE = 1024 * 1024
 
@@ -36,8 +36,8 @@ class StoredFile(msgspec.Struct, frozen=True, kw_only=True):
     blake3: str
     mime_type: str
     manifest_digest: str
-    #: The materialized file, when it is present and has the right size.
-    path: Path | None
+    #: The materialized file's location, when it is present and has the right size.
+    location: str | None
 
 
 def load_manifest(blobs: BlobStore, digest: str) -> Manifest:
@@ -53,29 +53,25 @@ def load_manifest(blobs: BlobStore, digest: str) -> Manifest:
 
 
 def served_type(detected: str | None) -> str:
-    """The Content-Type a file is served with: what libmagic detected, but never one of
-    its ``inode/*`` answers (an empty file is ``inode/x-empty``), which are no media
-    types."""
-    if not detected or detected.startswith("inode/"):
+    """The Content-Type a file is served with: what libmagic detected, but never its
+    name for an empty file (``application/x-empty``, or ``inode/x-empty`` from a file
+    on disk), which is no media type."""
+    if not detected or detected.startswith("inode/") or detected == "application/x-empty":
         return "application/octet-stream"
     return detected
 
 
-def stored_file(state: SessionState, data_dir: Path) -> StoredFile:
+def stored_file(state: SessionState, files: FileSink) -> StoredFile:
     """What there is to read of a session; raises ``FileNotReady`` unless completed,
     ``UploadNotFound`` once deleted (the file is gone, as for a missing upload)."""
-    if state.status == DELETED:
+    if state.status == Status.DELETED:
         raise UploadNotFound(f"no upload {state.upload_id}", upload_id=state.upload_id)
-    if state.status != COMPLETED or state.manifest is None or state.file_path is None:
+    if state.status != Status.COMPLETED or state.manifest is None or state.file_path is None:
         raise FileNotReady(
             f"upload {state.upload_id} is {state.status}; only a completed upload has a file",
             status=state.status,
         )
-    path = data_dir / state.file_path
-    try:
-        present = path.is_file() and path.stat().st_size == state.manifest.size
-    except OSError:
-        present = False
+    present = files.size(state.file_path) == state.manifest.size
     return StoredFile(
         upload_id=state.upload_id,
         filename=state.filename,
@@ -84,29 +80,31 @@ def stored_file(state: SessionState, data_dir: Path) -> StoredFile:
         blake3=state.manifest.blake3,
         mime_type=served_type(state.detected_mime),
         manifest_digest=state.manifest.manifest_digest,
-        path=path if present else None,
+        location=state.file_path if present else None,
     )
 
 
-def read_range(file: StoredFile, blobs: BlobStore, start: int, end: int) -> Iterator[bytes]:
+def read_range(
+    file: StoredFile, blobs: BlobStore, files: FileSink, start: int, end: int
+) -> Iterator[bytes]:
     """Bytes ``start`` to ``end`` inclusive (HTTP range arithmetic), piece by piece."""
     if end < start:
         return
-    if file.path is not None:
-        yield from _file_range(file.path, start, end)
+    if file.location is not None:
+        yield from _file_range(files, file.location, start, end)
     else:
         chunks = load_manifest(blobs, file.manifest_digest).chunks
         yield from chunks_range(blobs, chunks, start, end)
 
 
-def _file_range(path: Path, start: int, end: int) -> Iterator[bytes]:
-    with open(path, "rb") as source:
+def _file_range(files: FileSink, location: str, start: int, end: int) -> Iterator[bytes]:
+    with files.open(location) as source:
         source.seek(start)
         remaining = end - start + 1
         while remaining > 0:
             piece = source.read(min(READ_SIZE, remaining))
             if not piece:
-                raise CorruptBlob(f"{path.name} ended early")
+                raise CorruptBlob(f"{location.rsplit('/', 1)[-1]} ended early")
             remaining -= len(piece)
             yield piece
 

@@ -1,4 +1,5 @@
-"""Per-upload locks: one exclusive lock per upload, shared by every process of a data dir.
+"""Per-upload locks on a local directory: ``flock`` on ``locks/<upload_id>``, shared by
+every process of a data directory.
 
 A lock is an ``flock`` on ``locks/<upload_id>``. It excludes other processes and other
 threads alike (each holder opens its own file description), and the kernel drops it
@@ -33,7 +34,7 @@ _MAX_DELAY = 0.1
 _LOCKABLE_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
 
-class HeldLock:
+class FlockHeld:
     """A held per-upload lock; ``release`` removes its file and lets go."""
 
     def __init__(self, path: Path, fd: int) -> None:
@@ -50,8 +51,8 @@ class HeldLock:
         self.fd = -1
 
 
-class UploadLocks:
-    """The per-upload locks of one data directory (``<data>/locks``)."""
+class FlockLocks:
+    """``Locker``: the per-upload locks of one data directory (``<data>/locks``)."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
@@ -62,7 +63,7 @@ class UploadLocks:
             raise ValueError(f"not a lockable upload id: {upload_id[:40]!r}")
         return self.directory / upload_id
 
-    def acquire(self, upload_id: str, wait: float = 0.0) -> HeldLock:
+    def acquire(self, upload_id: str, wait: float = 0.0) -> FlockHeld:
         """The upload's lock, waiting up to ``wait`` seconds for its holder to let go;
         raises ``UploadLocked`` when it is still held after that."""
         path = self.path(upload_id)
@@ -90,26 +91,26 @@ class UploadLocks:
                 os.close(fd)
                 raise
             if _names(path, fd):
-                return HeldLock(path, fd)
+                return FlockHeld(path, fd)
             os.close(fd)  # the previous holder removed this file meanwhile: start over
 
     @contextlib.contextmanager
-    def hold(self, upload_id: str, wait: float = 0.0) -> Iterator[HeldLock]:
+    def hold(self, upload_id: str, wait: float = 0.0) -> Iterator[FlockHeld]:
         lock = self.acquire(upload_id, wait)
         try:
             yield lock
         finally:
             lock.release()
 
-    def files(self) -> list[str]:
-        """Names of the lock files present (upload ids locked or being locked)."""
+    def held(self) -> list[str]:
+        """The upload ids whose lock files are present (locked or being locked)."""
         return sorted(entry.name for entry in os.scandir(self.directory) if entry.is_file())
 
     def sweep(self, dry_run: bool = False) -> int:
         """Remove lock files nobody holds (left by a process that died between creating
         and removing one); returns how many there were."""
         removed = 0
-        for name in self.files():
+        for name in self.held():
             path = self.directory / name
             try:
                 fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
@@ -125,7 +126,7 @@ class UploadLocks:
                 if dry_run:
                     os.close(fd)
                 else:
-                    HeldLock(path, fd).release()
+                    FlockHeld(path, fd).release()
             else:
                 os.close(fd)
         return removed

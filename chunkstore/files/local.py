@@ -1,0 +1,147 @@
+"""Final files in a local directory: ``<root>/files/<upload_id>/<filename>``.
+
+A part is written under ``<root>/tmp/files/`` (the same filesystem, so publishing it is
+a rename), fsynced, then renamed into place and its directory fsynced: a crash leaves
+either no file or a whole one. Parts a crash left behind are swept at start-up
+(``sweep_temp_files``) and by gc once their upload has ended (``discard_parts``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from chunkstore.durable import (
+    fsync_directory,
+    make_durable_dirs,
+    publish,
+    remove_durably,
+    write_all,
+)
+from chunkstore.errors import full_disk_guard
+from chunkstore.files import FileEntry, location_of
+
+
+class LocalFilePart:
+    def __init__(self, sink: LocalFiles, upload_id: str, filename: str) -> None:
+        self._sink = sink
+        self.location = location_of(upload_id, filename)
+        self.path = sink.parts_dir / f"assemble-{upload_id}-{secrets.token_hex(6)}.part"
+        with full_disk_guard("the assembled file"):
+            self._file: BinaryIO | None = open(self.path, "xb")  # noqa: SIM115
+
+    def write(self, data: bytes | memoryview) -> None:
+        assert self._file is not None, "part already finished"
+        with full_disk_guard("the assembled file"):
+            write_all(self._file.write, data)
+
+    def commit(self) -> str:
+        assert self._file is not None, "part already finished"
+        try:
+            with full_disk_guard("the completed file"):
+                self._file.flush()
+                os.fsync(self._file.fileno())
+                self._file.close()
+                self._file = None
+                publish(self.path, self._sink.root / self.location)
+        except BaseException:
+            self.abort()
+            raise
+        return self.location
+
+    def abort(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+
+class LocalFiles:
+    """``FileSink`` (and ``TempFiles``) in a local directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.files_dir = self.root / "files"
+        self.parts_dir = self.root / "tmp" / "files"
+        make_durable_dirs(self.files_dir)
+        make_durable_dirs(self.parts_dir)
+
+    def _path(self, location: str) -> Path:
+        path = (self.root / location).resolve()
+        if not path.is_relative_to(self.files_dir.resolve()):
+            raise ValueError(f"not a final file's location: {location[:80]!r}")
+        return path
+
+    def writer(self, upload_id: str, filename: str) -> LocalFilePart:
+        return LocalFilePart(self, upload_id, filename)
+
+    def open(self, location: str) -> BinaryIO:
+        return open(self._path(location), "rb")  # noqa: SIM115
+
+    def size(self, location: str) -> int | None:
+        try:
+            path = self._path(location)
+            return path.stat().st_size if path.is_file() else None
+        except OSError:
+            return None
+
+    def remove(self, location: str) -> None:
+        remove_durably(self._path(location))
+
+    def quarantine(self, location: str, into: str) -> str | None:
+        source = self._path(location)
+        directory = self.root / into / source.parent.name
+        make_durable_dirs(directory)
+        target = directory / source.name
+        try:
+            os.replace(source, target)
+        except FileNotFoundError:
+            return None
+        fsync_directory(directory)
+        return str(target.relative_to(self.root))
+
+    def scan(self) -> Iterator[FileEntry]:
+        found = []
+        for directory, _, names in os.walk(self.files_dir):
+            for name in names:
+                path = Path(directory) / name
+                with contextlib.suppress(FileNotFoundError):
+                    stat = path.stat()
+                    found.append(
+                        FileEntry(str(path.relative_to(self.root)), stat.st_size, stat.st_mtime)
+                    )
+        yield from sorted(found, key=lambda entry: entry.location)
+
+    def parts(self) -> dict[str, int]:
+        found: dict[str, int] = {}
+        for entry in os.scandir(self.parts_dir):
+            kind, _, rest = entry.name.partition("-")
+            upload_id = rest.partition("-")[0]
+            if kind == "assemble" and upload_id:
+                found[upload_id] = found.get(upload_id, 0) + 1
+        return found
+
+    def discard_parts(self, upload_id: str) -> int:
+        removed = 0
+        for entry in os.scandir(self.parts_dir):
+            if entry.name.startswith(f"assemble-{upload_id}-"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+                    removed += 1
+        return removed
+
+    def sweep_temp_files(self, older_than: float = 0.0) -> int:
+        cutoff = time.time() - older_than
+        removed = 0
+        for entry in os.scandir(self.parts_dir):
+            with contextlib.suppress(FileNotFoundError):
+                if entry.is_file() and entry.stat().st_mtime <= cutoff:
+                    os.unlink(entry.path)
+                    removed += 1
+        return removed

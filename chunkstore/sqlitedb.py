@@ -1,0 +1,77 @@
+"""One SQLite database file shared by the SQLite backends (event log, tokens).
+
+WAL mode so readers never block the writer; ``synchronous=FULL`` because a committed
+append is an acknowledged chunk and must survive power loss, not just a crash. Each
+thread gets its own connection; several processes may share the file (writes take the
+write lock with ``BEGIN IMMEDIATE`` and wait up to ``busy_timeout``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+from chunkstore.errors import InsufficientStorage
+
+
+def database_full(error: BaseException) -> bool:
+    """SQLITE_FULL: the disk (or the quota) had no room for the database or its WAL."""
+    if not isinstance(error, sqlite3.OperationalError):
+        return False
+    code = getattr(error, "sqlite_errorcode", None)
+    if code is not None:
+        return bool(code & 0xFF == sqlite3.SQLITE_FULL)
+    return "database or disk is full" in str(error)
+
+
+class Database:
+    """Per-thread connections to one database file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+
+    def connection(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA busy_timeout=30000")
+            self._local.conn = conn
+            with self._lock:
+                self._connections.append(conn)
+        return conn
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction (``BEGIN IMMEDIATE``): committed when the block ends,
+        rolled back if it raises. A full disk becomes ``InsufficientStorage``."""
+        conn = self.connection()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+            conn.execute("COMMIT")
+        except BaseException as error:
+            # SQLite may have rolled back already (it does on SQLITE_FULL): a second
+            # ROLLBACK would fail and hide the reason.
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            if database_full(error):
+                raise InsufficientStorage(
+                    "no space left on the server to record this request; nothing of it was"
+                    " kept. Send it again once the operator has freed space."
+                ) from error
+            raise
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._connections:
+                conn.close()
+            self._connections.clear()
+        self._local = threading.local()
