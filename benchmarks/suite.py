@@ -73,7 +73,7 @@ from chunkstore.eventlog import session_row
 from chunkstore.events import ChunkStored
 from chunkstore.service import Frame, UploadService
 from chunkstore.session import replay
-from tests.conftest import Server, free_port
+from chunkstore.testing import Server, free_port
 
 GiB = 1024 * MiB
 CHUNK = 8 * MiB

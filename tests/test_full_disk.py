@@ -13,7 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import Server, SmallFilesystem
+from chunkstore.testing import Server
+from tests.conftest import SmallFilesystem
 from tests.helpers import (
     UPLOAD,
     assert_problem,

@@ -21,8 +21,8 @@ from chunkstore.config import Settings
 from chunkstore.errors import UploadLocked, UploadNotFound
 from chunkstore.locks import UploadLocks
 from chunkstore.service import UploadService
+from chunkstore.testing import MakeServer, Server
 from chunkstore.tus import TusUploads
-from tests.conftest import MakeServer, Server
 from tests.helpers import FakeClock, cancel, complete
 
 KiB = 1024

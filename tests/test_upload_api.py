@@ -20,7 +20,7 @@ from chunkstore.eventlog import session_row
 from chunkstore.eventlog.sqlite import SQLiteEventStore
 from chunkstore.events import ChunkStored, ValidationFailed
 from chunkstore.session import SessionState, replay
-from tests.conftest import MakeServer, Server
+from chunkstore.testing import MakeServer, Server
 from tests.helpers import (
     OCTET_STREAM,
     UPLOAD,
