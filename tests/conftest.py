@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import errno
-import os
-import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,8 +11,6 @@ import pytest
 
 # Re-exported: test modules import the harness from here as well as from chunkstore.testing.
 from chunkstore.testing import MakeServer, Server, free_port, is_running  # noqa: F401
-
-MiB = 1024 * 1024
 
 
 @pytest.fixture(scope="session")
@@ -28,7 +23,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 
 @pytest.fixture
-def make_server(tmp_path: Path) -> Iterator[object]:
+def make_server(tmp_path: Path) -> Iterator[MakeServer]:
     """Factory for a server with its own data directory and ``CHUNKSTORE_*`` settings."""
     started: list[Server] = []
 
@@ -40,85 +35,6 @@ def make_server(tmp_path: Path) -> Iterator[object]:
     yield make
     for instance in started:
         instance.stop()
-
-
-class SmallFilesystem:
-    """A tmpfs of ``size`` bytes, to run out of space for real.
-
-    It is mounted at ``mount_point`` in a mount namespace of its own (inside a user
-    namespace when not root, so no privilege is needed), held by a sleeping process:
-    nothing is ever left mounted on the host, whatever happens to the test. Processes
-    that must see it at ``mount_point`` (a server, the CLI) run under ``enter()``; the
-    test itself reads and writes plain files through ``path``, the holder's view of it.
-    (Not SQLite, nor anything that resolves paths: they would follow ``/proc/PID/root``
-    back to the host's directory.)
-    """
-
-    def __init__(self, mount_point: Path, size: int) -> None:
-        self.mount_point = mount_point
-        self.size = size
-        self.holder: subprocess.Popen[str] | None = None
-        self.path = mount_point
-        self.user_namespace = os.geteuid() != 0
-
-    def __enter__(self) -> SmallFilesystem:
-        self.mount_point.mkdir(parents=True, exist_ok=True)
-        namespaces = ["--mount", "--propagation", "private"]
-        if self.user_namespace:
-            namespaces = ["--user", "--map-root-user", *namespaces]
-        script = 'mount -t tmpfs -o size="$1" tmpfs "$2" && echo mounted && exec sleep infinity'
-        try:
-            self.holder = subprocess.Popen(
-                [
-                    "unshare",
-                    *namespaces,
-                    "sh",
-                    "-c",
-                    script,
-                    "sh",
-                    str(self.size),
-                    str(self.mount_point),
-                ],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-        except FileNotFoundError:
-            pytest.fail("this test needs unshare (util-linux) to mount a small filesystem")
-        assert self.holder.stdout is not None
-        if self.holder.stdout.readline().strip() != "mounted":
-            self.holder.kill()
-            _, errors = self.holder.communicate(timeout=10)
-            pytest.fail(
-                "cannot mount a small tmpfs in a mount namespace (as root, or in a user"
-                f" namespace without root) for this test: {errors.strip()}"
-            )
-        self.path = Path(f"/proc/{self.holder.pid}/root") / self.mount_point.relative_to("/")
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self.holder is not None:
-            self.holder.kill()
-            self.holder.communicate(timeout=10)
-            self.holder = None
-
-    def enter(self) -> list[str]:
-        """The command prefix that runs a command where the filesystem is mounted."""
-        assert self.holder is not None
-        namespaces = ["--user", "--preserve-credentials"] if self.user_namespace else []
-        return ["nsenter", "--target", str(self.holder.pid), *namespaces, "--mount", "--"]
-
-    def fill(self) -> Path:
-        """Write a file until the filesystem has no room left; returns its path."""
-        filler = self.path / "filler"
-        with open(filler, "wb", buffering=0) as out:
-            for block in (MiB, 64 * 1024, 4096, 512, 1):
-                try:
-                    while True:
-                        out.write(b"\0" * block)
-                except OSError as error:
-                    assert error.errno == errno.ENOSPC, error
-        return filler
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ import httpx
 import pytest
 
 from chunkstore.testing import Server
-from tests.conftest import SmallFilesystem
 from tests.helpers import (
     UPLOAD,
     assert_problem,
@@ -26,6 +25,7 @@ from tests.helpers import (
     status_of,
     temp_files,
 )
+from tests.small_filesystem import SmallFilesystem
 from tests.test_client import cli, write_random
 from tests.test_tus import create, offset_of, send
 
