@@ -49,17 +49,39 @@ def is_running(pid: int) -> bool:
     return False
 
 
-def child_pids(parent: int) -> list[int]:
-    found = []
+def parent_pids() -> dict[int, int]:
+    """Every process's parent, ``{pid: parent pid}``, from one scan of /proc. (Not
+    /proc/PID/task/TID/children: it lists children reliably only while they are stopped
+    or frozen, a child exiting meanwhile can hide others (proc_tid_children(5)), and it
+    exists only with CONFIG_PROC_CHILDREN.)"""
+    parents = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
         try:
             stat = Path(entry.path, "stat").read_text()
         except (FileNotFoundError, ProcessLookupError):
-            continue
-        if int(stat.rpartition(")")[2].split()[1]) == parent:
-            found.append(int(entry.name))
+            continue  # gone meanwhile
+        parents[int(entry.name)] = int(stat.rpartition(")")[2].split()[1])
+    return parents
+
+
+def child_pids(parent: int) -> list[int]:
+    """The processes ``parent`` started that are still there."""
+    return [pid for pid, ppid in parent_pids().items() if ppid == parent]
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid``, depth first: each child followed by its own."""
+    children: dict[int, list[int]] = {}
+    for child, parent in parent_pids().items():
+        children.setdefault(parent, []).append(child)
+    found: list[int] = []
+    pending = list(reversed(children.get(pid, [])))
+    while pending:
+        current = pending.pop()
+        found.append(current)
+        pending.extend(reversed(children.get(current, [])))
     return found
 
 
