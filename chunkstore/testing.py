@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -85,6 +86,60 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def start_group(command: Sequence[str], **popen: Any) -> subprocess.Popen[bytes]:
+    """Start ``command`` as the leader of a process group of its own, so that one signal
+    reaches every process it starts (a server's workers included)."""
+    return subprocess.Popen(command, start_new_session=True, **popen)
+
+
+def wait_until_ready(
+    process: subprocess.Popen[bytes],
+    ready: Callable[[], bool],
+    timeout: float,
+    name: str,
+    output: Callable[[], str] = lambda: "",
+) -> None:
+    """Poll ``ready`` until it holds. A process that exits first, or is not ready within
+    ``timeout`` seconds, is killed with its whole group before the error is raised, so
+    that no failed start leaves a process behind; ``output`` says what it printed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            kill_group(process)  # what it started, if anything outlived it
+            raise RuntimeError(f"{name} exited early:\n{output()}")
+        if ready():
+            return
+        time.sleep(0.05)
+    kill_group(process)
+    raise RuntimeError(f"{name} did not start within {timeout} s:\n{output()}")
+
+
+def answers_ok(url: str) -> bool:
+    """True once ``GET url`` answers 200 (a health check)."""
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def kill_group(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the whole process group: no shutdown handler runs."""
+    with contextlib.suppress(ProcessLookupError):  # the group has already gone
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=10)
+
+
+def stop_group(process: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    """SIGTERM the process group and wait for its leader; SIGKILL the group if the
+    leader lingers past ``timeout`` seconds, or is gone already (killed alone): whatever
+    is left of its group goes too."""
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=timeout)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        kill_group(process)
+
+
 class Server:
     """A ``chunkstore serve`` process group with its own data directory."""
 
@@ -112,7 +167,7 @@ class Server:
         answer within ``timeout`` seconds is killed (its whole process group) before
         the error is raised, so no test leaves a server behind."""
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
-        self.process = subprocess.Popen(
+        self.process = start_group(
             [
                 *self.command_prefix,
                 sys.executable,
@@ -131,22 +186,16 @@ class Server:
             stdout=log,
             stderr=subprocess.STDOUT,
             env=self.env,
-            start_new_session=True,
         )
         log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                self.kill9()  # its workers, if any outlived it
-                raise RuntimeError(f"server exited early:\n{self.log()}")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        self.kill9()
-        raise RuntimeError(f"server did not start within {timeout} s:\n{self.log()}")
+        try:
+            wait_until_ready(
+                self.process, lambda: answers_ok(f"{self.url}/healthz"), timeout, "server", self.log
+            )
+        except RuntimeError:
+            self.process = None  # killed, group and all
+            raise
+        return self
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -154,23 +203,13 @@ class Server:
     def kill9(self) -> None:
         """SIGKILL the whole process group: no shutdown handler runs."""
         assert self.process is not None
-        with contextlib.suppress(ProcessLookupError):  # the group has already gone
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(timeout=10)
+        kill_group(self.process)
         self.process = None
 
     def stop(self) -> None:
         if self.process is None:
             return
-        try:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            self.process.wait(timeout=30)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            # The main process may be gone already (a test killed it alone): whatever is
-            # left of its group goes too.
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
+        stop_group(self.process)
         self.process = None
 
     @property
