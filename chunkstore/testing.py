@@ -23,7 +23,6 @@ from typing import Any
 import httpx
 
 from chunkstore.auth import TokenStore
-from chunkstore.blobs.filesystem import make_durable_dirs
 from chunkstore.config import Settings
 
 
@@ -160,7 +159,9 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = data_dir.parent / f"{data_dir.name}-server.log"
-        make_durable_dirs(data_dir)
+        # Durability is the server's business (it creates what it needs durably); the
+        # harness needs the directory only to exist, for a token made before start().
+        data_dir.mkdir(parents=True, exist_ok=True)
 
     def start(self, timeout: float = 30) -> Server:
         """Start and wait until ``/healthz`` answers; a server that exits or does not
@@ -222,6 +223,8 @@ class Server:
         return child_pids(self.main_pid)
 
     def token(self, owner: str) -> str:
+        """A bearer token that uploads as ``owner``: the one place the harness reaches
+        into the library rather than drive the server through its CLI and HTTP API."""
         if self.command_prefix:
             return self.cli("token", "create", owner).stdout.strip()
         settings = Settings(data_dir=self.data_dir)
