@@ -21,7 +21,7 @@ import msgspec
 
 from benchmarks.common import MiB, max_process_peak_rss, random_file, remove, scratch_dir
 from benchmarks.raw_upload import upload as raw_upload
-from tests.conftest import Server
+from chunkstore.testing import Server
 
 
 def client_upload(

@@ -8,6 +8,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from chunkstore.testing import descendants
+
 MiB = 1024 * 1024
 
 
@@ -25,23 +27,6 @@ def _peak_rss(pid: int) -> int:
 def max_process_peak_rss(pid: int) -> int:
     """The largest single-process peak RSS in the tree (the worker that did the work)."""
     return max(_peak_rss(member) for member in [pid, *descendants(pid)])
-
-
-def descendants(pid: int) -> list[int]:
-    children: list[int] = []
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except FileNotFoundError:
-        return children
-    for task in tasks:
-        try:
-            text = Path(f"/proc/{pid}/task/{task}/children").read_text()
-        except FileNotFoundError:
-            continue
-        for child in text.split():
-            children.append(int(child))
-            children.extend(descendants(int(child)))
-    return children
 
 
 def random_file(size: int, directory: Path | None = None) -> Path:

@@ -17,7 +17,7 @@ import msgspec
 from benchmarks.common import MiB, remove, scratch_dir
 from benchmarks.releases import release_tars
 from chunkstore.chunking import chunk_file
-from tests.conftest import Server
+from chunkstore.testing import Server
 
 
 def objects_bytes(data_dir: Path) -> int:

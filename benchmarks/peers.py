@@ -22,18 +22,15 @@ import importlib.metadata
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+import httpx
 from tusclient import client as tus_client
 
 from benchmarks.common import (
@@ -44,6 +41,7 @@ from benchmarks.common import (
     scratch_dir,
     sha256_file,
 )
+from chunkstore.testing import free_port, start_group, stop_group, wait_until_ready
 
 PEER_VENV = Path.home() / ".cache" / "chunkstore-bench" / "peers-venv"
 PEER_PINS = (
@@ -150,12 +148,6 @@ def local_versions() -> dict[str, str]:
     return {name: importlib.metadata.version(name) for name in ("granian", "tuspy", "httpx")}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _app_file(name: str, text: str) -> Path:
     """Materialize a server script in the peers' venv (rewritten only when it changed)."""
     path = PEER_VENV / _APPS / name
@@ -181,16 +173,11 @@ class PeerServer:
             "PEER_PORT": str(port),
         }
         self._output: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 - the child's output
-        self._process = subprocess.Popen(
-            command,
-            cwd=PEER_VENV / _APPS,
-            env=env,
-            stdout=self._output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+        self._process = start_group(
+            command, cwd=PEER_VENV / _APPS, env=env, stdout=self._output, stderr=subprocess.STDOUT
         )
         try:
-            self._wait_ready()
+            wait_until_ready(self._process, self._answers, 30, self.kind, self.output)
         except BaseException:
             self.stop()
             raise
@@ -199,22 +186,13 @@ class PeerServer:
     def pid(self) -> int:
         return self._process.pid
 
-    def _wait_ready(self, timeout: float = 30.0) -> None:
-        request = urllib.request.Request(
-            self.url, method="OPTIONS", headers={"Tus-Resumable": "1.0.0"}
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                raise RuntimeError(f"{self.kind} exited early:\n{self.output()}")
-            try:
-                with urllib.request.urlopen(request, timeout=1):
-                    return
-            except urllib.error.HTTPError:
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"{self.kind} did not answer in {timeout:.0f} s:\n{self.output()}")
+    def _answers(self) -> bool:
+        """A tus server answers OPTIONS on its creation endpoint (any status will do)."""
+        try:
+            httpx.options(self.url, headers={"Tus-Resumable": "1.0.0"}, timeout=1)
+        except httpx.TransportError:
+            return False
+        return True
 
     def output(self) -> str:
         """What the server printed so far."""
@@ -223,15 +201,7 @@ class PeerServer:
 
     def stop(self) -> None:
         """SIGTERM the process group, SIGKILL it if it lingers."""
-        if self._process.poll() is None:
-            try:
-                os.killpg(self._process.pid, signal.SIGTERM)
-                self._process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self._process.pid, signal.SIGKILL)
-                self._process.wait()
-            except ProcessLookupError:
-                self._process.wait()
+        stop_group(self._process, timeout=10)
         self._output.close()
 
     def __enter__(self) -> PeerServer:
@@ -245,7 +215,7 @@ def start_tuspyserver(data_dir: Path) -> PeerServer:
     """tuspyserver's FastAPI router on granian (ASGI, one worker), like chunkstore."""
     ensure_peer_env()
     app = _app_file("tuspyserver_app.py", TUSPYSERVER_APP)
-    port = _free_port()
+    port = free_port()
     command = [
         str(_peer_python()),
         "-m",
@@ -268,7 +238,7 @@ def start_aiohttp_tus(data_dir: Path) -> PeerServer:
     """aiohttp-tus on ``aiohttp.web.run_app``, one process."""
     ensure_peer_env()
     app = _app_file("aiohttp_tus_app.py", AIOHTTP_TUS_APP)
-    port = _free_port()
+    port = free_port()
     return PeerServer("aiohttp-tus", data_dir, [str(_peer_python()), str(app)], port)
 
 

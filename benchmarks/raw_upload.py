@@ -20,7 +20,7 @@ from benchmarks.common import (
     scratch_dir,
     sha256_file,
 )
-from tests.conftest import Server
+from chunkstore.testing import Server
 
 
 def put_raw(client: httpx.Client, upload_id: str, index: int, chunk: bytes) -> httpx.Response:

@@ -35,7 +35,6 @@ import hashlib
 import json
 import os
 import platform
-import signal
 import sqlite3
 import statistics
 import subprocess
@@ -74,7 +73,14 @@ from chunkstore.events import ChunkStored
 from chunkstore.intake import Frame
 from chunkstore.projections import project
 from chunkstore.session import replay
-from tests.conftest import Server, free_port
+from chunkstore.testing import (
+    Server,
+    answers_ok,
+    free_port,
+    start_group,
+    stop_group,
+    wait_until_ready,
+)
 
 GiB = 1024 * MiB
 CHUNK = 8 * MiB
@@ -137,7 +143,7 @@ class CeilingServer:
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "CEILING_DIR": str(directory)}
         env["CEILING_FSYNC"] = "1" if durable else "0"
-        self.process = subprocess.Popen(
+        self.process = start_group(
             [
                 sys.executable,
                 "-m",
@@ -158,26 +164,13 @@ class CeilingServer:
             cwd=Path(__file__).resolve().parents[1],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            start_new_session=True,
         )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError("the ceiling app did not start")
+        wait_until_ready(
+            self.process, lambda: answers_ok(f"{self.url}/healthz"), 30, "the ceiling app"
+        )
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        stop_group(self.process)
 
 
 def stream_file(path: Path) -> object:

@@ -26,7 +26,7 @@ from benchmarks.common import (
     sha256_file,
 )
 from benchmarks.raw_upload import upload as raw_upload
-from tests.conftest import Server
+from chunkstore.testing import Server
 
 
 def tus_upload(server: Server, path: Path, chunk_size: int) -> dict[str, float | str]:

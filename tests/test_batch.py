@@ -11,7 +11,7 @@ import httpx
 
 from chunkstore.client import BATCH_MEDIA_TYPE
 from chunkstore.events import ChunkStored
-from tests.conftest import MakeServer, Server
+from chunkstore.testing import MakeServer, Server
 from tests.helpers import (
     UPLOAD,
     access_log_entry,

@@ -1,5 +1,6 @@
 """The benchmark suite runs end to end and writes what it promises: a smoke run of its
-cheapest group through ``chunkstore bench``, as a user would start it."""
+cheapest group through ``chunkstore bench``, as a user would start it, and what it
+imports on the way needs no test framework."""
 
 from __future__ import annotations
 
@@ -35,3 +36,32 @@ def test_chunkstore_bench_writes_results_table_and_plot(tmp_path: Path) -> None:
     table = (out / "results.md").read_text()
     assert "| event log | replay (read + decode + fold every stream) |" in table
     assert (out / "eventlog.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+#: ``chunkstore bench --help`` with pytest unimportable, as where it is not installed (a
+#: ``None`` in sys.modules makes ``import pytest`` fail). The bench command imports the
+#: whole suite, the server harness with it, before the suite parses its options; the
+#: last line names any module of the test suite that came along.
+WITHOUT_PYTEST = """
+import sys
+sys.modules["pytest"] = sys.modules["_pytest"] = None
+from chunkstore.cli import main
+try:
+    main(["bench", "--help"])
+finally:
+    print(sorted(name for name in sys.modules if name.partition(".")[0] == "tests"))
+"""
+
+
+def test_chunkstore_bench_loads_its_suite_and_harness_without_pytest(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", WITHOUT_PYTEST],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
+
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "--only {throughput,memory,dedup,eventlog}" in done.stdout
+    assert done.stdout.splitlines()[-1] == "[]"

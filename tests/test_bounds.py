@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from chunkstore.eventlog.sqlite import SQLiteLog
-from tests.conftest import MakeServer, Server
+from chunkstore.testing import MakeServer, Server
 from tests.helpers import (
     UPLOAD,
     assert_problem,

@@ -16,7 +16,7 @@ from chunkstore.config import Settings
 from chunkstore.errors import DeclarationConflict
 from chunkstore.events import ChunksDeclared, ChunkStored
 from chunkstore.session import SessionState, replay
-from tests.conftest import MakeServer, Server
+from chunkstore.testing import MakeServer, Server
 from tests.helpers import (
     UPLOAD,
     assert_problem,

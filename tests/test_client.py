@@ -31,8 +31,8 @@ from chunkstore.client import (
     retry_after_seconds,
 )
 from chunkstore.events import ManifestWritten
+from chunkstore.testing import MakeServer, Server
 from chunkstore.validator import detect_mime
-from tests.conftest import MakeServer, Server
 from tests.flaky_proxy import FlakyProxy
 from tests.helpers import (
     UPLOAD,

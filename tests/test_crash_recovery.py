@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.conftest import MakeServer
+from chunkstore.testing import MakeServer
 from tests.helpers import (
     OCTET_STREAM,
     UPLOAD,

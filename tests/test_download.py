@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from chunkstore import events
-from tests.conftest import Server
+from chunkstore.testing import Server
 from tests.helpers import (
     assert_problem,
     blake3_hex,

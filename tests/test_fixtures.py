@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Server
+from chunkstore.testing import Server
 
 
 def processes_using(data_dir: Path) -> list[int]:

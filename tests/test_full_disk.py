@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import Server, SmallFilesystem
+from chunkstore.testing import Server
 from tests.helpers import (
     UPLOAD,
     assert_problem,
@@ -25,6 +25,7 @@ from tests.helpers import (
     status_of,
     temp_files,
 )
+from tests.small_filesystem import SmallFilesystem
 from tests.test_client import cli, write_random
 from tests.test_tus import create, offset_of, send
 

@@ -17,7 +17,7 @@ from chunkstore.commands import InitRequest
 from chunkstore.errors import ChunkSwept
 from chunkstore.events import ChunkStored, UploadExpired
 from chunkstore.gc import collect
-from tests.conftest import MakeServer
+from chunkstore.testing import MakeServer
 from tests.helpers import (
     FakeClock,
     blake3_hex,

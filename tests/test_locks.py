@@ -21,8 +21,8 @@ from chunkstore.commands import InitRequest
 from chunkstore.config import Settings
 from chunkstore.errors import UploadLocked, UploadNotFound
 from chunkstore.locks.flock import FlockLocks as UploadLocks
+from chunkstore.testing import MakeServer, descendants
 from chunkstore.tus import TusUploads
-from tests.conftest import MakeServer, Server
 from tests.helpers import FakeClock, cancel, complete
 
 KiB = 1024
@@ -180,21 +180,6 @@ def test_made_up_and_foreign_ids_leave_no_lock_file_and_no_cached_state(
 # -- the same on a real server, measured on its worker ---------------------------------------
 
 
-def worker_pids(server: Server) -> list[int]:
-    """The server's processes below its main one (granian's workers)."""
-    assert server.process is not None
-    found: list[int] = []
-    pending = [server.process.pid]
-    while pending:
-        pid = pending.pop()
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{task}/children") as children:
-                for child in children.read().split():
-                    found.append(int(child))
-                    pending.append(int(child))
-    return found
-
-
 def rss_kib(pid: int) -> int:
     with open(f"/proc/{pid}/status") as status:
         for line in status:
@@ -220,7 +205,7 @@ def made_up_requests(client: httpx.Client, tag: str, count: int) -> None:
 
 def test_requests_with_made_up_ids_grow_no_state_in_the_worker(make_server: MakeServer) -> None:
     server = make_server()
-    (worker,) = worker_pids(server)
+    (worker,) = descendants(server.main_pid)
     count = 300
     with server.client("alice") as client:
         made_up_requests(client, "warm", 50)  # the allocator's pools settle first

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from tests.conftest import Server
+from chunkstore.testing import Server
 from tests.helpers import (
     assert_problem,
     blake3_hex,

@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import MakeServer, Server
+from chunkstore.testing import MakeServer, Server
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMATHESIS_CONFIG = ROOT / "tests" / "schemathesis.toml"

@@ -16,7 +16,7 @@ import pytest
 import api.app  # noqa: F401 - imports every module that defines an error class
 from api import problems
 from chunkstore.errors import ChunkstoreError
-from tests.conftest import Server, free_port
+from chunkstore.testing import Server, free_port
 from tests.error_app import EXTENSIONS, error_classes
 from tests.helpers import PROBLEM_JSON
 

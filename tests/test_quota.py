@@ -13,7 +13,7 @@ import pytest
 from chunkstore import commands
 from chunkstore.config import Settings
 from chunkstore.errors import QuotaExceeded
-from tests.conftest import MakeServer, Server
+from chunkstore.testing import MakeServer, Server
 from tests.helpers import (
     UPLOAD,
     all_stream_ids,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Server, is_running
+from chunkstore.testing import Server, is_running
 from tests.helpers import UPLOAD, init_upload, start_request, temp_files
 
 #: The deadline of every wait here, never a measured limit.

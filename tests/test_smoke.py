@@ -1,4 +1,4 @@
-from tests.conftest import Server
+from chunkstore.testing import Server
 
 
 def test_healthz_answers_without_a_token(server: Server) -> None:

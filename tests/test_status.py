@@ -14,7 +14,7 @@ import httpx
 
 from chunkstore.chunking import ChunkInfo
 from chunkstore.client import UploadClient
-from tests.conftest import MakeServer, Server
+from chunkstore.testing import MakeServer, Server
 from tests.helpers import UPLOAD, assert_problem, cancel, complete, put_chunk, status_of
 
 KiB = 1024

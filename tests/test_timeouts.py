@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from chunkstore.config import Settings
-from tests.conftest import MakeServer, Server
+from chunkstore.testing import MakeServer, Server
 from tests.helpers import (
     PROBLEM_JSON,
     UPLOAD,

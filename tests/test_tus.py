@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import MakeServer, Server
+from chunkstore.testing import MakeServer, Server
 from tests.helpers import PROBLEM_JSON, recorded_events, stored_objects
 
 MiB = 1024 * 1024

@@ -15,7 +15,7 @@ from typing import NamedTuple
 import pytest
 from tusclient import client as tus_client
 
-from tests.conftest import Server
+from chunkstore.testing import Server
 from tests.flaky_proxy import FlakyProxy
 
 MiB = 1024 * 1024

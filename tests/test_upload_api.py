@@ -19,8 +19,8 @@ from chunkstore.eventlog.sqlite import SQLiteLog
 from chunkstore.events import ChunkStored, ValidationFailed
 from chunkstore.projections import session_row
 from chunkstore.session import SessionState, replay
+from chunkstore.testing import MakeServer, Server
 from chunkstore.tokens.sqlite import SQLiteTokens
-from tests.conftest import MakeServer, Server
 from tests.helpers import (
     OCTET_STREAM,
     UPLOAD,

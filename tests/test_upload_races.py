@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 
 from chunkstore.events import ManifestWritten
-from tests.conftest import MakeServer
+from chunkstore.testing import MakeServer
 from tests.helpers import cancel, complete, recorded_events, status_of, upload_whole
 
 MiB = 1024 * 1024
