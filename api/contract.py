@@ -336,9 +336,10 @@ class StrictStructSchemaPlugin(StructSchemaPlugin):
     never sends one."""
 
     def is_plugin_supported_field(self, field_definition: FieldDefinition) -> bool:
-        return super().is_plugin_supported_field(field_definition) and bool(
-            msgspec.inspect.type_info(field_definition.type_).forbid_unknown_fields  # type: ignore[attr-defined]
-        )
+        if not super().is_plugin_supported_field(field_definition):
+            return False
+        info = msgspec.inspect.type_info(field_definition.type_)
+        return isinstance(info, msgspec.inspect.StructType) and info.forbid_unknown_fields
 
     def to_openapi_schema(
         self, field_definition: FieldDefinition, schema_creator: SchemaCreator
@@ -348,7 +349,8 @@ class StrictStructSchemaPlugin(StructSchemaPlugin):
         # Litestar drops the constraints of a list's items (``list[Digest]``); restore the
         # pattern, which decoding enforces.
         info = msgspec.inspect.type_info(field_definition.type_)
-        for struct_field in info.fields:  # type: ignore[attr-defined]
+        assert isinstance(info, msgspec.inspect.StructType)
+        for struct_field in info.fields:
             kind = struct_field.type
             if not isinstance(kind, msgspec.inspect.ListType):
                 continue

@@ -35,6 +35,7 @@ from typing import Any
 from litestar import Request, Response, get
 from litestar.enums import ScopeType
 from litestar.exceptions import NotFoundException
+from litestar.handlers import BaseRouteHandler
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -137,8 +138,8 @@ class StoreCollector(Collector):
         sessions = GaugeMetricFamily(
             "chunkstore_sessions", "Sessions by stored status (the projection)", labels=["status"]
         )
-        for status in sorted({*_STATUSES, *by_status}):
-            sessions.add_metric([status], by_status.get(status, 0))
+        for name in sorted({*(known.value for known in _STATUSES), *by_status}):
+            sessions.add_metric([name], by_status.get(name, 0))
         yield sessions
 
 
@@ -234,8 +235,8 @@ class Metrics:
 
 
 def route_of(scope: Scope) -> str:
-    handler: Any = scope.get("route_handler")
-    paths = getattr(handler, "paths", None)
+    handler = scope.get("route_handler")
+    paths = handler.paths if isinstance(handler, BaseRouteHandler) else None
     return sorted(paths)[0] if paths else "unmatched"
 
 

@@ -18,7 +18,8 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from litestar.enums import ScopeType
+from litestar.types import ASGIApp, Message, Receive, ReceiveMessage, Scope, Send
 
 from chunkstore.bounds import shorten
 
@@ -72,7 +73,7 @@ def has_body(scope: Scope) -> bool:
 
 def request_id_middleware(app: ASGIApp) -> ASGIApp:
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != ScopeType.HTTP:
             await app(scope, receive, send)
             return
         incoming = next(
@@ -86,7 +87,7 @@ def request_id_middleware(app: ASGIApp) -> ASGIApp:
         sent = 0
         body_pending = has_body(scope)
 
-        async def receive_tracked() -> Message:
+        async def receive_tracked() -> ReceiveMessage:
             nonlocal body_pending
             message = await receive()
             if message["type"] != "http.request" or not message.get("more_body", False):

@@ -24,6 +24,7 @@ from typing import Any
 import msgspec
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
+from litestar.handlers import HTTPRouteHandler
 
 from chunkstore import errors, reading, tus
 from chunkstore.bounds import MAX_LISTED_INDEXES, shorten
@@ -368,7 +369,7 @@ def http_error(request: Request[Any, Any, Any], error: Exception) -> Response[by
     detail = str(error.detail) if error.detail else kind.title
     extensions: dict[str, Any] = {}
     handler = request.scope.get("route_handler")
-    if error.status_code == 413 and handler is not None:
+    if error.status_code == 413 and isinstance(handler, HTTPRouteHandler):
         # Litestar's own refusal of a body over the route's request_max_body_size.
         limit = handler.resolve_request_max_body_size()
         detail = f"the request body exceeds this route's limit of {limit} bytes"

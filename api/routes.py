@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Annotated, Any
 
 from litestar import Request, get, post, put
 from litestar.exceptions import InternalServerException
@@ -344,7 +344,7 @@ def upload_status(
     request: AnyRequest,
     upload_id: str,
     service: UploadService,
-    start: int = QueryParameter(name="from", default=0, ge=0),
+    start: Annotated[int, QueryParameter(name="from", ge=0)] = 0,
 ) -> StatusAnswer:
     """An upload's status, progress and expiry; chunk lists and ranges start at
     ``?from=INDEX`` (see ``next_from``)."""

@@ -22,14 +22,15 @@ from __future__ import annotations
 
 import asyncio
 
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from litestar.enums import ScopeType
+from litestar.types import ASGIApp, Message, Receive, ReceiveMessage, Scope, Send
 
 from chunkstore.errors import RequestTimeout
 
-_DISCONNECTED: Message = {"type": "http.disconnect"}
+_DISCONNECTED: ReceiveMessage = {"type": "http.disconnect"}
 
 
-async def _ended_receive() -> Message:
+async def _ended_receive() -> ReceiveMessage:
     return _DISCONNECTED
 
 
@@ -49,7 +50,7 @@ class Channel:
         self.body_done = False
         self.timed_out = False
 
-    async def receive(self) -> Message:
+    async def receive(self) -> ReceiveMessage:
         if self.body_done:
             # Past the body only a disconnect can come; waiting for it is no stall.
             return await self._receive()
@@ -86,7 +87,7 @@ class Channel:
 
 def body_idle_timeout_middleware(app: ASGIApp, seconds: float) -> ASGIApp:
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != ScopeType.HTTP:
             await app(scope, receive, send)
             return
         channel = Channel(receive, send, seconds)

@@ -15,9 +15,9 @@ from collections.abc import AsyncIterator
 from typing import Any, cast
 
 from litestar import Controller, Request, Response, delete, get, head, patch, post, route
-from litestar.enums import HttpMethod
+from litestar.enums import HttpMethod, ScopeType
 from litestar.exceptions import InternalServerException
-from litestar.handlers import BaseRouteHandler
+from litestar.handlers import BaseRouteHandler, HTTPRouteHandler
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import downloads, problems
@@ -267,7 +267,12 @@ class TusController(Controller):
         handlers in an order set by their ids (it answered ``Allow: HEAD, OPTIONS`` on an
         upload's URL)."""
         handlers = super().get_route_handlers()
-        return sorted(handlers, key=lambda handler: "OPTIONS" not in handler.http_methods)
+        return sorted(
+            handlers,
+            key=lambda handler: (
+                not (isinstance(handler, HTTPRouteHandler) and "OPTIONS" in handler.http_methods)
+            ),
+        )
 
     @route(
         "/",
@@ -483,7 +488,7 @@ def tus_middleware(app: ASGIApp, settings: Settings) -> ASGIApp:
     origins = settings.cors_origins
 
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != ScopeType.HTTP:
             await app(scope, receive, send)
             return
         path = scope["path"]

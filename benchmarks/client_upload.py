@@ -82,7 +82,7 @@ def main() -> None:
                     else:
                         timing = raw_upload(server, path, 8 * MiB)
                         seconds = timing["chunks_seconds"] + timing["complete_seconds"]
-                    peaks[name].append(max_process_peak_rss(server.process.pid))
+                    peaks[name].append(max_process_peak_rss(server.main_pid))
                 finally:
                     server.stop()
                     remove(work / f"{name}{run}")

@@ -9,6 +9,7 @@ import argparse
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -46,7 +47,7 @@ def upload(
     path: Path,
     chunk_size: int,
     send: Callable[[httpx.Client, str, int, bytes], httpx.Response] = put_raw,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """One session, its chunks in order over one connection (``send`` carries each),
     then completion."""
     with server.client("bench") as client, open(path, "rb") as source:
@@ -79,9 +80,9 @@ def main() -> None:
         expected = sha256_file(path)
         server = Server(work / "data").start()
         try:
-            baseline_rss = max_process_peak_rss(server.process.pid)
+            baseline_rss = max_process_peak_rss(server.main_pid)
             result = upload(server, path, args.chunk_mib * MiB)
-            peak = max_process_peak_rss(server.process.pid)
+            peak = max_process_peak_rss(server.main_pid)
         finally:
             server.stop()
         size = args.size_mib * MiB

@@ -42,7 +42,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -173,7 +173,7 @@ class CeilingServer:
         stop_group(self.process)
 
 
-def stream_file(path: Path) -> object:
+def stream_file(path: Path) -> Iterator[bytes]:
     with open(path, "rb") as source:
         while piece := source.read(MiB):
             yield piece
@@ -202,7 +202,7 @@ def chunkstore_server(work: Path, name: str) -> Server:
 def run_raw(server: Server, path: Path, expected: str) -> float:
     timing = raw_upload(server, path, CHUNK)
     assert timing["sha256"] == expected, "raw: final file hash differs"
-    return timing["chunks_seconds"] + timing["complete_seconds"]
+    return float(timing["chunks_seconds"] + timing["complete_seconds"])
 
 
 def run_raw_parallel(server: Server, path: Path, expected: str, parallel: int = 4) -> float:
@@ -252,7 +252,7 @@ def post_json(client: httpx.Client, upload_id: str, index: int, chunk: bytes) ->
 def run_json(server: Server, path: Path, expected: str) -> float:
     timing = raw_upload(server, path, JSON_CHUNK, send=post_json)
     assert timing["sha256"] == expected, "json: final file hash differs"
-    return timing["chunks_seconds"] + timing["complete_seconds"]
+    return float(timing["chunks_seconds"] + timing["complete_seconds"])
 
 
 def run_tus(server: Server, path: Path, expected: str) -> float:
@@ -651,7 +651,9 @@ def markdown(rows: list[dict[str, object]], meta: dict[str, object]) -> str:
             f"| {row['group']} | {row['name']} | {shown} {row['unit']} | {ratio} |"
             f" {row['baseline'] or ''} | {row['note']} |"
         )
-    versions = ", ".join(f"{name} {version}" for name, version in meta["versions"].items())  # type: ignore[union-attr]
+    versions_of = meta["versions"]
+    assert isinstance(versions_of, dict)
+    versions = ", ".join(f"{name} {version}" for name, version in versions_of.items())
     lines += ["", f"Peers and clients: {versions}.", ""]
     return "\n".join(lines)
 

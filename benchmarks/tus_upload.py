@@ -38,6 +38,7 @@ def tus_upload(server: Server, path: Path, chunk_size: int) -> dict[str, float |
     uploader = client.uploader(str(path), chunk_size=chunk_size, metadata={"filename": "bench.bin"})
     uploader.upload()
     finished = time.perf_counter()
+    assert uploader.url is not None
     upload_id = uploader.url.rstrip("/").rsplit("/", 1)[-1]
     with server.client("bench") as api:
         status = api.get(f"/api/v1/upload/status/{upload_id}").json()

@@ -13,6 +13,7 @@ import hashlib
 import itertools
 from collections.abc import AsyncIterable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -67,7 +68,8 @@ class Recorded(NamedTuple):
     events: list[ChunkStored]
 
 
-class Frame(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class Frame:
     index: int
     digest: str
     size: int
@@ -125,7 +127,7 @@ class ChunkIntake:
         self.checksum = checksum
         self._sha256 = hashlib.sha256() if checksum and checksum.algorithm == "sha256" else None
 
-    def feed(self, pieces: Iterable[bytes]) -> None:
+    def feed(self, pieces: Iterable[bytes | memoryview]) -> None:
         for piece in pieces:
             if self.writer.size + len(piece) > self.expected_size:
                 raise ChunkTooLarge(

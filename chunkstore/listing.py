@@ -139,8 +139,8 @@ def missing_and_needed(
     """Missing and needed indexes of ``missing_runs``, and where the lists stop being
     complete. Needed indexes are among the missing ones, so one walk gives both."""
     if state.mode != "manifest":
-        missing, cut = first_indexes(missing_runs, limit)
-        return missing, list(missing), cut
+        indexes, cut = first_indexes(missing_runs, limit)
+        return indexes, list(indexes), cut
     missing: list[int] = []
     needed: list[int] = []
     for first, last in missing_runs:

@@ -21,6 +21,7 @@ def database_full(error: BaseException) -> bool:
     """SQLITE_FULL: the disk (or the quota) had no room for the database or its WAL."""
     if not isinstance(error, sqlite3.OperationalError):
         return False
+    # Errors SQLite raises carry their code; one raised elsewhere has none.
     code = getattr(error, "sqlite_errorcode", None)
     if code is not None:
         return bool(code & 0xFF == sqlite3.SQLITE_FULL)

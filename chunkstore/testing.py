@@ -244,10 +244,12 @@ class Server:
             timeout=300,
         )  # fmt: skip
 
-    def client(self, owner: str | None = "alice", **kwargs: object) -> httpx.Client:
-        headers = {"Authorization": f"Bearer {self.token(owner)}"} if owner else {}
-        headers.update(kwargs.pop("headers", None) or {})  # type: ignore[arg-type]
-        return httpx.Client(base_url=self.url, headers=headers, timeout=60, **kwargs)  # type: ignore[arg-type]
+    def client(
+        self, owner: str | None = "alice", headers: dict[str, str] | None = None, **kwargs: Any
+    ) -> httpx.Client:
+        sent = {"Authorization": f"Bearer {self.token(owner)}"} if owner else {}
+        sent.update(headers or {})
+        return httpx.Client(base_url=self.url, headers=sent, timeout=60, **kwargs)
 
 
 #: What the ``make_server`` fixture is: ``make_server(**env)`` starts a server with those

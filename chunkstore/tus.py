@@ -383,7 +383,7 @@ class StreamCutter:
         # Hashed here already, so the writer need not hash the bytes again.
         writer = self.blobs.writer(blake3.blake3(data).hexdigest(), verified=True)
         try:
-            writer.write(data)  # type: ignore[arg-type]  # a view: the bytes are not copied
+            writer.write(data)  # a view: the bytes are not copied
         except BaseException:
             writer.abort()
             raise

@@ -29,7 +29,7 @@ from chunkstore.errors import CorruptBlob, full_disk_guard
 #: files measured 850 us a file in one directory against 310 us across four.
 TEMP_SPREAD = 16
 
-_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 
 
 def _load_syncfs() -> object | None:
@@ -132,7 +132,7 @@ class VerifyingWriter:
     def size(self) -> int:
         return self._size
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         if self._hasher is not None:
             self._hasher.update(data)
         self._size += len(data)
