@@ -19,6 +19,7 @@ import pytest
 # does in test modules (it rewrites only those by default).
 pytest.register_assert_rewrite(
     "tests.contracts.blobs",
+    "tests.contracts.concurrency",
     "tests.contracts.eventlog",
     "tests.contracts.files",
     "tests.contracts.locks",

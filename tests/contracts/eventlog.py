@@ -7,7 +7,6 @@ the protocols it implements, ``SweepGuardContract`` only if it offers that capab
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -43,12 +42,11 @@ from chunkstore.projections import (
     session_row,
 )
 from chunkstore.session import SessionState, replay
+from tests.contracts.concurrency import THREADS, run_together
 from tests.helpers import all_stream_ids
 
 NOW = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 D0, D1, D2 = "0" * 64, "1" * 64, "2" * 64
-#: Enough threads to interleave on any machine, few enough for two cores.
-THREADS = 8
 
 
 class LogBackend(EventLog, SessionIndex, SweepGuard, Protocol):
@@ -102,35 +100,6 @@ def append(
 
 def changes_after(state: SessionState, events: list[KnownEvent]) -> RowChanges:
     return project(replay(events, state), events)
-
-
-def run_together(work: Callable[[int], None], count: int = THREADS) -> None:
-    """Run ``work(n)`` in ``count`` threads released at once; re-raise the first failure.
-    The interpreter switches threads every few microseconds meanwhile, not every 5 ms:
-    a backend written in Python gets interleaved inside its critical sections too."""
-    start = threading.Barrier(count)
-    failures: list[BaseException] = []
-
-    def run(n: int) -> None:
-        try:
-            start.wait(60)
-            work(n)
-        except BaseException as error:
-            failures.append(error)
-
-    threads = [threading.Thread(target=run, args=(n,)) for n in range(count)]
-    switch_interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-5)
-    try:
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(120)
-            assert not thread.is_alive(), "a thread did not finish in 120 s"
-    finally:
-        sys.setswitchinterval(switch_interval)
-    if failures:
-        raise failures[0]
 
 
 class LogContract:
