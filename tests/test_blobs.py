@@ -1,4 +1,6 @@
-"""The filesystem blob store: content-addressed, write-once, durable (invariant 1)."""
+"""The blob port's backends against its contracts (``tests/contracts/blobs.py``), and
+what only the filesystem store promises: where blobs live, its durable single write,
+and its temp files (the ``TempFiles`` capability)."""
 
 from __future__ import annotations
 
@@ -7,116 +9,139 @@ from pathlib import Path
 
 import pytest
 
-from chunkstore.blobs import put_stream
 from chunkstore.blobs.filesystem import FileBlobStore
-from chunkstore.errors import CorruptBlob
+from chunkstore.blobs.memory import MemoryBlobStore
+from tests.contracts.blobs import BlobAgeingContract, BlobEvidenceContract, BlobStoreContract
 from tests.helpers import blake3_hex
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> FileBlobStore:
-    return FileBlobStore(tmp_path / "data")
+class TestMemoryBlobStore(BlobStoreContract, BlobAgeingContract, BlobEvidenceContract):
+    def make_blobs(self, tmp_path: Path) -> MemoryBlobStore:
+        return MemoryBlobStore()
+
+    def test_a_blob_set_aside_is_kept_as_evidence(self, blobs: MemoryBlobStore) -> None:
+        ref = blobs.put(b"damaged, say")
+
+        where = blobs.set_aside(ref.digest, "quarantine")
+
+        assert where is not None and where.startswith("quarantine/")
+        assert blobs.quarantined[where] == (ref.digest, b"damaged, say")
 
 
-def test_a_blob_is_stored_under_its_blake3_digest(store: FileBlobStore) -> None:
-    data = os.urandom(1000)
+class TestFileBlobStore(BlobStoreContract, BlobAgeingContract, BlobEvidenceContract):
+    def make_blobs(self, tmp_path: Path) -> FileBlobStore:
+        return FileBlobStore(tmp_path / "data")
 
-    ref = store.put(data)
+    def test_a_blob_is_a_file_named_by_its_digest(self, blobs: FileBlobStore) -> None:
+        data = os.urandom(1000)
 
-    digest = blake3_hex(data)
-    assert (ref.digest, ref.size, ref.created) == (digest, 1000, True)
-    path = store.root / "objects" / digest[:2] / digest[2:4] / digest
-    assert path.read_bytes() == data
-    with store.open(digest) as blob:
-        assert blob.read() == data
+        ref = blobs.put(data)
 
+        path = blobs.root / "objects" / ref.digest[:2] / ref.digest[2:4] / ref.digest
+        assert ref.digest == blake3_hex(data)
+        assert path.read_bytes() == data
+        assert blobs.path_for(ref.digest) == path
 
-def test_putting_an_existing_digest_again_is_a_no_op(store: FileBlobStore) -> None:
-    data = os.urandom(1000)
-    first = store.put(data)
-    path = store.path_for(first.digest)
-    before = path.stat()
+    def test_putting_an_existing_digest_again_leaves_its_file_alone(
+        self, blobs: FileBlobStore
+    ) -> None:
+        data = os.urandom(1000)
+        first = blobs.put(data)
+        path = blobs.path_for(first.digest)
+        before = path.stat()
 
-    second = store.put(data)
+        second = blobs.put(data)
 
-    after = path.stat()
-    assert (second.digest, second.size, second.created) == (first.digest, 1000, False)
-    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
-    assert list(store.digests()) == [first.digest]
+        after = path.stat()
+        assert second.created is False
+        assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
 
+    def test_a_blob_set_aside_is_kept_as_evidence(self, blobs: FileBlobStore) -> None:
+        ref = blobs.put(b"damaged, say")
 
-def test_a_blob_written_in_pieces_is_named_by_its_whole_content(store: FileBlobStore) -> None:
-    data = os.urandom(5000)
+        where = blobs.set_aside(ref.digest, "quarantine")
 
-    ref = put_stream(store, [data[:1], data[1:4000], b"", data[4000:]])
+        assert where is not None
+        assert Path(where).parent == Path("quarantine")
+        assert (blobs.root / where).read_bytes() == b"damaged, say"
+        assert not blobs.path_for(ref.digest).exists()
 
-    assert ref.digest == blake3_hex(data)
-    assert store.size(ref.digest) == 5000
+    def test_an_aborted_writer_leaves_no_temp_file(self, blobs: FileBlobStore) -> None:
+        writer = blobs.writer()
+        writer.write(os.urandom(1000))
+        assert len(blobs.temp_files()) == 1
 
+        writer.abort()
 
-def test_an_aborted_writer_leaves_no_trace(store: FileBlobStore) -> None:
-    data = os.urandom(1000)
-    writer = store.writer()
-    writer.write(data)
+        assert blobs.temp_files() == []
 
-    writer.abort()
+    def test_a_committed_writer_leaves_no_temp_file(self, blobs: FileBlobStore) -> None:
+        writer = blobs.writer()
+        writer.write(os.urandom(100))
 
-    assert not store.exists(blake3_hex(data))
-    assert store.temp_files() == []
+        blobs.commit_many([writer])
 
+        assert blobs.temp_files() == []
 
-def test_a_committed_writer_leaves_no_temp_file(store: FileBlobStore) -> None:
-    writer = store.writer()
-    writer.write(os.urandom(100))
+    def test_a_committed_batch_leaves_no_temp_file(self, blobs: FileBlobStore) -> None:
+        writers = [blobs.writer() for _ in range(5)]
+        for writer in writers:
+            writer.write(os.urandom(100))
 
-    store.commit_many([writer])
+        blobs.commit_many(writers)
 
-    assert store.temp_files() == []
+        assert blobs.temp_files() == []
 
+    def test_a_writer_of_a_blob_already_stored_writes_no_file(self, blobs: FileBlobStore) -> None:
+        data = os.urandom(100)
+        stored = blobs.put(data)
 
-def test_sweep_temp_files_removes_leftovers_of_a_crash(store: FileBlobStore) -> None:
-    for name in ("blob-a.tmp", "blob-b.tmp", "assemble-x.part"):
-        (store.tmp_dir / name).write_bytes(os.urandom(10))
-    # A blob writer's file, in one of the spread directories under tmp/.
-    Path(store.temp_path()).write_bytes(os.urandom(10))
-    kept = store.put(os.urandom(10))
+        writer = blobs.writer(stored.digest)
+        writer.write(data)
 
-    removed = store.sweep_temp_files()
+        assert blobs.temp_files() == []
 
-    assert removed == 4
-    assert store.temp_files() == []
-    assert store.exists(kept.digest)
+    def test_sweep_temp_files_removes_leftovers_of_a_crash(self, blobs: FileBlobStore) -> None:
+        for name in ("blob-a.tmp", "blob-b.tmp", "assemble-x.part"):
+            (blobs.tmp_dir / name).write_bytes(os.urandom(10))
+        # A blob writer's file, in one of the spread directories under tmp/.
+        Path(blobs.temp_path()).write_bytes(os.urandom(10))
+        kept = blobs.put(os.urandom(10))
 
+        removed = blobs.sweep_temp_files()
 
-def test_sweep_temp_files_spares_files_younger_than_the_grace_period(
-    store: FileBlobStore,
-) -> None:
-    old = store.tmp_dir / "blob-old.tmp"
-    young = store.tmp_dir / "blob-young.tmp"
-    old.write_bytes(b"old")
-    young.write_bytes(b"young")
-    an_hour_ago = old.stat().st_mtime - 3600
-    os.utime(old, (an_hour_ago, an_hour_ago))
+        assert removed == 4
+        assert blobs.temp_files() == []
+        assert blobs.exists(kept.digest)
 
-    removed = store.sweep_temp_files(older_than=600)
+    def test_sweep_temp_files_spares_files_younger_than_the_grace_period(
+        self, blobs: FileBlobStore
+    ) -> None:
+        old = blobs.tmp_dir / "blob-old.tmp"
+        young = blobs.tmp_dir / "blob-young.tmp"
+        old.write_bytes(b"old")
+        young.write_bytes(b"young")
+        an_hour_ago = old.stat().st_mtime - 3600
+        os.utime(old, (an_hour_ago, an_hour_ago))
 
-    assert removed == 1
-    assert store.temp_files() == [young]
+        removed = blobs.sweep_temp_files(older_than=600)
 
+        assert removed == 1
+        assert blobs.temp_files() == [young]
 
-def test_opening_a_missing_blob_raises_corrupt_blob(store: FileBlobStore) -> None:
-    with pytest.raises(CorruptBlob):
-        store.open("a" * 64)
+    def test_a_name_that_is_not_a_digest_is_refused(self, blobs: FileBlobStore) -> None:
+        with pytest.raises(ValueError):
+            blobs.path_for("../../etc/passwd")
+        with pytest.raises(ValueError):
+            blobs.exists("../../etc/passwd")
 
+    def test_a_second_store_on_the_directory_sees_the_blobs(
+        self, blobs: FileBlobStore, tmp_path: Path
+    ) -> None:
+        ref = blobs.put(b"kept on disk")
 
-def test_a_name_that_is_not_a_digest_is_refused(store: FileBlobStore) -> None:
-    with pytest.raises(ValueError):
-        store.path_for("../../etc/passwd")
+        other = FileBlobStore(tmp_path / "data")
 
-
-def test_delete_removes_a_blob_once(store: FileBlobStore) -> None:
-    ref = store.put(b"bytes")
-
-    assert store.delete(ref.digest) is True
-    assert store.delete(ref.digest) is False
-    assert not store.exists(ref.digest)
+        assert list(other.digests()) == [ref.digest]
+        with other.open(ref.digest) as blob:
+            assert blob.read() == b"kept on disk"

@@ -1,5 +1,7 @@
-"""The per-upload lock: exclusive across threads and processes, gone with its holder, and
-never created, nor any other per-upload state kept, for ids that are not the caller's."""
+"""The per-upload lock: its backends against the lock contract (``tests/contracts/locks.py``);
+what only flock promises (exclusive across processes, gone with its holder, a file only
+while held); and, in the service, no lock created nor any other per-upload state kept for
+ids that are not the caller's."""
 
 from __future__ import annotations
 
@@ -8,7 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,9 +21,11 @@ from chunkstore.application import UploadService
 from chunkstore.commands import InitRequest
 from chunkstore.config import Settings
 from chunkstore.errors import UploadLocked, UploadNotFound
-from chunkstore.locks.flock import FlockLocks as UploadLocks
+from chunkstore.locks.flock import FlockLocks
+from chunkstore.locks.memory import MemoryLocks
 from chunkstore.testing import MakeServer, descendants
 from chunkstore.tus import TusUploads
+from tests.contracts.locks import LockerContract
 from tests.helpers import FakeClock, cancel, complete
 
 KiB = 1024
@@ -30,111 +33,69 @@ TUS = {"Tus-Resumable": "1.0.0"}
 OFFSET_BODY = {**TUS, "Content-Type": "application/offset+octet-stream", "Upload-Offset": "0"}
 
 
-@pytest.fixture
-def locks(tmp_path: Path) -> UploadLocks:
-    return UploadLocks(tmp_path / "locks")
+# -- the lock: its contract, and what only flock promises --------------------------------
 
 
-# -- the lock ----------------------------------------------------------------------------
-
-
-def test_a_held_lock_refuses_a_second_holder_at_once(locks: UploadLocks) -> None:
-    with locks.hold("u1"), pytest.raises(UploadLocked):
-        locks.acquire("u1")
-
-
-def test_a_bounded_wait_for_a_held_lock_ends_in_upload_locked(locks: UploadLocks) -> None:
-    with locks.hold("u1"), pytest.raises(UploadLocked) as refused:
-        locks.acquire("u1", wait=0.05)
-    assert "waited" in refused.value.detail
-
-
-def test_a_waiter_gets_the_lock_once_its_holder_lets_go(locks: UploadLocks) -> None:
-    holder = locks.acquire("u1")
-    waiting = threading.Event()
-    got: list[bool] = []
-
-    def wait_for_it() -> None:
-        waiting.set()
-        with locks.hold("u1", wait=60):
-            got.append(True)
-
-    waiter = threading.Thread(target=wait_for_it)
-    waiter.start()
-    waiting.wait(10)
-    holder.release()
-    waiter.join(60)
-    assert got == [True]
-
-
-def test_locks_of_different_uploads_are_independent(locks: UploadLocks) -> None:
-    with locks.hold("u1"), locks.hold("u2"):
-        assert locks.held() == ["u1", "u2"]
-
-
-def test_releasing_removes_the_lock_file(locks: UploadLocks) -> None:
-    with locks.hold("u1"):
-        assert locks.held() == ["u1"]
-    assert locks.held() == []
-
-
-def test_only_one_of_many_threads_holds_the_lock_at_a_time(locks: UploadLocks) -> None:
-    inside = 0
-    most = 0
-    guard = threading.Lock()
-
-    def work() -> None:
-        nonlocal inside, most
-        for _ in range(50):
-            with locks.hold("u1", wait=60):
-                with guard:
-                    inside += 1
-                    most = max(most, inside)
-                with guard:
-                    inside -= 1
-
-    threads = [threading.Thread(target=work) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(120)
-    assert most == 1
-    assert locks.held() == []
+class TestMemoryLocks(LockerContract):
+    def make_locks(self, tmp_path: Path) -> MemoryLocks:
+        return MemoryLocks()
 
 
 HOLD_AND_WAIT = """
 import sys, time
 from pathlib import Path
-from chunkstore.locks.flock import FlockLocks as UploadLocks
-lock = UploadLocks(Path(sys.argv[1])).acquire("u1")
+from chunkstore.locks.flock import FlockLocks
+lock = FlockLocks(Path(sys.argv[1])).acquire("u1")
 print("held", flush=True)
 time.sleep(600)
 """
 
 
-def test_the_lock_of_a_killed_process_is_free_and_its_file_swept(locks: UploadLocks) -> None:
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD_AND_WAIT, str(locks.directory)],
-        stdout=subprocess.PIPE,
-        cwd=Path(__file__).parent.parent,
-    )
-    try:
-        assert holder.stdout is not None
-        assert holder.stdout.readline().strip() == b"held"
-        with pytest.raises(UploadLocked):
-            locks.acquire("u1")
-        assert locks.sweep() == 0  # held: not stale
-    finally:
-        holder.send_signal(signal.SIGKILL)
-        holder.wait(30)
-    assert locks.held() == ["u1"]  # the dead holder never removed it
-    with locks.hold("u1"):
-        pass
-    assert locks.held() == []
-    os.close(os.open(locks.directory / "u2", os.O_CREAT | os.O_RDWR))  # another leftover
-    assert locks.sweep(dry_run=True) == 1
-    assert locks.sweep() == 1
-    assert locks.held() == []
+class TestFlockLocks(LockerContract):
+    def make_locks(self, tmp_path: Path) -> FlockLocks:
+        return FlockLocks(tmp_path / "locks")
+
+    def test_the_lock_file_exists_only_while_the_lock_is_held(self, locks: FlockLocks) -> None:
+        with locks.hold("u1"):
+            assert (locks.directory / "u1").is_file()
+        assert list(locks.directory.iterdir()) == []
+
+    def test_a_bounded_wait_says_how_long_it_waited(self, locks: FlockLocks) -> None:
+        with locks.hold("u1"), pytest.raises(UploadLocked) as refused:
+            locks.acquire("u1", wait=0.05)
+        assert "waited" in refused.value.detail
+
+    def test_an_id_that_cannot_name_a_lock_file_is_refused(self, locks: FlockLocks) -> None:
+        for upload_id in ("", "../u1", "u1/x", "x" * 129, "u1\x00"):
+            with pytest.raises(ValueError):
+                locks.acquire(upload_id)
+        assert list(locks.directory.iterdir()) == []
+
+    def test_the_lock_of_a_killed_process_is_free_and_its_file_swept(
+        self, locks: FlockLocks
+    ) -> None:
+        holder = subprocess.Popen(
+            [sys.executable, "-c", HOLD_AND_WAIT, str(locks.directory)],
+            stdout=subprocess.PIPE,
+            cwd=Path(__file__).parent.parent,
+        )
+        try:
+            assert holder.stdout is not None
+            assert holder.stdout.readline().strip() == b"held"
+            with pytest.raises(UploadLocked):
+                locks.acquire("u1")
+            assert locks.sweep() == 0  # held: not stale
+        finally:
+            holder.send_signal(signal.SIGKILL)
+            holder.wait(30)
+        assert locks.held() == ["u1"]  # the dead holder never removed it
+        with locks.hold("u1"):
+            pass
+        assert locks.held() == []
+        os.close(os.open(locks.directory / "u2", os.O_CREAT | os.O_RDWR))  # another leftover
+        assert locks.sweep(dry_run=True) == 1
+        assert locks.sweep() == 1
+        assert locks.held() == []
 
 
 # -- no per-upload state for ids that are not the caller's ----------------------------------

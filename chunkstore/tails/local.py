@@ -21,8 +21,11 @@ class LocalTails:
     def read(self, upload_id: str, base: int, size: int) -> bytes:
         if size == 0:
             return b""
-        with open(self.path(upload_id, base), "rb") as staged:
-            tail = staged.read(size)
+        try:
+            with open(self.path(upload_id, base), "rb") as staged:
+                tail = staged.read(size)
+        except FileNotFoundError:
+            tail = b""  # gone: every acknowledged byte of it is lost
         if len(tail) != size:
             raise ChunkstoreError(f"the tail of upload {upload_id} lost acknowledged bytes")
         return tail

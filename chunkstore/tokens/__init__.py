@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import unicodedata
 from typing import Protocol
 
 from chunkstore.errors import InvalidRequest
@@ -25,9 +26,10 @@ def new_token() -> str:
 
 
 def checked_owner(owner: str) -> str:
-    """A token's name as stored: 1-128 printable characters."""
+    """A token's name as stored: 1-128 printable characters (no control character:
+    C0, DEL or C1, whose CSI starts a terminal escape sequence as ESC does)."""
     owner = owner.strip()
-    if not owner or len(owner) > 128 or any(ord(c) < 32 for c in owner):
+    if not owner or len(owner) > 128 or any(unicodedata.category(c) == "Cc" for c in owner):
         raise InvalidRequest("token name must be 1-128 printable characters")
     return owner
 
