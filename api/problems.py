@@ -88,9 +88,13 @@ class ProblemHeader:
     integer: bool = False
 
 
+def _extensions(error: Exception) -> dict[str, Any]:
+    return error.extensions if isinstance(error, errors.ChunkstoreError) else {}
+
+
 def _extension(key: str, default: Any = None) -> Callable[[Exception], str | None]:
     def value(error: Exception) -> str | None:
-        found = getattr(error, "extensions", {}).get(key, default)
+        found = _extensions(error).get(key, default)
         return None if found is None else str(found)
 
     return value
@@ -122,7 +126,7 @@ RETRY_AFTER_LOCKED = ProblemHeader(
 CONTENT_RANGE = ProblemHeader(
     "Content-Range",
     "`bytes */<size>`: the file's length.",
-    lambda error: f"bytes */{getattr(error, 'extensions', {}).get('size', '*')}",
+    lambda error: f"bytes */{_extensions(error).get('size', '*')}",
 )
 ALLOW = ProblemHeader(
     "Allow", "The methods this path serves.", lambda error: None
@@ -199,8 +203,8 @@ SLUG_BY_HTTP_STATUS = {
 }
 
 
-def _documentation(cls: type) -> str:
-    return inspect.cleandoc(cls.__doc__ or "") or str(getattr(cls, "title", cls.__name__))
+def _documentation(cls: type[errors.ChunkstoreError]) -> str:
+    return inspect.cleandoc(cls.__doc__ or "") or cls.title
 
 
 def _headers_of(cls: type) -> tuple[ProblemHeader, ...]:

@@ -20,6 +20,33 @@ def _data_dir(value: str | None) -> Path:
     return Path(value or os.environ.get("CHUNKSTORE_DATA") or "data").resolve()
 
 
+DATA_HELP = "data directory (default $CHUNKSTORE_DATA or ./data)"
+
+
+def _add_store_options(parser: argparse.ArgumentParser) -> None:
+    """--data, --db and --blobs: which store a server-side command works on."""
+    parser.add_argument("--data", help=DATA_HELP)
+    parser.add_argument(
+        "--db",
+        help="event log, projections and tokens: sqlite:///PATH or memory://"
+        " (default $CHUNKSTORE_DB, else chunkstore.sqlite3 in the data directory)",
+    )
+    parser.add_argument(
+        "--blobs",
+        help="blobs, final files, tails and locks: file:///PATH or memory://"
+        " (default $CHUNKSTORE_BLOBS, else the data directory)",
+    )
+
+
+def _store_settings(args: argparse.Namespace) -> Settings:
+    """Settings from the environment, the store options winning over it."""
+    settings = Settings.from_env(_data_dir(args.data))
+    for field, value in (("db_url", args.db), ("blobs_url", args.blobs)):
+        if value:
+            settings = settings.replace(**{field: value})
+    return settings
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from granian import Granian
     from granian.constants import Interfaces
@@ -29,6 +56,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     data_dir = _data_dir(args.data)
     os.environ["CHUNKSTORE_DATA"] = str(data_dir)
+    # The workers read their settings from the environment.
+    for name, value in (("CHUNKSTORE_DB", args.db), ("CHUNKSTORE_BLOBS", args.blobs)):
+        if value:
+            if value.startswith("memory:"):
+                # Each worker would have a store of its own, with no token in it, gone
+                # when it exits: memory:// is for the library in one process (tests).
+                raise SystemExit("chunkstore serve: memory:// stores are for use in-process")
+            os.environ[name] = value
     if args.workers > 1 and "CHUNKSTORE_TEMP_GRACE" not in os.environ:
         os.environ["CHUNKSTORE_TEMP_GRACE"] = "3600"
     if args.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
@@ -80,7 +115,7 @@ def cmd_token_create(args: argparse.Namespace) -> int:
     from chunkstore.durable import make_durable_dirs
     from chunkstore.store import open_store
 
-    settings = Settings.from_env(_data_dir(args.data))
+    settings = _store_settings(args)
     make_durable_dirs(settings.data_dir)
     store = open_store(settings)
     try:
@@ -228,13 +263,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _open_service(data: str | None) -> Any:
-    """The library over an existing data directory (these commands never create one)."""
+def _open_service(args: argparse.Namespace) -> Any:
+    """The library over an existing store (these commands never create one)."""
     from chunkstore.application import UploadService
     from chunkstore.errors import InvalidRequest
 
-    settings = Settings.from_env(_data_dir(data))
-    if not settings.database_path.exists():
+    settings = _store_settings(args)
+    if not settings.db_url and not settings.database_path.exists():
         raise InvalidRequest(f"no chunkstore data in {settings.data_dir}")
     return UploadService.open(settings)
 
@@ -245,7 +280,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from chunkstore.projections import iso
 
     at = replay.parse_moment(args.at) if args.at else None
-    service = _open_service(args.data)
+    service = _open_service(args)
     try:
         recorded = service.store.log.read(args.upload_id)
     finally:
@@ -320,7 +355,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from chunkstore import audit
 
     progress = HashProgress(sys.stderr) if sys.stderr.isatty() else None
-    service = _open_service(args.data)
+    service = _open_service(args)
     try:
         if args.repair:
             before, after = audit.audit_and_repair(service, progress)
@@ -352,7 +387,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
 
     from chunkstore.gc import collect
 
-    service = _open_service(args.data)
+    service = _open_service(args)
     try:
         report = collect(service, hours=args.hours, grace=args.grace, dry_run=args.dry_run)
     finally:
@@ -391,10 +426,9 @@ def cmd_gc(args: argparse.Namespace) -> int:
 
 def add_store_commands(commands: Any) -> None:
     """replay, audit and gc: operator commands that work on a data directory."""
-    data_help = "data directory (default $CHUNKSTORE_DATA or ./data)"
     replay = commands.add_parser("replay", help="show an upload's events and state")
     replay.add_argument("upload_id")
-    replay.add_argument("--data", help=data_help)
+    _add_store_options(replay)
     replay.add_argument("--json", action="store_true", help="one JSON object per line")
     replay.add_argument(
         "--at", help="ISO 8601 time (UTC unless it says): only events recorded until then"
@@ -402,7 +436,7 @@ def add_store_commands(commands: Any) -> None:
     replay.set_defaults(func=cmd_replay)
 
     audit = commands.add_parser("audit", help="check every event, blob, manifest and file")
-    audit.add_argument("--data", help=data_help)
+    _add_store_options(audit)
     audit.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     audit.add_argument(
         "--repair",
@@ -412,7 +446,7 @@ def add_store_commands(commands: Any) -> None:
     audit.set_defaults(func=cmd_audit)
 
     gc = commands.add_parser("gc", help="expire stale sessions and sweep unreferenced blobs")
-    gc.add_argument("--data", help=data_help)
+    _add_store_options(gc)
     gc.add_argument(
         "--hours",
         type=float,
@@ -469,7 +503,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the HTTP service")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--data", help="data directory (default $CHUNKSTORE_DATA or ./data)")
+    _add_store_options(serve)
     serve.add_argument("--workers", type=int, default=1, help="server processes")
     serve.set_defaults(func=cmd_serve)
 
@@ -484,7 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
     token_commands = token.add_subparsers(dest="token_command", required=True)
     create = token_commands.add_parser("create", help="create a token; prints only the token")
     create.add_argument("name", help="the owner the token uploads as")
-    create.add_argument("--data", help="data directory (default $CHUNKSTORE_DATA or ./data)")
+    _add_store_options(create)
     create.set_defaults(func=cmd_token_create)
 
     upload = commands.add_parser("upload", help="upload a file (resumes an interrupted run)")
