@@ -173,17 +173,17 @@ def http_date(state: SessionState) -> str:
 
 def upload_headers(state: SessionState) -> dict[str, str]:
     """What HEAD reports about an upload."""
-    headers = {"Upload-Offset": str(state.tus_offset), "Cache-Control": "no-store"}
-    if state.tus_length_deferred:
+    headers = {"Upload-Offset": str(state.stream_offset), "Cache-Control": "no-store"}
+    if state.stream.length_deferred:
         headers["Upload-Defer-Length"] = "1"
     else:
         headers["Upload-Length"] = str(state.total_size)
-    if state.tus_metadata:
-        headers["Upload-Metadata"] = state.tus_metadata
-    if state.tus_concat == "partial":
+    if state.stream.metadata:
+        headers["Upload-Metadata"] = state.stream.metadata
+    if state.stream.concat == "partial":
         headers["Upload-Concat"] = "partial"
-    elif state.tus_concat == "final":
-        headers["Upload-Concat"] = "final;" + " ".join(f"{FILES}/{p}" for p in state.tus_parts)
+    elif state.stream.concat == "final":
+        headers["Upload-Concat"] = "final;" + " ".join(f"{FILES}/{p}" for p in state.stream.parts)
     if state.expires_at is not None and state.status == Status.ACTIVE:
         headers["Upload-Expires"] = http_date(state)
     return headers
@@ -191,7 +191,7 @@ def upload_headers(state: SessionState) -> dict[str, str]:
 
 def offset_headers(state: SessionState) -> dict[str, str]:
     """What a PATCH answers: the new offset, and when the upload expires."""
-    headers = {"Upload-Offset": str(state.tus_offset)}
+    headers = {"Upload-Offset": str(state.stream_offset)}
     if state.expires_at is not None:
         headers["Upload-Expires"] = http_date(state)
     return headers
@@ -369,7 +369,7 @@ class TusController(Controller):
                 # where the upload is and how far it got.
                 refused = refused_at(request, error, location)
                 state = await asyncio.to_thread(tus_uploads.head, owner, state.upload_id)
-                refused.headers["Upload-Offset"] = str(state.tus_offset)
+                refused.headers["Upload-Offset"] = str(state.stream_offset)
                 return refused
             except IncompleteBody:
                 state = await asyncio.to_thread(tus_uploads.head, owner, state.upload_id)

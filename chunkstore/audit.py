@@ -169,12 +169,12 @@ def _broken_rule(state: SessionState, event: Event) -> tuple[str, str] | None:
         case TusTailStaged(size=size):
             if state.mode != "tus":
                 return "event-out-of-order", "a tus tail in an upload that is not a tus one"
-            return _past_size(state, state.tus_offset - state.tus_tail + size)
+            return _past_size(state, state.stream_offset - state.stream.tail + size)
         case TusLengthDeclared(total_size=total_size):
-            if state.mode != "tus" or not state.tus_length_deferred:
+            if state.mode != "tus" or not state.stream.length_deferred:
                 return "event-out-of-order", "a length declared for an upload that had one"
-            if total_size < state.tus_offset:
-                return "bytes-past-size", f"{state.tus_offset} bytes are past {total_size}"
+            if total_size < state.stream_offset:
+                return "bytes-past-size", f"{state.stream_offset} bytes are past {total_size}"
         case ManifestWritten():
             if state.status != Status.ACTIVE:
                 return "event-out-of-order", f"a manifest written while {state.status}"
@@ -201,7 +201,7 @@ def _broken_chunk_rule(state: SessionState, event: ChunkStored) -> tuple[str, st
             )
         if size <= 0:
             return "chunk-wrong-size", f"tus chunk {index} of {size} bytes"
-        return _past_size(state, state.tus_offset - state.tus_tail + size)
+        return _past_size(state, state.stream_offset - state.stream.tail + size)
     if not 0 <= index < state.total_chunks:
         return (
             "chunk-index-out-of-range",
@@ -223,14 +223,14 @@ def _broken_chunk_rule(state: SessionState, event: ChunkStored) -> tuple[str, st
 
 def _past_size(state: SessionState, recorded: int) -> tuple[str, str] | None:
     """A tus upload's recorded bytes (chunks and staged tail) past its declared length."""
-    if not state.tus_length_deferred and recorded > state.total_size:
+    if not state.stream.length_deferred and recorded > state.total_size:
         return "bytes-past-size", f"{recorded} bytes recorded, {state.total_size} declared"
     return None
 
 
 def _missing(state: SessionState) -> bool:
     if state.mode == "tus":
-        return state.tus_length_deferred or state.tus_offset != state.total_size
+        return state.stream.length_deferred or state.stream_offset != state.total_size
     return len(state.chunks) != state.total_chunks
 
 

@@ -441,12 +441,14 @@ def check_completable(state: SessionState, now: datetime) -> None:
         raise UploadNotActive(f"upload {state.upload_id} was cancelled", status=state.status)
     if state.is_expired(now):
         raise SessionExpired(f"upload {state.upload_id} expired", upload_id=state.upload_id)
-    if state.mode == "tus" and (state.tus_length_deferred or state.tus_offset < state.total_size):
+    if state.mode == "tus" and (
+        state.stream.length_deferred or state.stream_offset < state.total_size
+    ):
         # A tus upload's chunks are cut from its stream; it is whole only at its length.
         raise UploadIncomplete(
-            f"tus upload {state.upload_id} is at offset {state.tus_offset}"
-            f" of {'an undeclared length' if state.tus_length_deferred else state.total_size}",
-            offset=state.tus_offset,
+            f"tus upload {state.upload_id} is at offset {state.stream_offset}"
+            f" of {'an undeclared length' if state.stream.length_deferred else state.total_size}",
+            offset=state.stream_offset,
         )
     if state.declared_chunks < state.total_chunks:
         raise UploadIncomplete(

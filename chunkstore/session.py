@@ -8,6 +8,7 @@ long stream stays linear while each state a caller holds stays unchanged.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -58,6 +59,24 @@ FINAL_STATUSES = frozenset(
 
 
 @dataclass(frozen=True, slots=True)
+class OffsetStream:
+    """An upload that arrives as one byte stream at increasing offsets, which the server
+    cuts into chunks itself: what tus (and the IETF resumable-upload draft) need beyond
+    the chunks. Its offset is the bytes in its chunks plus ``tail``."""
+
+    #: Bytes after the last chunk, kept durable by the tail port (``chunkstore.tails``).
+    tail: int = 0
+    #: The length is not known yet (tus ``Upload-Defer-Length``).
+    length_deferred: bool = False
+    #: The client's metadata as it sent it (tus ``Upload-Metadata``), echoed back.
+    metadata: str = ""
+    #: "", "partial" or "final" (tus concatenation).
+    concat: str = ""
+    #: A final upload's partial upload ids, in order.
+    parts: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class SessionState:
     upload_id: str = ""
     version: int = 0
@@ -97,16 +116,8 @@ class SessionState:
     failure_reason: str | None = None
     failure_detail: str | None = None
     cancel_reason: str | None = None
-    #: tus uploads (mode "tus"): bytes after the last chunk held in the staging file.
-    tus_tail: int = 0
-    #: tus: the length is not known yet (``Upload-Defer-Length``).
-    tus_length_deferred: bool = False
-    #: tus: the ``Upload-Metadata`` header as the client sent it.
-    tus_metadata: str = ""
-    #: tus: "", "partial" or "final" (concatenation).
-    tus_concat: str = ""
-    #: tus: a final upload's partial upload ids, in order.
-    tus_parts: tuple[str, ...] = ()
+    #: An offset-stream upload's own state (mode "tus"); empty for the others.
+    stream: OffsetStream = field(default_factory=lambda: OffsetStream())
 
     @classmethod
     def empty(cls, upload_id: str = "") -> SessionState:
@@ -211,9 +222,10 @@ class SessionState:
         return round(100.0 * covered / self.total_size, 2)
 
     @property
-    def tus_offset(self) -> int:
-        """A tus upload's ``Upload-Offset``: bytes in its chunks plus the staged tail."""
-        return self.bytes_received + self.bytes_deduplicated + self.tus_tail
+    def stream_offset(self) -> int:
+        """An offset stream's offset (tus ``Upload-Offset``): bytes in its chunks plus
+        its tail."""
+        return self.bytes_received + self.bytes_deduplicated + self.stream.tail
 
     def ordered_chunks(self) -> list[tuple[str, int]]:
         """(digest, size) of every index in order; only meaningful when none is missing."""
@@ -281,15 +293,20 @@ class _Fold:
                     mode="tus",
                     created_at=event.created_at,
                     expires_at=event.expires_at,
-                    tus_length_deferred=event.total_size is None,
-                    tus_metadata=event.metadata,
-                    tus_concat=event.concat,
-                    tus_parts=tuple(event.parts),
+                    stream=OffsetStream(
+                        length_deferred=event.total_size is None,
+                        metadata=event.metadata,
+                        concat=event.concat,
+                        parts=tuple(event.parts),
+                    ),
                 )
             case TusLengthDeclared(total_size=total_size):
-                v.update(total_size=total_size, tus_length_deferred=False)
+                v.update(
+                    total_size=total_size,
+                    stream=dataclasses.replace(v["stream"], length_deferred=False),
+                )
             case TusTailStaged(size=size):
-                v["tus_tail"] = size
+                v["stream"] = dataclasses.replace(v["stream"], tail=size)
             case ManifestWritten():
                 v.update(status=Status.ASSEMBLING, manifest=event)
             case ValidationFailed(reason=reason, detail=detail):

@@ -249,9 +249,9 @@ def decide_create(
 
 def check_part_complete(part: SessionState) -> int:
     """A partial upload that may go into a final one; returns its length."""
-    if part.mode != "tus" or part.tus_concat != "partial":
+    if part.mode != "tus" or part.stream.concat != "partial":
         raise InvalidRequest(f"upload {part.upload_id} is not a partial upload")
-    if part.tus_length_deferred or part.tus_offset != part.total_size or part.tus_tail:
+    if part.stream.length_deferred or part.stream_offset != part.total_size or part.stream.tail:
         raise InvalidRequest(f"partial upload {part.upload_id} is not complete")
     return part.total_size
 
@@ -276,14 +276,14 @@ def check_patchable(state: SessionState, offset: int, now: datetime) -> None:
             f" with PUT /api/v1/upload/{state.upload_id}/chunks/{{index}}",
             upload_id=state.upload_id,
         )
-    if state.tus_concat == "final":
+    if state.stream.concat == "final":
         raise FinalUploadImmutable(f"upload {state.upload_id} is a final upload")
     check_readable(state, now)
     commands.check_accepting(state, now)
-    if offset != state.tus_offset:
+    if offset != state.stream_offset:
         raise OffsetMismatch(
-            f"Upload-Offset is {offset}, the upload is at {state.tus_offset}",
-            offset=state.tus_offset,
+            f"Upload-Offset is {offset}, the upload is at {state.stream_offset}",
+            offset=state.stream_offset,
         )
 
 
@@ -292,12 +292,12 @@ def decide_length(
 ) -> int | None:
     """The upload's length after this PATCH (which may declare a deferred one).
     ``bytes_held``: what counts towards the owner's quota, this upload included."""
-    if length is None or not state.tus_length_deferred:
+    if length is None or not state.stream.length_deferred:
         if length is not None and length != state.total_size:
             raise InvalidRequest(f"Upload-Length is already {state.total_size}")
-        return None if state.tus_length_deferred else state.total_size
-    if length < state.tus_offset:
-        raise InvalidRequest(f"Upload-Length {length} is below the offset {state.tus_offset}")
+        return None if state.stream.length_deferred else state.total_size
+    if length < state.stream_offset:
+        raise InvalidRequest(f"Upload-Length {length} is below the offset {state.stream_offset}")
     if length > settings.max_file_size:
         raise TooLarge(
             f"file of {length} bytes exceeds the limit of {settings.max_file_size}",
@@ -321,13 +321,13 @@ def decide_append(
 ) -> list[KnownEvent]:
     """Events for new final chunks (cut in stream order) and the new tail length."""
     new_events: list[KnownEvent] = []
-    if declared_length is not None and state.tus_length_deferred:
+    if declared_length is not None and state.stream.length_deferred:
         new_events.append(TusLengthDeclared(declared_length))
     new_events.extend(
         ChunkStored(index=state.total_chunks + position, digest=digest, size=size)
         for position, (digest, size) in enumerate(chunks)
     )
-    if tail != state.tus_tail:
+    if tail != state.stream.tail:
         new_events.append(TusTailStaged(tail))
     return new_events
 
@@ -465,9 +465,9 @@ class TusUploads:
         """Whole, not a partial, not yet turned into a file."""
         return (
             state.status == Status.ACTIVE
-            and state.tus_concat != "partial"
-            and not state.tus_length_deferred
-            and state.tus_offset == state.total_size
+            and state.stream.concat != "partial"
+            and not state.stream.length_deferred
+            and state.stream_offset == state.total_size
         )
 
     def complete(self, owner: str, state: SessionState) -> SessionState:
@@ -498,7 +498,7 @@ class TusUploads:
             now = self.service.clock()
             check_patchable(state, offset, now)
             held = 0
-            if state.tus_length_deferred:
+            if state.stream.length_deferred:
                 held = await asyncio.to_thread(self.service.store.index.bytes_held, owner, now)
             length = decide_length(state, declared_length, self.settings, held)
             limit = (length if length is not None else self.settings.max_file_size) - offset
@@ -508,8 +508,8 @@ class TusUploads:
             room = commands.quota_room(held, self.settings) if length is None else None
             if room is not None and content_length is not None and content_length > room:
                 commands.check_quota(held, content_length, self.settings)
-            base = state.tus_offset - state.tus_tail
-            tail = await asyncio.to_thread(self.tails.read, upload_id, base, state.tus_tail)
+            base = state.stream_offset - state.stream.tail
+            tail = await asyncio.to_thread(self.tails.read, upload_id, base, state.stream.tail)
             cutter = StreamCutter(self.service.store.blobs, tail)
             hasher = checksum.hasher() if checksum is not None else None
             received = 0
@@ -542,7 +542,7 @@ class TusUploads:
                     cutter.abort()
                     raise broken
             complete = length is not None and offset + received == length
-            new_length = length if state.tus_length_deferred else None
+            new_length = length if state.stream.length_deferred else None
             state = await asyncio.to_thread(self._settle, state, cutter, complete, new_length)
         finally:
             lock.release()
@@ -565,10 +565,12 @@ class TusUploads:
             cutter.abort()
             raise
         tail = bytes(cutter.buffer)
-        old_base = state.tus_offset - state.tus_tail
+        old_base = state.stream_offset - state.stream.tail
         new_base = old_base + sum(size for _, size in cutter.chunks)
         if new_base == old_base:
-            self.tails.extend(state.upload_id, old_base, state.tus_tail, tail[state.tus_tail :])
+            self.tails.extend(
+                state.upload_id, old_base, state.stream.tail, tail[state.stream.tail :]
+            )
         elif tail:
             self.tails.write(state.upload_id, new_base, tail)
         new_events = decide_append(state, cutter.chunks, len(tail), declared_length)

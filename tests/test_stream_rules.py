@@ -229,7 +229,7 @@ def test_chunkstore_audit_reports_a_stream_that_breaks_its_rules(tmp_path: Path)
 def test_a_tus_patch_on_an_upload_of_the_json_api_is_refused() -> None:
     state = replay([fixed()], SessionState.empty("u1"))
     with pytest.raises(NotATusUpload):
-        tus.check_patchable(state, state.tus_offset, NOW)
+        tus.check_patchable(state, state.stream_offset, NOW)
 
 
 def test_chunks_by_index_for_a_tus_upload_are_refused() -> None:
