@@ -24,7 +24,6 @@ import hashlib
 import os
 import queue
 import random
-import struct
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -37,16 +36,15 @@ import blake3
 import httpx
 import msgspec
 
+from chunkstore import batch as wire
 from chunkstore.chunking import ChunkerName, ChunkInfo, iter_chunks
 
 MiB = 1024 * 1024
 DEFAULT_SERVER = "http://127.0.0.1:8000"
 API = "/api/v1"
-BATCH_MEDIA_TYPE = "application/vnd.chunkstore.batch"
 #: Payload per batch request: large enough that per-request costs (one transaction,
 #: one round trip) vanish, small enough that a failed request wastes little.
 BATCH_BYTES = 8 * MiB
-FRAME_HEADER = struct.Struct(">II")
 #: Chunks declared per request (init, then pages of the chunk list); a server that
 #: takes fewer says so (``chunk_page_size``) and is then sent pages of its size.
 CHUNK_PAGE = 10_000
@@ -295,7 +293,7 @@ class ServerApi:
             content=body,
             # An explicit length lets the server refuse an oversized body before reading
             # it, and keeps httpx from switching to chunked transfer encoding.
-            headers={"Content-Type": BATCH_MEDIA_TYPE, "Content-Length": str(length)},
+            headers={"Content-Type": wire.MEDIA_TYPE, "Content-Length": str(length)},
         )
         return answer
 
@@ -621,7 +619,7 @@ class Transfer:
         ]
 
     def body_length(self, indexes: list[int]) -> int:
-        return sum(FRAME_HEADER.size + self.chunks[index].size for index in indexes)
+        return wire.batch_length([self.chunks[index].size for index in indexes])
 
     def frames(self, indexes: list[int]) -> Iterator[bytes]:
         """The batch body, read from the file on demand, in pieces of about 1 MiB.
@@ -634,7 +632,7 @@ class Transfer:
         counted = 0
         for index in indexes:
             data = self.reader.read(self.chunks[index])
-            piece += FRAME_HEADER.pack(index, len(data))
+            piece += wire.frame_header(index, len(data))
             piece += data
             counted += len(data)
             if len(piece) >= BODY_PIECE:

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 import blake3
 import httpx
 
-from chunkstore.client import BATCH_MEDIA_TYPE
+from chunkstore.batch import MEDIA_TYPE as BATCH_MEDIA_TYPE
 from chunkstore.config import Settings
 from chunkstore.eventlog import EventLog
 from chunkstore.events import Event

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import httpx
 
-from chunkstore.client import BATCH_MEDIA_TYPE
+from chunkstore.batch import MEDIA_TYPE as BATCH_MEDIA_TYPE
 from chunkstore.events import ChunkStored
 from chunkstore.testing import MakeServer, Server
 from tests.helpers import (
