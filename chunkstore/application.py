@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 from chunkstore import commands
@@ -22,11 +22,10 @@ from chunkstore.completion import Completer
 from chunkstore.config import Settings
 from chunkstore.errors import ChunkSwept, ConcurrencyConflict, InvalidRequest
 from chunkstore.events import ChunkStored, KnownEvent
-from chunkstore.intake import Checksum, Intake
+from chunkstore.intake import Intake
 from chunkstore.projections import project
 from chunkstore.session import SessionState, replay
 from chunkstore.store import Store, open_store
-from chunkstore.views import BatchReceipt, ChunkReceipt, Completion
 
 #: Session states kept in memory; a cached state is caught up from the log on every load.
 STATE_CACHE_SIZE = 512
@@ -49,6 +48,11 @@ class UploadService:
         self._states_lock = threading.Lock()
         self.intake = Intake(self)
         self.completer = Completer(self)
+        # The commands that live in their own modules, as methods of the application.
+        self.store_chunk = self.intake.store_chunk
+        self.store_chunk_stream = self.intake.store_chunk_stream
+        self.store_batch_stream = self.intake.store_batch_stream
+        self.complete_upload = self.completer.complete_upload
 
     @classmethod
     def open(cls, settings: Settings, clock: Callable[[], datetime] = utcnow) -> UploadService:
@@ -222,40 +226,6 @@ class UploadService:
                 raise InvalidRequest(f"{quote(digest)} is not a BLAKE3-256 hex digest")
         held = self.held_digests(owner, wanted)
         return [digest for digest in wanted if digest not in held]
-
-    # -- chunks (chunkstore.intake) ------------------------------------------------------
-
-    def store_chunk(
-        self, owner: str, upload_id: str, index: int, data: bytes, checksum: Checksum | None = None
-    ) -> ChunkReceipt:
-        return self.intake.store_chunk(owner, upload_id, index, data, checksum)
-
-    async def store_chunk_stream(
-        self,
-        owner: str,
-        upload_id: str,
-        index: int,
-        body: AsyncIterable[bytes],
-        content_length: int | None = None,
-        checksum: Checksum | None = None,
-    ) -> ChunkReceipt:
-        return await self.intake.store_chunk_stream(
-            owner, upload_id, index, body, content_length, checksum
-        )
-
-    async def store_batch_stream(
-        self,
-        owner: str,
-        upload_id: str,
-        body: AsyncIterable[bytes],
-        content_length: int | None = None,
-    ) -> BatchReceipt:
-        return await self.intake.store_batch_stream(owner, upload_id, body, content_length)
-
-    # -- ending --------------------------------------------------------------------------
-
-    def complete_upload(self, owner: str, upload_id: str) -> Completion:
-        return self.completer.complete_upload(owner, upload_id)
 
     def cancel_upload(self, owner: str, upload_id: str, reason: str = "") -> SessionState:
         """Cancel under the upload's lock, so that a completion is either wholly before

@@ -9,6 +9,8 @@ owner before they lock it, so an id that does not exist never gets any lock stat
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from typing import Protocol
 
@@ -36,3 +38,18 @@ class Locker(Protocol):
     def sweep(self, dry_run: bool = False) -> int:
         """Remove what dead holders left behind; how many there were."""
         ...
+
+
+class HoldsByAcquiring:
+    """``hold`` for a backend that implements ``acquire``."""
+
+    def acquire(self, upload_id: str, wait: float = 0.0) -> HeldLock:
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def hold(self, upload_id: str, wait: float = 0.0) -> Iterator[HeldLock]:
+        lock = self.acquire(upload_id, wait)
+        try:
+            yield lock
+        finally:
+            lock.release()

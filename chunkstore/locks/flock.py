@@ -22,10 +22,10 @@ import fcntl
 import os
 import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 from chunkstore.errors import UploadLocked, full_disk_guard
+from chunkstore.locks import HoldsByAcquiring
 
 #: Waits start short (a PATCH of a few MiB holds the lock for milliseconds) and back off.
 _FIRST_DELAY = 0.005
@@ -51,7 +51,7 @@ class FlockHeld:
         self.fd = -1
 
 
-class FlockLocks:
+class FlockLocks(HoldsByAcquiring):
     """``Locker``: the per-upload locks of one data directory (``<data>/locks``)."""
 
     def __init__(self, directory: Path) -> None:
@@ -93,14 +93,6 @@ class FlockLocks:
             if _names(path, fd):
                 return FlockHeld(path, fd)
             os.close(fd)  # the previous holder removed this file meanwhile: start over
-
-    @contextlib.contextmanager
-    def hold(self, upload_id: str, wait: float = 0.0) -> Iterator[FlockHeld]:
-        lock = self.acquire(upload_id, wait)
-        try:
-            yield lock
-        finally:
-            lock.release()
 
     def held(self) -> list[str]:
         """The upload ids whose lock files are present (locked or being locked)."""

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
-from collections.abc import Iterator
 
 from chunkstore.errors import UploadLocked
+from chunkstore.locks import HoldsByAcquiring
 
 _POLL = 0.005
 
@@ -24,7 +23,7 @@ class MemoryHeld:
             self._locks.let_go(self.upload_id)
 
 
-class MemoryLocks:
+class MemoryLocks(HoldsByAcquiring):
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._held: set[str] = set()
@@ -48,14 +47,6 @@ class MemoryLocks:
     def let_go(self, upload_id: str) -> None:
         with self._lock:
             self._held.discard(upload_id)
-
-    @contextlib.contextmanager
-    def hold(self, upload_id: str, wait: float = 0.0) -> Iterator[MemoryHeld]:
-        lock = self.acquire(upload_id, wait)
-        try:
-            yield lock
-        finally:
-            lock.release()
 
     def held(self) -> list[str]:
         with self._lock:
