@@ -37,7 +37,13 @@ from litestar.enums import ScopeType
 from litestar.exceptions import NotFoundException
 from litestar.handlers import BaseRouteHandler
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
@@ -161,6 +167,13 @@ class Metrics:
             ["route"],
             registry=self.registry,
         )
+        # Of live workers only ("livesum"): a killed worker's requests are not in progress.
+        self.in_progress = Gauge(
+            "chunkstore_http_requests_in_progress",
+            "HTTP requests being handled now (bodies still arriving included)",
+            registry=self.registry,
+            multiprocess_mode="livesum",
+        )
         self.gc_runs = Counter("chunkstore_gc_runs", "Background gc runs", registry=self.registry)
         self.gc_expired = Counter(
             "chunkstore_gc_sessions_expired", "Sessions gc expired", registry=self.registry
@@ -201,7 +214,8 @@ class Metrics:
 
     def middleware(self, app: ASGIApp) -> ASGIApp:
         """Counts every HTTP request by its route template (never the raw path: upload
-        ids would make one series per upload) and the body bytes it carried."""
+        ids would make one series per upload) and the body bytes it carried, and the
+        requests in progress (a body a client is still sending shows there)."""
 
         async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
             if scope["type"] != ScopeType.HTTP:
@@ -223,9 +237,12 @@ class Metrics:
                     status = message["status"]
                 await send(message)
 
+            # Routed only inside: the route is known at the end, not here.
+            self.in_progress.inc()
             try:
                 await app(scope, counting_receive, status_send)
             finally:
+                self.in_progress.dec()
                 route = route_of(scope)
                 self.requests.labels(route, scope.get("method", ""), str(status)).inc()
                 if received:
