@@ -12,6 +12,10 @@ KiB = 1024
 MiB = 1024 * KiB
 GiB = 1024 * MiB
 TiB = 1024 * GiB
+#: Bounds of ``pack_size``: below 64 KiB every few chunks would take a file of their
+#: own; above 4 GiB a repack (which rewrites a whole pack) would take too long.
+MIN_PACK_SIZE = 64 * KiB
+MAX_PACK_SIZE = 4 * GiB
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
@@ -95,6 +99,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     #: Where blobs, final files, tails and locks live: ``file:///path`` or ``memory://``;
     #: empty: ``file://<data_dir>``.
     blobs_url: str = ""
+    #: Bytes a pack file grows to before it is sealed and a new one started (a chunk
+    #: larger than this gets a pack of its own). 32 MiB: 32 files per GiB stored.
+    pack_size: int = 32 * MiB
 
     @property
     def database_path(self) -> Path:
@@ -126,6 +133,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "gc_hours": ("CHUNKSTORE_GC_HOURS", float),
             "gc_grace": ("CHUNKSTORE_GC_GRACE", float),
             "body_idle_timeout": ("CHUNKSTORE_BODY_IDLE_TIMEOUT", float),
+            "pack_size": ("CHUNKSTORE_PACK_SIZE", int),
         }
         for field, (name, kind) in numeric.items():
             if env.get(name):
@@ -151,6 +159,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         settings = msgspec.structs.replace(base, **changes)
         if not (0 < settings.body_idle_timeout < math.inf):
             raise ValueError("CHUNKSTORE_BODY_IDLE_TIMEOUT must be a positive number of seconds")
+        if not (MIN_PACK_SIZE <= settings.pack_size <= MAX_PACK_SIZE):
+            raise ValueError(
+                f"CHUNKSTORE_PACK_SIZE must be from {MIN_PACK_SIZE} to {MAX_PACK_SIZE} bytes"
+            )
         return settings
 
 

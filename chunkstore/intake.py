@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import itertools
 from collections.abc import AsyncIterable, Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, NamedTuple
@@ -38,9 +36,6 @@ from chunkstore.views import BatchReceipt, ChunkReceipt, progress_fields
 
 if TYPE_CHECKING:
     from chunkstore.application import UploadService
-
-_BLOB_WRITERS = 4
-_blob_writers = ThreadPoolExecutor(max_workers=_BLOB_WRITERS, thread_name_prefix="blob-writer")
 
 
 class Checksum(msgspec.Struct, frozen=True):
@@ -80,8 +75,8 @@ class Frame:
 class BatchParser(FrameReader):
     """Cuts a batch body into frames as pieces arrive, hashing and verifying each one.
 
-    It only hashes (BLAKE3 runs at GB/s); writing the blobs happens later in worker
-    threads, so the event loop spends no time on per-chunk storage. The frames of one
+    It only hashes (BLAKE3 runs at GB/s); writing the blobs happens later in a worker
+    thread, so the event loop spends no time on per-chunk storage. The frames of one
     request stay in memory until then, which ``max_batch_size`` bounds.
     """
 
@@ -200,10 +195,12 @@ class Intake:
     ) -> ChunkReceipt:
         """Store one chunk from a streamed body.
 
-        Each piece is hashed and written as it arrives, so only the piece in hand is in
-        memory. This runs in the event loop: handing every piece to a worker thread
+        Each piece is hashed as it arrives and handed to the blob writer, which keeps it
+        (the chunk's bytes, ``max_chunk_size`` at most, wait in memory) and touches no
+        disk. This runs in the event loop: handing every piece to a worker thread
         measured slower here (a GIL hand-off per piece) than the hashing it offloads.
-        The durable part (fsync, link, event append) runs in a worker thread.
+        The durable part (append to a pack, fdatasync, the index and event
+        transactions) runs in a worker thread.
         """
         size, digest = await asyncio.to_thread(self.target, owner, upload_id, index, content_length)
         intake = ChunkIntake(self.app.store.blobs.writer(digest), size, checksum)
@@ -256,41 +253,20 @@ class Intake:
         )
 
     def record_frames(self, owner: str, upload_id: str, frames: Sequence[Frame]) -> Recorded:
-        """Write verified frames to blob writers, then record them (``record_arrivals``)."""
-
-        def write(group: Sequence[Frame]) -> list[tuple[int, ChunkIntake]]:
-            written: list[tuple[int, ChunkIntake]] = []
-            try:
-                for frame in group:
-                    writer = self.app.store.blobs.writer(frame.digest, verified=True)
-                    intake = ChunkIntake(writer, frame.size, None)
-                    written.append((frame.index, intake))
-                    intake.feed(frame.pieces)
-            except BaseException:
-                for _, intake in written:
-                    intake.writer.abort()
-                raise
-            return written
-
-        # File creation dominates small chunks and runs in the kernel without the GIL,
-        # so a few threads write a batch's blobs side by side, each a share of them.
-        shares = [frames[n::_BLOB_WRITERS] for n in range(_BLOB_WRITERS)]
-        jobs = [_blob_writers.submit(write, share) for share in shares if share]
-        written: list[list[tuple[int, ChunkIntake]]] = []
-        failure: BaseException | None = None
-        for job in jobs:
-            try:
-                written.append(job.result())
-            except BaseException as error:
-                failure = failure or error
-        if failure is not None:
-            for share in written:
-                for _, intake in share:
-                    intake.writer.abort()
-            raise failure
-        # Back into the body's order: share n holds frames n, n + 4, n + 8...
-        rows = itertools.zip_longest(*written)
-        arrivals = [arrival for row in rows for arrival in row if arrival is not None]
+        """Hand verified frames to blob writers, then record them (``record_arrivals``).
+        A writer keeps the frame's views (no copy, no disk): the bytes reach the disk
+        together when the writers are committed."""
+        arrivals: list[tuple[int, ChunkIntake]] = []
+        try:
+            for frame in frames:
+                writer = self.app.store.blobs.writer(frame.digest, verified=True)
+                intake = ChunkIntake(writer, frame.size, None)
+                arrivals.append((frame.index, intake))
+                intake.feed(frame.pieces)
+        except BaseException:
+            for _, intake in arrivals:
+                intake.writer.abort()
+            raise
         return self.record_arrivals(owner, upload_id, arrivals)
 
     def record_arrivals(

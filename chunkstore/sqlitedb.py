@@ -1,4 +1,4 @@
-"""One SQLite database file shared by the SQLite backends (event log, tokens).
+"""One SQLite database file shared by the SQLite backends (event log, tokens, pack index).
 
 WAL mode so readers never block the writer; ``synchronous=FULL`` because a committed
 append is an acknowledged chunk and must survive power loss, not just a crash. Each
@@ -52,8 +52,15 @@ class Database:
     @contextlib.contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
         """A write transaction (``BEGIN IMMEDIATE``): committed when the block ends,
-        rolled back if it raises. A full disk becomes ``InsufficientStorage``."""
+        rolled back if it raises. A full disk becomes ``InsufficientStorage``.
+
+        A write inside a write of the same thread joins it (the outer block commits or
+        rolls back): gc deletes pack index rows while it holds the log's write lock, and
+        a second ``BEGIN`` on another connection would wait for itself."""
         conn = self.connection()
+        if conn.in_transaction:
+            yield conn
+            return
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn

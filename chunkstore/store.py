@@ -11,17 +11,30 @@ from two URLs:
 - ``blobs_url``: blobs, final files, offset-stream tails and per-upload locks:
   ``file:///path`` (the embedded default, the data directory) or ``memory://``.
 
+On ``file://`` the blobs are packs (``chunkstore.blobs.packs``) whose index lives where
+``db_url`` says: in the log's SQLite database, or in memory beside a ``memory://`` log.
+
 Only this module imports backend modules; everything else receives a ``Store``.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from chunkstore.blobs import BlobAgeing, BlobEvidence, BlobStore, TempFiles
+from chunkstore.blobs import (
+    BlobAgeing,
+    BlobEvidence,
+    BlobLocations,
+    BlobMigration,
+    BlobStore,
+    PackedBlobs,
+    TempFiles,
+)
+from chunkstore.blobs.packindex import PackIndex
 from chunkstore.config import Settings
 from chunkstore.eventlog import EventLog, SessionIndex, SweepGuard
 from chunkstore.files import FileSink
@@ -49,8 +62,16 @@ class Store:
     blob_evidence: BlobEvidence | None = None
     #: Backends that keep half-written work a crash can leave behind.
     temp_files: tuple[TempFiles, ...] = ()
+    #: Where a blob's bytes lie in a local file: kernel copies instead of reads.
+    blob_locations: BlobLocations | None = None
+    #: Moving blobs of the one-file-per-chunk layout into packs (``chunkstore repack``).
+    blob_migration: BlobMigration | None = None
+    #: The packs and their index under the blob port (repacking, auditing packs).
+    packs: PackedBlobs | None = None
     #: What was chosen, for the start-up log line: port -> backend.
     backends: dict[str, str] = field(default_factory=dict)
+    #: Releases what the backends hold besides the log and tokens (open packs).
+    closers: tuple[Callable[[], None], ...] = ()
 
     @property
     def capabilities(self) -> list[str]:
@@ -58,11 +79,17 @@ class Store:
             "sweep_guard": self.sweep_guard,
             "blob_ageing": self.blob_ageing,
             "blob_evidence": self.blob_evidence,
+            "blob_locations": self.blob_locations,
+            "blob_migration": self.blob_migration,
+            "packs": self.packs,
         }
         found = [name for name, value in named.items() if value is not None]
         return found + (["temp_files"] if self.temp_files else [])
 
     def close(self) -> None:
+        # The blobs first: sealing the active pack writes to the database.
+        for close in self.closers:
+            close()
         self.log.close()
         self.tokens.close()
 
@@ -88,6 +115,8 @@ class _Database:
     index: SessionIndex
     sweep_guard: SweepGuard | None
     tokens: TokenStore
+    #: Where a pack store on local files keeps its index.
+    pack_index: PackIndex
     described: str
 
 
@@ -101,47 +130,67 @@ class _Storage:
     blob_evidence: BlobEvidence | None
     temp_files: tuple[TempFiles, ...]
     described: str
+    blob_locations: BlobLocations | None = None
+    blob_migration: BlobMigration | None = None
+    packs: PackedBlobs | None = None
+    closers: tuple[Callable[[], None], ...] = ()
 
 
 def _open_database(url: str) -> _Database:
     scheme = urlsplit(url).scheme
     if scheme == "sqlite":
+        from chunkstore.blobs.packindex.sqlite import SQLitePackIndex
         from chunkstore.eventlog.sqlite import SQLiteLog
         from chunkstore.tokens.sqlite import SQLiteTokens
 
         path = _local_path(url)
         path.parent.mkdir(parents=True, exist_ok=True)
         sqlite_log = SQLiteLog(path)
-        return _Database(sqlite_log, sqlite_log, sqlite_log, SQLiteTokens(path), f"sqlite {path}")
+        return _Database(
+            sqlite_log,
+            sqlite_log,
+            sqlite_log,
+            SQLiteTokens(path),
+            # The log's connections: gc deletes index rows under the log's write lock.
+            SQLitePackIndex(sqlite_log.db),
+            f"sqlite {path}",
+        )
     if scheme == "memory":
+        from chunkstore.blobs.packindex.memory import MemoryPackIndex
         from chunkstore.eventlog.memory import MemoryLog
         from chunkstore.tokens.memory import MemoryTokens
 
         memory_log = MemoryLog()
-        return _Database(memory_log, memory_log, memory_log, MemoryTokens(), "memory")
+        return _Database(
+            memory_log, memory_log, memory_log, MemoryTokens(), MemoryPackIndex(), "memory"
+        )
     raise ValueError(f"unknown event log URL scheme {scheme!r}: use sqlite:// or memory://")
 
 
-def _open_storage(url: str) -> _Storage:
+def _open_storage(url: str, pack_index: PackIndex, settings: Settings) -> _Storage:
     scheme = urlsplit(url).scheme
     if scheme == "file":
-        from chunkstore.blobs.filesystem import FileBlobStore
+        from chunkstore.blobs.packs import PackBlobStore
         from chunkstore.files.local import LocalFiles
         from chunkstore.locks.flock import FlockLocks
         from chunkstore.tails.local import LocalTails
 
         root = _local_path(url)
-        file_blobs = FileBlobStore(root)
+        pack_blobs = PackBlobStore(root, pack_index, settings.pack_size)
         local_files = LocalFiles(root)
         return _Storage(
-            blobs=file_blobs,
+            blobs=pack_blobs,
             files=local_files,
             locks=FlockLocks(root / "locks"),
             tails=LocalTails(root / "staging"),
-            blob_ageing=file_blobs,
-            blob_evidence=file_blobs,
-            temp_files=(file_blobs, local_files),
-            described=f"local directory {root}",
+            blob_ageing=pack_blobs,
+            blob_evidence=pack_blobs,
+            temp_files=(pack_blobs, local_files),
+            blob_locations=pack_blobs,
+            blob_migration=pack_blobs,
+            packs=pack_blobs,
+            closers=(pack_blobs.close,),
+            described=f"packs in local directory {root}",
         )
     if scheme == "memory":
         from chunkstore.blobs.memory import MemoryBlobStore
@@ -166,7 +215,7 @@ def _open_storage(url: str) -> _Storage:
 def open_store(settings: Settings) -> Store:
     """The store ``settings`` name (see the module's docstring); logs what it chose."""
     database = _open_database(db_url(settings))
-    storage = _open_storage(blobs_url(settings))
+    storage = _open_storage(blobs_url(settings), database.pack_index, settings)
     store = Store(
         log=database.log,
         index=database.index,
@@ -179,6 +228,10 @@ def open_store(settings: Settings) -> Store:
         blob_ageing=storage.blob_ageing,
         blob_evidence=storage.blob_evidence,
         temp_files=storage.temp_files,
+        blob_locations=storage.blob_locations,
+        blob_migration=storage.blob_migration,
+        packs=storage.packs,
+        closers=storage.closers,
         backends={
             "log, projections, tokens": database.described,
             "blobs, files, tails, locks": storage.described,

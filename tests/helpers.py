@@ -6,6 +6,7 @@ import base64
 import hashlib
 import json
 import socket
+import sqlite3
 import struct
 import time
 import zlib
@@ -18,6 +19,7 @@ import blake3
 import httpx
 
 from chunkstore.batch import MEDIA_TYPE as BATCH_MEDIA_TYPE
+from chunkstore.blobs.packfile import HEADER_SIZE
 from chunkstore.config import Settings
 from chunkstore.eventlog import EventLog
 from chunkstore.events import Event
@@ -215,21 +217,132 @@ def assert_problem(response: httpx.Response, status: int, slug: str) -> dict[str
     return body
 
 
+def _index_rows(data_dir: Path) -> list[tuple[str, str, int, int]]:
+    """(digest, pack, payload offset, length) of every row of the data dir's pack index,
+    read straight from its database (the server may be running: WAL lets us)."""
+    database = data_dir / "chunkstore.sqlite3"
+    if not database.exists():
+        return []
+    conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
+    try:
+        if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'blobs'").fetchone():
+            return []
+        rows = conn.execute("SELECT digest, pack, offset, length FROM blobs").fetchall()
+    finally:
+        conn.close()
+    return [(digest, pack, offset + HEADER_SIZE, length) for digest, pack, offset, length in rows]
+
+
+def _loose_files(data_dir: Path) -> list[Path]:
+    return [path for path in (data_dir / "objects").rglob("*") if path.is_file()]
+
+
 def stored_objects(data_dir: Path) -> set[str]:
-    """Names of every blob in the store."""
-    return {path.name for path in (data_dir / "objects").rglob("*") if path.is_file()}
+    """Digests of every blob in the store: the pack index's rows and loose blobs."""
+    return {row[0] for row in _index_rows(data_dir)} | {p.name for p in _loose_files(data_dir)}
 
 
-def blob_path(data_dir: Path, data: bytes) -> Path:
-    digest = blake3_hex(data)
-    return data_dir / "objects" / digest[:2] / digest[2:4] / digest
+def stored_bytes(data_dir: Path) -> int:
+    """Payload bytes of every blob in the store (each digest once)."""
+    return sum(row[3] for row in _index_rows(data_dir)) + sum(
+        p.stat().st_size for p in _loose_files(data_dir)
+    )
+
+
+def pack_files(data_dir: Path) -> list[Path]:
+    return sorted((data_dir / "packs").glob("*.pack"))
+
+
+class BlobPlace(NamedTuple):
+    """Where a blob's payload lies: ``length`` bytes at ``offset`` of ``path``."""
+
+    path: Path
+    offset: int
+    length: int
+
+
+def blob_place(data_dir: Path, digest: str) -> BlobPlace:
+    """Where the blob ``digest`` lies (its record's payload in a pack, or a loose file)."""
+    for row_digest, pack, offset, length in _index_rows(data_dir):
+        if row_digest == digest:
+            return BlobPlace(data_dir / "packs" / f"{pack}.pack", offset, length)
+    loose = data_dir / "objects" / digest[:2] / digest[2:4] / digest
+    assert loose.is_file(), f"blob {digest} is not in the store"
+    return BlobPlace(loose, 0, loose.stat().st_size)
+
+
+def is_stored(data_dir: Path, data: bytes) -> bool:
+    """Whether the store holds a blob of ``data``."""
+    return blake3_hex(data) in stored_objects(data_dir)
+
+
+def stored_copy(data_dir: Path, data: bytes) -> bytes:
+    """The bytes the store holds for the blob of ``data``, read where they lie."""
+    return read_blob(data_dir, blake3_hex(data))
+
+
+def read_blob(data_dir: Path, digest: str) -> bytes:
+    place = blob_place(data_dir, digest)
+    with open(place.path, "rb") as file:
+        file.seek(place.offset)
+        return file.read(place.length)
 
 
 def flip_byte(path: Path, offset: int = 0) -> None:
     """Damage a file on disk: the byte at ``offset`` XOR 0xFF, so it always changes."""
-    data = bytearray(path.read_bytes())
-    data[offset] ^= 0xFF
-    path.write_bytes(bytes(data))
+    with open(path, "r+b") as file:
+        file.seek(offset)
+        (byte,) = file.read(1)
+        file.seek(offset)
+        file.write(bytes([byte ^ 0xFF]))
+
+
+def damage_blob(data_dir: Path, digest: str, at: int = 0) -> None:
+    """Flip byte ``at`` of the blob's stored bytes, where they lie."""
+    place = blob_place(data_dir, digest)
+    flip_byte(place.path, place.offset + at)
+
+
+def lose_blob(data_dir: Path, digest: str) -> None:
+    """The blob is gone for good: its index row deleted and its bytes in the pack zeroed
+    (so no rescan of the pack can bring it back), or its loose file removed."""
+    place = blob_place(data_dir, digest)
+    if place.path.suffix != ".pack":
+        place.path.unlink()
+        return
+    with open(place.path, "r+b") as file:
+        file.seek(place.offset)
+        file.write(bytes(place.length))
+    conn = sqlite3.connect(data_dir / "chunkstore.sqlite3")
+    try:
+        with conn:
+            conn.execute("DELETE FROM blobs WHERE digest = ?", (digest,))
+    finally:
+        conn.close()
+
+
+def requests_in_progress(url: str) -> int:
+    """Requests the server at ``url`` is handling, the one asking excluded (from
+    ``/metrics``: a request counts from the moment a worker takes it)."""
+    answer = httpx.get(f"{url}/metrics", timeout=30)
+    assert answer.status_code == 200, answer.text
+    for line in answer.text.splitlines():
+        if line.startswith("chunkstore_http_requests_in_progress "):
+            return int(float(line.split()[1])) - 1
+    raise AssertionError("/metrics has no chunkstore_http_requests_in_progress")
+
+
+def wait_for(condition: Callable[[], bool], what: str, deadline: float = 60.0) -> None:
+    """Poll ``condition`` until it holds; fail naming ``what`` after ``deadline`` s."""
+    ends = time.monotonic() + deadline
+    while not condition():
+        assert time.monotonic() < ends, f"{what} not within {deadline} s"
+        time.sleep(0.02)
+
+
+def upload_locked(data_dir: Path, upload_id: str) -> bool:
+    """Whether a request holds the upload's lock (its lock file exists only then)."""
+    return (data_dir / "locks" / upload_id).exists()
 
 
 def temp_files(data_dir: Path) -> list[Path]:

@@ -23,7 +23,16 @@ from chunkstore.application import UploadService
 from chunkstore.commands import InitRequest
 from chunkstore.config import Settings
 from chunkstore.errors import ValidationFailed
-from tests.helpers import FakeClock, blake3_hex, flip_byte, split
+from tests.helpers import (
+    FakeClock,
+    blake3_hex,
+    damage_blob,
+    flip_byte,
+    is_stored,
+    lose_blob,
+    split,
+    stored_copy,
+)
 
 KiB = 1024
 TTL = 3600.0
@@ -94,11 +103,6 @@ def build_store(data_dir: Path) -> Store:
     return Store(data_dir, completed, completed_data, in_flight, in_flight_data, failed, cancelled)
 
 
-def blob_file(data_dir: Path, data: bytes) -> Path:
-    digest = blake3_hex(data)
-    return data_dir / "objects" / digest[:2] / digest[2:4] / digest
-
-
 def final_file(store: Store) -> Path:
     return store.data_dir / "files" / store.completed / "file.bin"
 
@@ -155,7 +159,7 @@ def test_the_human_report_ends_with_the_summary_line(store: Store) -> None:
 
 def test_a_flipped_byte_in_a_blob_is_named(store: Store) -> None:
     piece = split(store.in_flight_data, KiB)[1]
-    flip_byte(blob_file(store.data_dir, piece), 17)
+    damage_blob(store.data_dir, blake3_hex(piece), 17)
 
     code, answer = audit(store)
 
@@ -165,7 +169,7 @@ def test_a_flipped_byte_in_a_blob_is_named(store: Store) -> None:
 
 def test_a_deleted_blob_is_named_with_the_upload_that_needs_it(store: Store) -> None:
     piece = split(store.in_flight_data, KiB)[0]
-    blob_file(store.data_dir, piece).unlink()
+    lose_blob(store.data_dir, blake3_hex(piece))
 
     code, answer = audit(store)
 
@@ -246,7 +250,7 @@ def test_a_deleted_manifest_is_named(store: Store) -> None:
     service.close()
     assert state.manifest is not None
     digest = state.manifest.manifest_digest
-    (store.data_dir / "objects" / digest[:2] / digest[2:4] / digest).unlink()
+    lose_blob(store.data_dir, digest)
 
     assert kinds(audit(store)[1]) == {("manifest-missing", store.completed)}
 
@@ -308,13 +312,12 @@ def test_repair_replaces_a_truncated_file_and_keeps_the_damaged_one(store: Store
 
 def test_repair_restores_a_chunk_from_an_intact_final_file(store: Store) -> None:
     piece = split(store.completed_data, KiB)[2]
-    blob = blob_file(store.data_dir, piece)
-    flip_byte(blob)
+    damage_blob(store.data_dir, blake3_hex(piece))
 
     code, answer = audit(store, "--repair")
 
     assert code == 0, answer
-    assert blob.read_bytes() == piece
+    assert stored_copy(store.data_dir, piece) == piece
     assert len(list((store.data_dir / "quarantine").rglob(f"{blake3_hex(piece)}.*"))) == 1
 
 
@@ -324,7 +327,7 @@ def test_repair_restores_a_deleted_manifest_from_the_events(store: Store) -> Non
     service.close()
     assert state.manifest is not None
     digest = state.manifest.manifest_digest
-    (store.data_dir / "objects" / digest[:2] / digest[2:4] / digest).unlink()
+    lose_blob(store.data_dir, digest)
 
     code, _ = audit(store, "--repair")
 
@@ -335,8 +338,8 @@ def test_a_lost_chunk_with_no_other_copy_stays_reported_after_repair(store: Stor
     # The in-flight upload's chunk exists nowhere else: repair cannot invent its bytes.
     flipped = split(store.in_flight_data, KiB)[0]
     deleted = split(store.in_flight_data, KiB)[1]
-    flip_byte(blob_file(store.data_dir, flipped))
-    blob_file(store.data_dir, deleted).unlink()
+    damage_blob(store.data_dir, blake3_hex(flipped))
+    lose_blob(store.data_dir, blake3_hex(deleted))
 
     code, answer = audit(store, "--repair")
 
@@ -346,11 +349,11 @@ def test_a_lost_chunk_with_no_other_copy_stays_reported_after_repair(store: Stor
         ("chunk-missing", store.in_flight),
     }
     assert any("exist nowhere else" in action for action in answer["repairs"])
-    assert blob_file(store.data_dir, flipped).exists()  # evidence is kept
+    assert is_stored(store.data_dir, flipped)  # evidence is kept
 
 
 def test_a_chunk_lost_together_with_its_final_file_cannot_be_repaired(store: Store) -> None:
-    flip_byte(blob_file(store.data_dir, split(store.completed_data, KiB)[0]))
+    damage_blob(store.data_dir, blake3_hex(split(store.completed_data, KiB)[0]))
     final_file(store).unlink()
 
     code, answer = audit(store, "--repair")

@@ -16,9 +16,9 @@ from tests.helpers import (
     UPLOAD,
     access_log_entry,
     assert_problem,
-    blob_path,
     frame,
     init_manifest,
+    is_stored,
     recorded_events,
     send_frames,
     status_of,
@@ -53,7 +53,7 @@ def test_a_batch_over_the_limit_with_a_content_length_is_413_and_stores_nothing(
         assert_problem(response, 413, "too-large")
         assert status_of(client, upload_id)["received_chunks"] == []
     assert stored_indexes(server, upload_id) == []
-    assert not blob_path(server.data_dir, big).exists()
+    assert not is_stored(server.data_dir, big)
 
 
 def test_a_chunked_batch_that_runs_over_the_limit_is_413_and_stores_nothing(
@@ -70,7 +70,7 @@ def test_a_chunked_batch_that_runs_over_the_limit_is_413_and_stores_nothing(
         assert_problem(response, 413, "too-large")
         assert status_of(client, upload_id)["received_chunks"] == []
     assert stored_indexes(server, upload_id) == []
-    assert not blob_path(server.data_dir, big).exists()
+    assert not is_stored(server.data_dir, big)
 
 
 def test_a_chunked_batch_that_runs_over_the_limit_keeps_its_whole_frames_before(
@@ -88,7 +88,7 @@ def test_a_chunked_batch_that_runs_over_the_limit_keeps_its_whole_frames_before(
         assert_problem(response, 413, "too-large")
         assert status_of(client, upload_id)["received_chunks"] == [0]
     assert stored_indexes(server, upload_id) == [0]
-    assert not blob_path(server.data_dir, big).exists()
+    assert not is_stored(server.data_dir, big)
 
 
 def test_a_batch_cut_off_inside_its_third_frame_keeps_the_first_two(
@@ -114,5 +114,5 @@ def test_a_batch_cut_off_inside_its_third_frame_keeps_the_first_two(
     assert status["received_chunks"] == [0, 1]
     assert status["missing_chunks"] == [2]
     assert stored_indexes(server, upload_id) == [0, 1]
-    assert blob_path(server.data_dir, pieces[1]).exists()
-    assert not blob_path(server.data_dir, pieces[2]).exists()
+    assert is_stored(server.data_dir, pieces[1])
+    assert not is_stored(server.data_dir, pieces[2])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from collections.abc import Iterator
 
 import httpx
@@ -17,10 +16,12 @@ from tests.helpers import (
     complete,
     init_upload,
     put_chunk,
+    requests_in_progress,
     sha256_hex,
     split,
     status_of,
     temp_files,
+    wait_for,
 )
 
 MiB = 1024 * 1024
@@ -68,12 +69,10 @@ def test_kill_9_mid_chunk_loses_no_acknowledged_chunk_and_leaves_no_temp_file(
 
     sender_thread = threading.Thread(target=send_in_flight)
     sender_thread.start()
-    # The server opens the chunk's temp file before it reads the body: once the file is
-    # there, the request is being handled and its body is in flight.
-    deadline = time.monotonic() + 30
-    while not temp_files(server.data_dir) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert temp_files(server.data_dir), "the in-flight chunk never reached the server"
+    # Once a worker handles the request, its body is in flight (half of it sent).
+    wait_for(
+        lambda: requests_in_progress(server.url) >= 1, "the in-flight chunk reaching the server"
+    )
 
     server.kill9()
     release.set()

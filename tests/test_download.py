@@ -13,10 +13,9 @@ from chunkstore.testing import Server
 from tests.helpers import (
     assert_problem,
     blake3_hex,
-    blob_path,
     cancel,
     complete,
-    flip_byte,
+    damage_blob,
     init_upload,
     put_chunk,
     recorded_events,
@@ -220,7 +219,7 @@ def damaged_download(server: Server, client: httpx.Client, data: bytes, damaged:
     ``damaged`` has one byte flipped on disk; returns its download URL."""
     upload_id = completed_upload(client, data, chunk_size=2 * KiB)
     shutil.rmtree(server.data_dir / "files" / upload_id)
-    flip_byte(blob_path(server.data_dir, split(data, 2 * KiB)[damaged]), 1000)
+    damage_blob(server.data_dir, blake3_hex(split(data, 2 * KiB)[damaged]), 1000)
     return f"{FILES}/{upload_id}"
 
 

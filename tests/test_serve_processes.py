@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from chunkstore.testing import Server, is_running
-from tests.helpers import UPLOAD, init_upload, start_request, temp_files
+from tests.helpers import UPLOAD, init_upload, requests_in_progress, start_request
 
 #: The deadline of every wait here, never a measured limit.
 DEADLINE = 60.0
@@ -48,8 +48,7 @@ def request_in_flight(server: Server) -> Iterator[None]:
             f"Content-Type: application/octet-stream\r\nContent-Length: {len(chunk)}\r\n\r\n"
         )
     with start_request(server.port, head, chunk[:1000]):
-        # The chunk's temp file exists from the moment a worker reads its body.
-        wait_until(lambda: bool(temp_files(server.data_dir)), "the request reaching a worker")
+        wait_until(lambda: requests_in_progress(server.url) >= 1, "the request reaching a worker")
         yield
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from chunkstore import commands
 from chunkstore.application import UploadService
+from chunkstore.blobs.packfile import HEADER_SIZE
 from chunkstore.commands import InitRequest
 from chunkstore.config import Settings
 from chunkstore.errors import (
@@ -47,10 +48,13 @@ from tests.helpers import (
     FakeClock,
     all_stream_ids,
     blake3_hex,
-    blob_path,
-    flip_byte,
+    damage_blob,
+    is_stored,
+    pack_files,
     sha256_hex,
     split,
+    stored_copy,
+    stored_objects,
     temp_files,
     tiny_png,
 )
@@ -172,7 +176,7 @@ def test_an_expired_session_refuses_chunks(
         service.store_chunk(OWNER, upload_id, 1, data[KiB:])
 
     assert service.status(OWNER, upload_id).received_chunks == [0]
-    assert not blob_path(data_dir, data[KiB:]).exists()
+    assert not is_stored(data_dir, data[KiB:])
 
 
 def test_an_expired_session_cannot_be_completed(service: UploadService, clock: FakeClock) -> None:
@@ -267,7 +271,7 @@ def test_the_same_index_with_other_bytes_is_a_conflict(
         service.store_chunk(OWNER, upload_id, 0, other)
 
     assert service.status(OWNER, upload_id).chunks[0][0] == blake3_hex(data[:KiB])
-    assert not blob_path(data_dir, other).exists()
+    assert not is_stored(data_dir, other)
 
 
 def test_a_checksum_mismatch_stores_no_blob_and_no_event(
@@ -282,7 +286,7 @@ def test_a_checksum_mismatch_stores_no_blob_and_no_event(
         )
 
     assert len(events_of(service, upload_id)) == 1
-    assert not blob_path(data_dir, data).exists()
+    assert not is_stored(data_dir, data)
     assert temp_files(data_dir) == []
 
 
@@ -334,7 +338,7 @@ def test_a_streamed_chunk_is_stored_like_an_in_memory_one(
 
     assert receipt.stored is True
     assert receipt.digest == blake3_hex(data)
-    assert blob_path(data_dir, data).read_bytes() == data
+    assert stored_copy(data_dir, data) == data
 
 
 def test_a_streamed_chunk_longer_than_expected_stores_nothing(
@@ -348,7 +352,7 @@ def test_a_streamed_chunk_longer_than_expected_stores_nothing(
         asyncio.run(service.store_chunk_stream(OWNER, upload_id, 0, _pieces(too_long, 100)))
 
     assert service.status(OWNER, upload_id).received_chunks == []
-    assert not blob_path(data_dir, too_long).exists()
+    assert not is_stored(data_dir, too_long)
     assert temp_files(data_dir) == []
 
 
@@ -363,7 +367,9 @@ def test_identical_chunks_in_two_uploads_share_one_blob(
     receipt = service.store_chunk(OWNER, second, 0, data)
 
     assert receipt.stored is True  # recorded for this upload, even though the bytes existed
-    assert [p.name for p in (data_dir / "objects").rglob("*") if p.is_file()] == [blake3_hex(data)]
+    assert stored_objects(data_dir) == {blake3_hex(data)}
+    # One record in the packs: the second upload's bytes were not written again.
+    assert sum(pack.stat().st_size for pack in pack_files(data_dir)) == HEADER_SIZE + len(data)
 
 
 # -- completion ------------------------------------------------------------------------
@@ -444,8 +450,7 @@ def test_a_chunk_damaged_on_disk_fails_validation_and_no_file_appears(
     data = os.urandom(2 * KiB)
     upload_id = start(service, data)
     send_all(service, upload_id, data)
-    damaged = blob_path(data_dir, data[KiB:])
-    flip_byte(damaged)
+    damage_blob(data_dir, blake3_hex(data[KiB:]))
 
     with pytest.raises(ValidationFailed) as failed:
         service.complete_upload(OWNER, upload_id)
@@ -470,7 +475,7 @@ def test_a_declared_type_contradicted_by_the_bytes_fails_and_keeps_the_chunks(
     assert state.status == "failed"
     assert state.failure_reason == "mime-mismatch"
     assert isinstance(events_of(service, upload_id)[-1], ValidationFailedEvent)
-    assert all(blob_path(data_dir, piece).exists() for piece in split(data, 16 * KiB))
+    assert all(is_stored(data_dir, piece) for piece in split(data, 16 * KiB))
 
 
 def test_a_real_png_declared_as_png_is_accepted(service: UploadService, data_dir: Path) -> None:

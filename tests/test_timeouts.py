@@ -8,8 +8,6 @@ import base64
 import hashlib
 import os
 import struct
-import time
-from pathlib import Path
 
 import pytest
 
@@ -25,6 +23,8 @@ from tests.helpers import (
     status_of,
     stored_objects,
     temp_files,
+    upload_locked,
+    wait_for,
 )
 from tests.test_tus import OFFSET_BODY, create, final_bytes, offset_of, send
 
@@ -155,14 +155,6 @@ def test_a_silent_creation_with_upload_answers_408_with_its_location(impatient: 
         assert final_bytes(impatient, client, url) == data
 
 
-def wait_for_temp_files(data_dir: Path, deadline: float = 60.0) -> None:
-    """Until a request in flight has a temp file in the data directory."""
-    ends = time.monotonic() + deadline
-    while not temp_files(data_dir):
-        assert time.monotonic() < ends, f"no temp file appeared within {deadline} s"
-        time.sleep(0.05)
-
-
 def test_a_busy_upload_answers_423_with_retry_after(make_server: MakeServer) -> None:
     server = make_server()
     data = os.urandom(6 * MiB)
@@ -172,10 +164,11 @@ def test_a_busy_upload_answers_423_with_retry_after(make_server: MakeServer) -> 
             "PATCH", url, client.headers["Authorization"], len(data),
             Tus_Resumable="1.0.0", Content_Type=OFFSET_BODY["Content-Type"], Upload_Offset="0",
         )  # fmt: skip
-        # More than the 4 MiB a PATCH buffers: its first chunks are written to temp files,
-        # which shows that it holds the upload, and it stays silent after them.
+        # The PATCH takes the upload's lock before it reads the body, and stays silent.
         with start_request(server.port, head, data[: 5 * MiB]):
-            wait_for_temp_files(server.data_dir)
+            wait_for(
+                lambda: upload_locked(server.data_dir, url.rsplit("/", 1)[-1]), "the PATCH's lock"
+            )
             locked = send(client, url, 0, b"")
     assert locked.status_code == 423, locked.text
     assert locked.headers["Content-Type"].startswith(PROBLEM_JSON)

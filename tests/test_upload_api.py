@@ -27,16 +27,17 @@ from tests.helpers import (
     all_stream_ids,
     assert_problem,
     blake3_hex,
-    blob_path,
     cancel,
     complete,
     init_upload,
+    is_stored,
     post_chunk,
     put_chunk,
     recorded_events,
     sha256_hex,
     split,
     status_of,
+    stored_copy,
     stored_objects,
     temp_files,
     tiny_png,
@@ -291,7 +292,7 @@ def test_a_chunk_with_its_sha256_is_stored_over_the_json_endpoint(
     assert receipt["stored"] is True
     assert receipt["size"] == KiB
     assert receipt["digest"] == blake3_hex(data[KiB : 2 * KiB])
-    assert blob_path(server.data_dir, data[KiB : 2 * KiB]).read_bytes() == data[KiB : 2 * KiB]
+    assert stored_copy(server.data_dir, data[KiB : 2 * KiB]) == data[KiB : 2 * KiB]
 
 
 def test_status_lists_the_received_chunks(client: httpx.Client) -> None:
@@ -354,7 +355,7 @@ def test_a_corrupted_chunk_is_refused_and_nothing_is_recorded(
     assert_problem(response, 400, "checksum-mismatch")
     assert status_of(client, upload_id) == before
     assert stored_objects(server.data_dir) == objects_before
-    assert not blob_path(server.data_dir, damaged).exists()
+    assert not is_stored(server.data_dir, damaged)
     events = recorded_events(server.data_dir, upload_id)
     assert not any(isinstance(event, ChunkStored) for event in events)
 
@@ -454,7 +455,7 @@ def test_the_same_index_with_other_bytes_is_a_409_conflict(
     response = put_chunk(client, upload_id, 0, other)
 
     assert_problem(response, 409, "chunk-conflict")
-    assert not blob_path(server.data_dir, other).exists()
+    assert not is_stored(server.data_dir, other)
     stored = [e for e in recorded_events(server.data_dir, upload_id) if isinstance(e, ChunkStored)]
     assert [e.digest for e in stored] == [blake3_hex(data[:KiB])]
 
@@ -488,7 +489,7 @@ def test_a_raw_chunk_with_a_wrong_checksum_header_is_refused_and_not_stored(
     response = put_chunk(client, upload_id, 0, data, {"X-Chunk-Checksum": f"{algorithm}={wrong}"})
 
     assert_problem(response, 400, "checksum-mismatch")
-    assert not blob_path(server.data_dir, data).exists()
+    assert not is_stored(server.data_dir, data)
     assert status_of(client, upload_id)["received_chunks"] == []
 
 
@@ -513,7 +514,7 @@ def test_a_raw_chunk_with_the_wrong_content_type_is_refused_with_415(
     )
 
     assert_problem(response, 415, "unsupported-media-type")
-    assert not blob_path(server.data_dir, data).exists()
+    assert not is_stored(server.data_dir, data)
     assert status_of(client, upload_id)["received_chunks"] == []
 
 
@@ -527,7 +528,7 @@ def test_a_raw_body_declared_larger_than_the_chunk_is_refused_with_413(
     response = put_chunk(client, upload_id, 0, too_big)
 
     assert_problem(response, 413, "chunk-too-large")
-    assert not blob_path(server.data_dir, too_big).exists()
+    assert not is_stored(server.data_dir, too_big)
     assert status_of(client, upload_id)["received_chunks"] == []
 
 
@@ -544,7 +545,7 @@ def test_a_streamed_raw_body_larger_than_the_chunk_is_refused_with_413(
     response = client.put(f"{UPLOAD}/{upload_id}/chunks/0", content=body(), headers=OCTET_STREAM)
 
     assert_problem(response, 413, "chunk-too-large")
-    assert not blob_path(server.data_dir, b"".join(pieces)).exists()
+    assert not is_stored(server.data_dir, b"".join(pieces))
     assert status_of(client, upload_id)["received_chunks"] == []
 
 
@@ -664,7 +665,7 @@ def test_an_unauthenticated_chunk_stores_no_byte_and_no_event(
         response = put_chunk(intruder, upload_id, 0, data)
 
     assert_problem(response, 401, "unauthorized")
-    assert not blob_path(server.data_dir, data).exists()
+    assert not is_stored(server.data_dir, data)
     assert stored_objects(server.data_dir) == objects_before
     assert recorded_events(server.data_dir, upload_id) == events_before
 
@@ -983,7 +984,7 @@ def test_a_chunk_sent_after_the_session_expired_is_refused_with_410(
     assert_problem(raw_chunk, 410, "upload-expired")
     assert status["status"] == "expired"
     assert status["received_chunks"] == [0]
-    assert not blob_path(server.data_dir, data[KiB:]).exists()
+    assert not is_stored(server.data_dir, data[KiB:])
 
 
 # -- concurrency -----------------------------------------------------------------------

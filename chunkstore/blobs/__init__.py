@@ -8,15 +8,26 @@ Writing a digest that already exists stores nothing.
 Capabilities a backend may have, each its own small protocol announced in the ``Store``
 (``chunkstore.store``), never probed for: ``BlobAgeing`` (when a blob was written: gc
 spares young ones), ``BlobEvidence`` (set a damaged blob aside so a good copy can take
-its name: audit's repair) and ``TempFiles`` (sweep what a crash left half-written).
+its name: audit's repair), ``TempFiles`` (sweep what a crash left half-written),
+``BlobLocations`` (where a blob's bytes lie in a local file, for kernel copies),
+``BlobMigration`` (move blobs of the one-file-per-chunk layout into packs) and
+``PackedBlobs`` (the packs and their index, for repacking and auditing packs).
+
+Backends: ``packs`` (the default on a local directory), ``memory``, and ``filesystem``
+(the one-file-per-chunk layout, now only read, deleted from and migrated by ``packs``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from typing import BinaryIO, Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO, NamedTuple, Protocol
 
 import msgspec
+
+if TYPE_CHECKING:
+    from chunkstore.blobs.packfile import PackScan
+    from chunkstore.blobs.packindex import IndexRow, PackIndex
 
 DIGEST_LENGTH = 64
 _HEX = frozenset("0123456789abcdef")
@@ -98,6 +109,77 @@ class TempFiles(Protocol):
     def sweep_temp_files(self, older_than: float = 0.0) -> int:
         """Remove what writers left half-written (a crash), older than ``older_than``
         seconds so a live writer's work is spared; how many were removed."""
+        ...
+
+
+class BlobLocation(NamedTuple):
+    """Where a blob's bytes lie: ``length`` bytes at ``offset`` of the local file ``path``."""
+
+    path: str
+    offset: int
+    length: int
+
+
+class BlobLocations(Protocol):
+    def locate(self, digest: str) -> BlobLocation | None:
+        """Where the blob's plain bytes can be read (``os.copy_file_range``, ``sendfile``)
+        straight from a file; None if it is absent or not stored plain."""
+        ...
+
+
+class MigrationReport(msgspec.Struct, kw_only=True):
+    #: Loose blobs now in packs whose files were removed, and their bytes.
+    moved: int = 0
+    bytes: int = 0
+    #: Of those, the ones the packs held already (a migration cut short before).
+    already_packed: int = 0
+    #: Loose blobs that do not hash to their names: left where they are, for audit.
+    damaged: int = 0
+
+
+class BlobMigration(Protocol):
+    def migrate_loose(self) -> MigrationReport:
+        """Move blobs stored one file each into packs; killed at any point, nothing is
+        lost (the loose file goes only once its record is durable and indexed)."""
+        ...
+
+
+class Chunk(NamedTuple):
+    """A record to append to a pack: its digest (trusted: the caller has verified it),
+    plain size, the pieces of its bytes, and when it was first written (gc's grace)."""
+
+    digest: str
+    size: int
+    pieces: Sequence[bytes | memoryview]
+    created_at: float
+
+
+class Appended(NamedTuple):
+    """Records written to packs and made durable, not yet in the index: their rows, and
+    each pack's committed length once they are (what ``PackIndex.add``/``move`` take)."""
+
+    rows: list[IndexRow]
+    committed: dict[str, int]
+
+
+class PackedBlobs(Protocol):
+    """The packs under a pack store, for the work that goes beneath the blob port:
+    repacking (gc) and checking packs against the index both ways (audit)."""
+
+    @property
+    def index(self) -> PackIndex: ...
+
+    def pack_path(self, name: str) -> Path:
+        """The file of pack ``name``."""
+        ...
+
+    def scan(self, name: str, verify: bool = False) -> PackScan:
+        """Pack ``name``'s records read from its file, re-hashed with ``verify``."""
+        ...
+
+    def append_durably(self, chunks: Sequence[Chunk]) -> Appended:
+        """Append records to this process's active pack and fdatasync them, leaving the
+        index alone (a repack then switches rows with ``PackIndex.move``)."""
         ...
 
 

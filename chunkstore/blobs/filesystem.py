@@ -1,4 +1,6 @@
-"""The default blob store: files under ``objects/ab/cd/<digest>`` in the data directory.
+"""The one-file-per-chunk layout: files under ``objects/ab/cd/<digest>`` in the data
+directory. Data directories made before packs keep their blobs here; the pack store
+(``chunkstore.blobs.packs``) reads, deletes and migrates them through this class.
 
 Durability recipe (invariant 1): write to a temp file under ``tmp/`` on the same
 filesystem while hashing, fsync it, then hard-link it to its final name only if that
@@ -9,7 +11,6 @@ leaves either no blob or a whole one; stray temp files are swept when the store 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import functools
 import os
 import secrets
@@ -30,32 +31,6 @@ from chunkstore.errors import CorruptBlob, full_disk_guard
 TEMP_SPREAD = 16
 
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-
-
-def _load_syncfs() -> object | None:
-    try:
-        syncfs = ctypes.CDLL(None, use_errno=True).syncfs
-    except (AttributeError, OSError):
-        return None
-    syncfs.argtypes = [ctypes.c_int]
-    return syncfs
-
-
-_syncfs = _load_syncfs()
-
-
-def sync_filesystem(path: Path) -> bool:
-    """syncfs(2) on the filesystem holding ``path``: every dirty page and inode of that
-    filesystem reaches the disk. False where the platform has no syncfs."""
-    if _syncfs is None:
-        return False
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        if _syncfs(fd) != 0:  # type: ignore[operator]
-            raise OSError(ctypes.get_errno(), "syncfs failed")
-        return True
-    finally:
-        os.close(fd)
 
 
 class FileBlobWriter:
@@ -205,12 +180,10 @@ class FileBlobStore:
             return FileBlobWriter(self, expected_digest if verified else None)
 
     def commit_many(self, writers: Sequence[BlobWriter]) -> list[BlobRef]:
-        """Make every writer's bytes durable under its digest.
-
-        One writer: fsync the file, link it, fsync the directory. Several (a batch of
-        small chunks): two syncfs calls for the lot instead of two or more fsyncs per
-        blob. Either way the bytes are on disk before the name appears, so a name
-        never points at bytes that a crash could lose.
+        """Make every writer's bytes durable under its digest: fsync each file, link it,
+        fsync its directory. The bytes are on disk before the name appears, so a name
+        never points at bytes that a crash could lose. (One file per chunk is the old
+        layout, kept for reading; ``chunkstore.blobs.packs`` is what writes now.)
         """
         refs: dict[int, BlobRef] = {}
         to_link: list[tuple[int, FileBlobWriter, str]] = []
@@ -229,16 +202,8 @@ class FileBlobStore:
             to_link.append((position, writer, target))
         try:
             with full_disk_guard("chunks"):
-                if len(to_link) == 1 or (to_link and _syncfs is None):
-                    for position, writer, target in to_link:
-                        refs[position] = self._link_durably(writer, target)
-                elif to_link:
-                    for _, writer, _ in to_link:
-                        writer._close()
-                    sync_filesystem(self.tmp_dir)
-                    for position, writer, target in to_link:
-                        refs[position] = self._link(writer, target)
-                    sync_filesystem(self.objects_dir)
+                for position, writer, target in to_link:
+                    refs[position] = self._link_durably(writer, target)
         finally:
             for _, writer, _ in to_link:
                 writer._discard()

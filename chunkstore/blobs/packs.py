@@ -1,0 +1,914 @@
+"""The default blob store: chunks appended to pack files, found through a ``PackIndex``.
+
+Layout: ``<root>/packs/<name>.pack`` (``chunkstore.blobs.packfile`` has the record
+format); the index (digest -> pack, offset, length) and each pack's committed length are
+in the database (``chunkstore.blobs.packindex``). Data directories of the older layout,
+one file per chunk under ``objects/ab/cd/<digest>``, stay readable, and
+``migrate_loose`` moves their blobs into packs.
+
+Writing (invariants 1 and 3). A writer keeps the pieces it is given (views, no copy) and
+touches no disk, so the event loop never waits on one. ``commit_many``, in a worker
+thread: drops the digests the index has; appends the new records to this process's
+active pack with ``pwritev`` under the append lock; makes them durable with one
+``fdatasync`` of the pack that concurrent callers share (group commit: a leader syncs
+everything written so far, a caller whose bytes that covered returns without a sync of
+its own); then records the rows and the pack's new committed length in one index
+transaction, which concurrent callers share too. Only then does it return, and only then
+does the caller append the session's events. Writing a digest the index has stores
+nothing.
+
+Several processes may share a data directory: each appends only to packs it created and
+holds an exclusive ``flock`` on each of them until it is sealed. At start-up
+(``recover``), every unsealed pack whose lock can be taken (its writer died) is
+truncated to its committed length (anything past it was never acknowledged) and sealed.
+
+Reading: ``open`` reads a record's payload with ``pread`` on a per-pack descriptor kept
+open; ``locate`` gives (path, offset, length) for kernel copies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import functools
+import heapq
+import io
+import logging
+import os
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO, cast
+
+import blake3
+
+from chunkstore.blobs import (
+    Appended,
+    BlobLocation,
+    BlobRef,
+    BlobWriter,
+    Chunk,
+    MigrationReport,
+    is_digest,
+)
+from chunkstore.blobs.filesystem import FileBlobStore
+from chunkstore.blobs.packfile import (
+    FLAG_COMPRESSED,
+    HEADER_SIZE,
+    PACK_SUFFIX,
+    PackScan,
+    decode_header,
+    encode_header,
+    new_pack_name,
+    scan_pack,
+)
+from chunkstore.blobs.packindex import IndexRow, PackIndex, merge_committed
+from chunkstore.durable import fsync_directory, make_durable_dirs, write_all
+from chunkstore.errors import CorruptBlob, full_disk_guard
+
+log = logging.getLogger("chunkstore.blobs.packs")
+
+MiB = 1024 * 1024
+#: A pack is sealed once it reaches this size (``CHUNKSTORE_PACK_SIZE``): 32 files per
+#: GiB stored, and a repack rewrites at most this much to reclaim a pack's dead records.
+PACK_TARGET = 32 * MiB
+#: Buffers one ``pwritev`` may take (Linux's IOV_MAX).
+IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024
+#: Bytes handed to one ``pwritev``. Long runs of small buffers are gathered into one
+#: call; a large piece is cut into slices of this size (on the hosts measured, single
+#: writes of 2 MiB or more ran several times slower than the same bytes in 1 MiB calls).
+WRITE_BATCH = 1 * MiB
+#: Packs whose read descriptor stays open in this process.
+OPEN_PACKS = 64
+#: Loose blobs moved into packs per index transaction by ``migrate_loose``.
+MIGRATE_BATCH_BYTES = 32 * MiB
+MIGRATE_BATCH_COUNT = 2048
+
+_OPEN_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+
+
+# -- writers -------------------------------------------------------------------------------
+
+
+class PackWriter:
+    """A blob on its way into a pack: the pieces it was given, hashed as they pass
+    (unless the caller already did). Nothing reaches the disk before ``commit_many``;
+    the caller must not change a piece's bytes until then."""
+
+    __slots__ = ("_hasher", "_pieces", "_size", "_verified")
+
+    def __init__(self, verified_digest: str | None = None) -> None:
+        self._verified = verified_digest
+        self._hasher = None if verified_digest else blake3.blake3()
+        self._pieces: list[bytes | memoryview] = []
+        self._size = 0
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    @property
+    def pieces(self) -> list[bytes | memoryview]:
+        return self._pieces
+
+    def write(self, data: bytes | memoryview) -> None:
+        if self._hasher is not None:
+            self._hasher.update(data)
+        if len(data):
+            self._pieces.append(data)
+        self._size += len(data)
+
+    def digest(self) -> str:
+        if self._hasher is None:
+            assert self._verified is not None
+            return self._verified
+        return self._hasher.hexdigest()
+
+    def abort(self) -> None:
+        self._pieces = []
+
+
+@dataclass
+class PackStats:
+    """Counters of this process's store (what group commit saves shows here)."""
+
+    commits: int = 0
+    records: int = 0
+    bytes: int = 0
+    syncs: int = 0
+    #: Index commits asked for, and the transactions they took.
+    index_requests: int = 0
+    index_transactions: int = 0
+    packs_created: int = 0
+    packs_sealed: int = 0
+
+
+# -- the active packs (write side) ---------------------------------------------------------
+
+
+class _WritablePack:
+    """A pack this process appends to: its descriptor (holding the pack's flock), its end,
+    how far it is synced and committed, and who still uses it."""
+
+    def __init__(self, name: str, path: Path, fd: int) -> None:
+        self.name = name
+        self.path = path
+        self.fd = fd
+        #: Bytes written; only the append lock's holder moves it, once its writes are done.
+        self.end = 0
+        self.synced_upto = 0
+        self.syncing = False
+        #: The greatest length an index transaction has recorded for it.
+        self.committed = 0
+        self.failure: OSError | None = None
+        self.cond = threading.Condition()
+        #: The store's "active" reference plus one per ``commit_many`` under way.
+        self.users = 1
+        self.retired = False
+
+    def sync(self, upto: int, stats: PackStats) -> None:
+        """Return once bytes ``[0, upto)`` are durable. One caller at a time runs
+        ``fdatasync`` for every byte written so far; callers it covered do not sync."""
+        with self.cond:
+            while self.synced_upto < upto:
+                if self.failure is not None:
+                    raise self.failure
+                if self.syncing:
+                    self.cond.wait()
+                    continue
+                self.syncing = True
+                target = self.end
+                self.cond.release()
+                try:
+                    os.fdatasync(self.fd)
+                except OSError as error:
+                    # Linux may forget a failed writeback once reported: this pack's
+                    # unsynced bytes can never be trusted again.
+                    self.failure = error
+                    raise
+                finally:
+                    self.cond.acquire()
+                    self.syncing = False
+                    self.cond.notify_all()
+                stats.syncs += 1
+                self.synced_upto = max(self.synced_upto, target)
+
+
+class _IndexCommits:
+    """Group commit of index transactions: concurrent callers' rows go in one."""
+
+    def __init__(self, index: PackIndex, stats: PackStats) -> None:
+        self.index = index
+        self.stats = stats
+        self.cond = threading.Condition()
+        self.pending: list[_IndexJob] = []
+        self.leading = False
+
+    def add(self, rows: list[IndexRow], committed: dict[str, int]) -> list[bool]:
+        job = _IndexJob(rows, committed)
+        with self.cond:
+            self.pending.append(job)
+            self.stats.index_requests += 1
+            while not job.done:
+                if self.leading:
+                    self.cond.wait()
+                    continue
+                batch, self.pending = self.pending, []
+                self.leading = True
+                self.cond.release()
+                try:
+                    self._commit(batch)
+                finally:
+                    self.cond.acquire()
+                    self.leading = False
+                    self.cond.notify_all()
+        if job.error is not None:
+            raise job.error
+        return job.inserted
+
+    def _commit(self, batch: list[_IndexJob]) -> None:
+        rows = [row for job in batch for row in job.rows]
+        try:
+            inserted = self.index.add(rows, merge_committed(*(job.committed for job in batch)))
+            self.stats.index_transactions += 1
+        except BaseException as error:
+            for job in batch:
+                job.error = error
+                job.done = True
+            if not isinstance(error, Exception):
+                raise
+            return
+        start = 0
+        for job in batch:
+            job.inserted = inserted[start : start + len(job.rows)]
+            start += len(job.rows)
+            job.done = True
+
+
+@dataclass
+class _IndexJob:
+    rows: list[IndexRow]
+    committed: dict[str, int]
+    inserted: list[bool] = field(default_factory=list)
+    error: BaseException | None = None
+    done: bool = False
+
+
+# -- the read side -------------------------------------------------------------------------
+
+
+class _PackHandle:
+    """A read-only descriptor of one pack, shared by its readers; closed once it has
+    been evicted and its last reader is done."""
+
+    def __init__(self, name: str, fd: int) -> None:
+        self.name = name
+        self.fd = fd
+        self.readers = 0
+        self.evicted = False
+
+
+class _PackHandles:
+    def __init__(self, packs_dir: Path, limit: int = OPEN_PACKS) -> None:
+        self.packs_dir = packs_dir
+        self.limit = limit
+        self.lock = threading.Lock()
+        self.open: OrderedDict[str, _PackHandle] = OrderedDict()
+
+    def acquire(self, name: str) -> _PackHandle:
+        """The pack's handle with one more reader; ``FileNotFoundError`` if it is gone."""
+        with self.lock:
+            handle = self.open.get(name)
+            if handle is not None and os.fstat(handle.fd).st_nlink == 0:
+                # Removed by a repack since: its rows have moved; the caller looks again.
+                self._evict(handle)
+                handle = None
+            if handle is None:
+                fd = os.open(self.packs_dir / f"{name}{PACK_SUFFIX}", os.O_RDONLY | os.O_CLOEXEC)
+                handle = _PackHandle(name, fd)
+                self.open[name] = handle
+                while len(self.open) > self.limit:
+                    self._evict(next(iter(self.open.values())))
+            self.open.move_to_end(name)
+            handle.readers += 1
+            return handle
+
+    def release(self, handle: _PackHandle) -> None:
+        with self.lock:
+            handle.readers -= 1
+            if handle.evicted and handle.readers == 0:
+                os.close(handle.fd)
+
+    def _evict(self, handle: _PackHandle) -> None:
+        if self.open.get(handle.name) is handle:
+            del self.open[handle.name]
+        handle.evicted = True
+        if handle.readers == 0:
+            os.close(handle.fd)
+
+    def close(self) -> None:
+        with self.lock:
+            for handle in list(self.open.values()):
+                self._evict(handle)
+
+
+class PackBlobReader(io.RawIOBase):
+    """A blob's payload, read with ``pread`` from its pack: nothing is read before it is
+    asked for, and no more than asked."""
+
+    def __init__(
+        self, handle: _PackHandle, start: int, length: int, release: Callable[[], None]
+    ) -> None:
+        super().__init__()
+        self._handle = handle
+        self._start = start
+        self._length = length
+        self._position = 0
+        self._release: Callable[[], None] | None = release
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._position, os.SEEK_END: self._length}[whence]
+        self._position = max(0, base + offset)
+        return self._position
+
+    def read(self, size: int | None = -1) -> bytes:
+        remaining = self._length - self._position
+        wanted = remaining if size is None or size < 0 else min(size, remaining)
+        if wanted <= 0:
+            return b""
+        data = os.pread(self._handle.fd, wanted, self._start + self._position)
+        self._check_short(len(data), wanted)
+        self._position += len(data)
+        return data
+
+    def readall(self) -> bytes:
+        return self.read(-1)
+
+    def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
+        view = memoryview(buffer).cast("B")
+        wanted = min(len(view), self._length - self._position)
+        if wanted <= 0:
+            return 0
+        got = os.preadv(self._handle.fd, [view[:wanted]], self._start + self._position)
+        self._check_short(got, wanted)
+        self._position += got
+        return got
+
+    def _check_short(self, got: int, wanted: int) -> None:
+        if got < wanted:
+            raise CorruptBlob(
+                f"pack {self._handle.name} ends inside a blob's record (truncated pack)"
+            )
+
+    def close(self) -> None:
+        if self._release is not None:
+            release, self._release = self._release, None
+            release()
+        super().close()
+
+
+# -- the store -----------------------------------------------------------------------------
+
+
+class PackBlobStore:
+    """``BlobStore`` in packs, with ``BlobAgeing``, ``BlobEvidence``, ``TempFiles`` (the
+    legacy layout's temp files), ``BlobLocations``, ``BlobMigration`` and ``PackedBlobs``."""
+
+    def __init__(
+        self,
+        root: Path,
+        index: PackIndex,
+        pack_size: int = PACK_TARGET,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if pack_size <= 0:
+            raise ValueError("the pack size must be positive")
+        self.root = Path(root)
+        self.packs_dir = self.root / "packs"
+        self.index = index
+        self.pack_size = pack_size
+        self.clock = clock
+        self.stats = PackStats()
+        make_durable_dirs(self.packs_dir)
+        #: The one-file-per-chunk layout, when the data directory has one.
+        self.loose: FileBlobStore | None = (
+            FileBlobStore(self.root) if (self.root / "objects").is_dir() else None
+        )
+        self._append_lock = threading.Lock()
+        self._active: _WritablePack | None = None
+        self._closed = False
+        self._index_commits = _IndexCommits(index, self.stats)
+        self._handles = _PackHandles(self.packs_dir)
+        self.recover()
+
+    def pack_path(self, name: str) -> Path:
+        return self.packs_dir / f"{name}{PACK_SUFFIX}"
+
+    def scan(self, name: str, verify: bool = False) -> PackScan:
+        """The records of pack ``name`` read from its file (see ``scan_pack``)."""
+        return scan_pack(self.pack_path(name), verify)
+
+    # -- writing -----------------------------------------------------------------------
+
+    def writer(self, expected_digest: str | None = None, verified: bool = False) -> PackWriter:
+        """No lookup here: whether the index has the digest already is asked once per
+        ``commit_many`` for all its writers, and a digest it has stores nothing then.
+        ``verified``: the caller checked that the bytes hash to ``expected_digest``."""
+        if expected_digest is not None and not is_digest(expected_digest):
+            raise ValueError(f"not a BLAKE3 hex digest: {expected_digest!r}")
+        return PackWriter(expected_digest if verified else None)
+
+    def commit_many(self, writers: Sequence[BlobWriter]) -> list[BlobRef]:
+        """Make the writers' bytes durable and indexed (see the module's docstring). Must
+        not be called inside a write transaction of the index's database."""
+        refs: list[BlobRef | None] = [None] * len(writers)
+        first: dict[str, int] = {}
+        for position, writer in enumerate(writers):
+            assert isinstance(writer, PackWriter), "a writer of another store"
+            digest = writer.digest()
+            if digest in first:
+                refs[position] = BlobRef(digest, writer.size, created=False)
+            else:
+                first[digest] = position
+        known = self.index.lookup_many(first) if first else {}
+        new: list[tuple[int, Chunk]] = []
+        now = self.clock()
+        for digest, position in first.items():
+            writer = writers[position]
+            assert isinstance(writer, PackWriter)
+            if digest in known or (self.loose is not None and self.loose.exists(digest)):
+                refs[position] = BlobRef(digest, writer.size, created=False)
+            else:
+                new.append((position, Chunk(digest, writer.size, writer.pieces, now)))
+        try:
+            if new:
+                inserted = self.store_chunks([chunk for _, chunk in new])
+                for (position, chunk), created in zip(new, inserted, strict=True):
+                    refs[position] = BlobRef(chunk.digest, chunk.size, created=created)
+        finally:
+            for writer in writers:
+                writer.abort()  # drops the pieces
+        self.stats.commits += 1
+        return [ref for ref in refs if ref is not None]
+
+    def store_chunks(self, chunks: Sequence[Chunk]) -> list[bool]:
+        """Append, sync and index ``chunks`` (digests trusted, none known to the index);
+        per chunk, whether its row was inserted (another writer of the same digest may
+        have won meanwhile: then its record is dead bytes a repack drops)."""
+        appended, packs = self._append(chunks)
+        try:
+            self._sync(appended, packs)
+            inserted = self._index_commits.add(appended.rows, appended.committed)
+            for pack in packs:
+                with pack.cond:
+                    pack.committed = max(pack.committed, appended.committed[pack.name])
+            return inserted
+        finally:
+            for pack in packs:
+                self._release(pack)
+
+    def append_durably(self, chunks: Sequence[Chunk]) -> Appended:
+        """Append ``chunks`` and make them durable, but leave the index alone: a repack
+        then switches the rows with ``PackIndex.move`` and the committed lengths given."""
+        appended, packs = self._append(chunks)
+        try:
+            self._sync(appended, packs)
+            return appended
+        finally:
+            for pack in packs:
+                self._release(pack)
+
+    def _append(self, chunks: Sequence[Chunk]) -> tuple[Appended, list[_WritablePack]]:
+        """Write the records (under the append lock), rolling over to a new pack where
+        the target size says so; the packs written to come back with a use each, which
+        the caller releases."""
+        rows: list[IndexRow] = []
+        ends: dict[str, int] = {}
+        used: dict[str, _WritablePack] = {}
+        with self._append_lock:
+            if self._closed:
+                raise RuntimeError("the pack store is closed")
+            try:
+                pack: _WritablePack | None = None
+                buffers: list[bytes | memoryview] = []
+                position = 0
+                for chunk in chunks:
+                    record = HEADER_SIZE + chunk.size
+                    if pack is None or self._full(position, record):
+                        if pack is not None:
+                            self._write(pack, buffers, position)
+                            buffers = []
+                            self._retire(pack)
+                        pack = self._active_pack(record)
+                        position = pack.end
+                        if pack.name not in used:
+                            used[pack.name] = pack
+                            pack.users += 1
+                    buffers.append(encode_header(chunk.digest, chunk.size))
+                    buffers.extend(chunk.pieces)
+                    rows.append(
+                        IndexRow(
+                            chunk.digest,
+                            pack.name,
+                            position,
+                            chunk.size,
+                            chunk.size,
+                            0,
+                            chunk.created_at,
+                        )
+                    )
+                    position += record
+                    ends[pack.name] = position
+                if pack is not None:
+                    self._write(pack, buffers, position)
+                    if position >= self.pack_size:
+                        self._retire(pack)
+            except BaseException:
+                for pack in used.values():
+                    self._release(pack)
+                raise
+            self.stats.records += len(chunks)
+            self.stats.bytes += sum(chunk.size for chunk in chunks)
+        return Appended(rows, ends), list(used.values())
+
+    def _full(self, end: int, record: int) -> bool:
+        """Whether a pack ``end`` bytes long takes no record of ``record`` bytes more: it
+        has reached the target, or the record would take it past (a record larger than
+        the target gets a pack of its own)."""
+        return end >= self.pack_size or (end > 0 and end + record > self.pack_size)
+
+    def _active_pack(self, record: int) -> _WritablePack:
+        """This process's active pack, a new one if there is none or it is full or
+        broken (under the append lock)."""
+        active = self._active
+        if active is not None and (active.failure is not None or self._full(active.end, record)):
+            self._retire(active)
+            active = None
+        if active is None:
+            active = self._active = self._create_pack()
+        return active
+
+    def _create_pack(self) -> _WritablePack:
+        now = self.clock()
+        name = new_pack_name(now)
+        path = self.pack_path(name)
+        with full_disk_guard("a new pack"):
+            fd = os.open(path, _OPEN_FLAGS, 0o644)
+        try:
+            # Held until the pack is sealed: a starting process that can take it knows
+            # the pack's writer is dead.
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fsync_directory(self.packs_dir)
+            self.index.register(name, now)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                path.unlink()
+            raise
+        self.stats.packs_created += 1
+        return _WritablePack(name, path, fd)
+
+    def _write(self, pack: _WritablePack, buffers: list[bytes | memoryview], end: int) -> None:
+        """Write ``buffers`` at ``pack.end`` (under the append lock); the pack's end moves
+        to ``end`` only once every byte is written."""
+        offset = pack.end
+        try:
+            with full_disk_guard("chunks"):
+                for batch in _write_batches(buffers):
+                    _pwritev_all(pack.fd, batch, offset)
+                    offset += sum(len(buffer) for buffer in batch)
+        except OSError:
+            # Give back what the partial write took; the bytes past the end are never
+            # indexed, and are overwritten by the next append or cut at sealing.
+            with contextlib.suppress(OSError):
+                os.ftruncate(pack.fd, pack.end)
+            raise
+        assert offset == end, (offset, end)
+        pack.end = end
+
+    def _sync(self, appended: Appended, packs: list[_WritablePack]) -> None:
+        for pack in packs:
+            with full_disk_guard("chunks"):
+                pack.sync(appended.committed[pack.name], self.stats)
+
+    def _retire(self, pack: _WritablePack) -> None:
+        """No more appends to ``pack`` (under the append lock); sealed once its last
+        commit is done."""
+        if self._active is pack:
+            self._active = None
+        pack.retired = True
+        self._release(pack)
+
+    def _release(self, pack: _WritablePack) -> None:
+        with pack.cond:
+            pack.users -= 1
+            last = pack.users == 0
+        if last:
+            self._seal(pack)
+
+    def _seal(self, pack: _WritablePack) -> None:
+        """Cut what no commit recorded, seal the pack in the index (or forget it if it
+        holds nothing), and let go of its lock."""
+        try:
+            if os.fstat(pack.fd).st_size > pack.committed:
+                os.ftruncate(pack.fd, pack.committed)
+                os.fdatasync(pack.fd)
+            if pack.committed == 0:
+                pack.path.unlink()
+                self.index.forget(pack.name)
+            else:
+                self.index.seal(pack.name)
+                self.stats.packs_sealed += 1
+        except Exception:
+            # Left unsealed: the next start-up recovers it like any dead writer's pack.
+            log.exception("sealing pack %s failed", pack.name)
+        finally:
+            os.close(pack.fd)
+
+    # -- recovery ----------------------------------------------------------------------
+
+    def recover(self) -> list[str]:
+        """Seal the unsealed packs whose writers died, truncating each to its committed
+        length first; the names of the packs recovered."""
+        recovered = []
+        for info in self.index.packs():
+            if info.sealed or info.retired:
+                continue
+            path = self.pack_path(info.name)
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+            except FileNotFoundError:
+                if info.committed == 0:
+                    self.index.forget(info.name)  # died between removing and forgetting it
+                else:
+                    log.warning("pack %s is missing (committed %d)", info.name, info.committed)
+                continue
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # a live writer's
+                self._recover(info.name, fd)
+                recovered.append(info.name)
+            finally:
+                os.close(fd)
+        return recovered
+
+    def _recover(self, name: str, fd: int) -> None:
+        info = self.index.pack(name)  # read again: its writer may have committed more
+        if info is None or info.sealed:
+            return
+        size = os.fstat(fd).st_size
+        if size > info.committed:
+            log.info("pack %s: cutting %d bytes a crash left", name, size - info.committed)
+            os.ftruncate(fd, info.committed)
+            os.fdatasync(fd)
+        elif size < info.committed:
+            # Bytes the index counts on are gone: left as found, for audit to name.
+            log.warning("pack %s is %d bytes short of its committed length", name, size)
+        if info.committed == 0:
+            self.pack_path(name).unlink()
+            self.index.forget(name)
+        else:
+            self.index.seal(name)
+
+    def close(self) -> None:
+        """Seal the active pack once its commits are done; close the read descriptors."""
+        with self._append_lock:
+            self._closed = True
+            if self._active is not None:
+                self._retire(self._active)
+        self._handles.close()
+
+    # -- reading -----------------------------------------------------------------------
+
+    def open(self, digest: str) -> BinaryIO:
+        for attempt in range(2):
+            row = self.index.lookup(digest)
+            if row is None:
+                if self.loose is not None:
+                    with contextlib.suppress(CorruptBlob):
+                        return self.loose.open(digest)
+                if attempt == 0:
+                    continue  # migrated into a pack between the two looks
+                raise CorruptBlob(f"blob {digest} is missing", digest=digest)
+            try:
+                handle = self._handles.acquire(row.pack)
+            except FileNotFoundError:
+                if attempt == 0:
+                    continue  # a repack moved it and removed the pack: look again
+                raise CorruptBlob(
+                    f"pack {row.pack} holding blob {digest} is missing", digest=digest
+                ) from None
+            try:
+                self._check_record(handle, row)
+            except BaseException:
+                self._handles.release(handle)
+                raise
+            release = functools.partial(self._handles.release, handle)
+            reader = PackBlobReader(handle, row.payload_offset, row.length, release)
+            return cast(BinaryIO, reader)
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _check_record(handle: _PackHandle, row: IndexRow) -> None:
+        """The index and the pack agree on the record (one 48-byte read)."""
+        found = decode_header(os.pread(handle.fd, HEADER_SIZE, row.offset), row.offset)
+        if isinstance(found, str) or found.digest != row.digest or found.length != row.length:
+            what = found if isinstance(found, str) else f"the record there is {found.digest}"
+            raise CorruptBlob(
+                f"blob {row.digest}: pack {row.pack} disagrees with the index ({what})",
+                digest=row.digest,
+            )
+        if found.flags & FLAG_COMPRESSED:
+            raise CorruptBlob(f"blob {row.digest} is compressed; this version cannot read it")
+
+    def locate(self, digest: str) -> BlobLocation | None:
+        row = self.index.lookup(digest)
+        if row is not None:
+            if row.flags:
+                return None
+            return BlobLocation(str(self.pack_path(row.pack)), row.payload_offset, row.length)
+        if self.loose is not None:
+            size = self.loose.size(digest)
+            if size is not None:
+                return BlobLocation(str(self.loose.path_for(digest)), 0, size)
+        return None
+
+    def put(self, data: bytes) -> BlobRef:
+        writer = self.writer()
+        writer.write(data)
+        return self.commit_many([writer])[0]
+
+    def exists(self, digest: str) -> bool:
+        if self.index.lookup(digest) is not None:
+            return True
+        return self.loose is not None and self.loose.exists(digest)
+
+    def size(self, digest: str) -> int | None:
+        row = self.index.lookup(digest)
+        if row is not None:
+            return row.size
+        return self.loose.size(digest) if self.loose is not None else None
+
+    def delete(self, digest: str) -> bool:
+        """Removes the index row (the bytes go at the pack's next repack), and a loose
+        copy if there is one."""
+        removed = bool(self.index.remove([digest]))
+        if self.loose is not None:
+            removed = self.loose.delete(digest) or removed
+        return removed
+
+    def digests(self) -> Iterator[str]:
+        indexed = (row.digest for row in self.index.scan())
+        if self.loose is None:
+            yield from indexed
+            return
+        previous = None
+        for digest in heapq.merge(indexed, self.loose.digests()):
+            if digest != previous:
+                yield digest
+                previous = digest
+
+    # -- capabilities ------------------------------------------------------------------
+
+    def mtime(self, digest: str) -> float | None:
+        row = self.index.lookup(digest)
+        if row is not None:
+            return row.created_at
+        return self.loose.mtime(digest) if self.loose is not None else None
+
+    def set_aside(self, digest: str, into: str) -> str | None:
+        """Copy the record's payload to ``<root>/<into>/<digest>.<random>`` durably, then
+        drop its index row (a loose blob is moved there instead)."""
+        row = self.index.lookup(digest)
+        if row is None:
+            return self.loose.set_aside(digest, into) if self.loose is not None else None
+        directory = self.root / into
+        make_durable_dirs(directory)
+        target = directory / f"{digest}.{secrets.token_hex(4)}"
+        with full_disk_guard("evidence"), open(target, "xb") as out:
+            self._copy_payload(row, out)
+            out.flush()
+            os.fsync(out.fileno())
+        fsync_directory(directory)
+        self.index.remove([digest])
+        return str(target.relative_to(self.root))
+
+    def _copy_payload(self, row: IndexRow, out: BinaryIO) -> None:
+        """What is left of a record's payload (a pack may be short or gone), into ``out``."""
+        with contextlib.suppress(FileNotFoundError), open(self.pack_path(row.pack), "rb") as pack:
+            pack.seek(row.payload_offset)
+            remaining = row.length
+            while remaining and (piece := pack.read(min(MiB, remaining))):
+                write_all(out.write, piece)
+                remaining -= len(piece)
+
+    def sweep_temp_files(self, older_than: float = 0.0) -> int:
+        """Packs leave no temp files; the one-file-per-chunk layout's writers did."""
+        return self.loose.sweep_temp_files(older_than) if self.loose is not None else 0
+
+    def migrate_loose(self) -> MigrationReport:
+        """Move every loose blob into packs: append, sync and index a batch, and only then
+        remove its loose files, so a migration killed at any point loses nothing (run it
+        again to finish). A loose blob that does not hash to its name stays where it is,
+        for audit. Once ``objects/`` is empty it is removed."""
+        report = MigrationReport()
+        if self.loose is None:
+            return report
+        batch: list[tuple[Chunk, str]] = []
+        batch_bytes = 0
+        for digest, path in self.loose.entries():
+            try:
+                with open(path, "rb") as loose:
+                    data = loose.read()
+                    mtime = os.fstat(loose.fileno()).st_mtime
+            except FileNotFoundError:
+                continue  # deleted meanwhile (gc)
+            if blake3.blake3(data).hexdigest() != digest:
+                report.damaged += 1
+                continue
+            batch.append((Chunk(digest, len(data), [data], mtime), path))
+            batch_bytes += len(data)
+            if batch_bytes >= MIGRATE_BATCH_BYTES or len(batch) >= MIGRATE_BATCH_COUNT:
+                self._migrate(batch, report)
+                batch, batch_bytes = [], 0
+        if batch:
+            self._migrate(batch, report)
+        if self._remove_empty_loose_dirs():
+            self.loose = None
+        return report
+
+    def _migrate(self, batch: list[tuple[Chunk, str]], report: MigrationReport) -> None:
+        known = self.index.lookup_many(chunk.digest for chunk, _ in batch)
+        new = [chunk for chunk, _ in batch if chunk.digest not in known]
+        if new:
+            self.store_chunks(new)
+        for chunk, path in batch:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            report.moved += 1
+            report.bytes += chunk.size
+        report.already_packed += len(batch) - len(new)
+
+    def _remove_empty_loose_dirs(self) -> bool:
+        """Remove ``objects/``'s empty directories; whether ``objects/`` itself went."""
+        objects = self.root / "objects"
+        for directory, _, _ in sorted(os.walk(objects), key=lambda w: -len(w[0])):
+            with contextlib.suppress(OSError):
+                os.rmdir(directory)
+        if objects.exists():
+            return False
+        for spread in (self.root / "tmp").glob("blobs-*"):
+            with contextlib.suppress(OSError):
+                spread.rmdir()
+        fsync_directory(self.root)
+        return True
+
+
+def _write_batches(buffers: list[bytes | memoryview]) -> Iterator[list[bytes | memoryview]]:
+    """``buffers`` regrouped for ``pwritev``: at most ``IOV_MAX`` buffers and about
+    ``WRITE_BATCH`` bytes a call; a larger buffer is cut into views of that size."""
+    batch: list[bytes | memoryview] = []
+    size = 0
+    for buffer in buffers:
+        if len(buffer) > WRITE_BATCH:
+            view = memoryview(buffer)
+            pieces: list[bytes | memoryview] = [
+                view[start : start + WRITE_BATCH] for start in range(0, len(view), WRITE_BATCH)
+            ]
+        else:
+            pieces = [buffer]
+        for piece in pieces:
+            batch.append(piece)
+            size += len(piece)
+            if size >= WRITE_BATCH or len(batch) >= IOV_MAX:
+                yield batch
+                batch, size = [], 0
+    if batch:
+        yield batch
+
+
+def _pwritev_all(fd: int, buffers: list[bytes | memoryview], offset: int) -> None:
+    """``pwritev`` every byte of ``buffers`` at ``offset``, resuming after short writes."""
+    while buffers:
+        written = os.pwritev(fd, buffers, offset)
+        offset += written
+        while buffers and written >= len(buffers[0]):
+            written -= len(buffers[0])
+            buffers = buffers[1:]
+        if buffers and written:
+            buffers = [memoryview(buffers[0])[written:], *buffers[1:]]

@@ -1,0 +1,83 @@
+"""The pack index's backends against its contract (``tests/contracts/packindex.py``),
+and what only the SQLite backend promises: it lives in the event log's database, keeps
+its rows across reopening, and a write inside the log's write lock joins it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from chunkstore.blobs.packindex.memory import MemoryPackIndex
+from chunkstore.blobs.packindex.sqlite import SQLitePackIndex
+from chunkstore.eventlog.sqlite import SQLiteLog
+from chunkstore.sqlitedb import Database
+from tests.contracts.packindex import PackIndexContract, digest_of, row
+
+
+class TestMemoryPackIndex(PackIndexContract):
+    def make_index(self, tmp_path: Path) -> MemoryPackIndex:
+        return MemoryPackIndex()
+
+
+class TestSQLitePackIndex(PackIndexContract):
+    def make_index(self, tmp_path: Path) -> SQLitePackIndex:
+        return SQLitePackIndex(Database(tmp_path / "index.sqlite3"))
+
+    def test_a_reopened_index_has_its_rows_and_packs(self, tmp_path: Path) -> None:
+        index = SQLitePackIndex(Database(tmp_path / "db.sqlite3"))
+        index.register("p1", 1.0)
+        index.add([row(1)], {"p1": 1148})
+        index.seal("p1")
+        index.db.close()
+
+        reopened = SQLitePackIndex(Database(tmp_path / "db.sqlite3"))
+
+        assert reopened.lookup(digest_of(1)) == row(1)
+        info = reopened.pack("p1")
+        assert info is not None and (info.committed, info.sealed) == (1148, True)
+
+    def test_it_shares_the_event_logs_database_file(self, tmp_path: Path) -> None:
+        log = SQLiteLog(tmp_path / "chunkstore.sqlite3")
+        index = SQLitePackIndex(log.db)
+        index.register("p1", 1.0)
+
+        tables = {
+            name
+            for (name,) in log.db.connection().execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'"
+            )
+        }
+
+        assert {"events", "sessions", "blobs", "packs"} <= tables
+
+    def test_a_removal_under_the_logs_write_lock_joins_it(self, tmp_path: Path) -> None:
+        # gc deletes blobs while it holds the log's write lock (its SweepGuard): the
+        # index's own write must join that transaction, not wait for it.
+        log = SQLiteLog(tmp_path / "chunkstore.sqlite3")
+        index = SQLitePackIndex(log.db)
+        index.register("p1", 1.0)
+        index.add([row(1), row(2)], {"p1": 3000})
+
+        with log.write_locked():
+            assert index.remove([digest_of(1)]) == {digest_of(1)}
+
+        assert index.lookup(digest_of(1)) is None
+        other = SQLitePackIndex(Database(tmp_path / "chunkstore.sqlite3"))
+        assert other.lookup(digest_of(1)) is None
+        assert other.lookup(digest_of(2)) == row(2)
+
+    def test_a_removal_rolled_back_with_the_logs_transaction_is_undone(
+        self, tmp_path: Path
+    ) -> None:
+        log = SQLiteLog(tmp_path / "chunkstore.sqlite3")
+        index = SQLitePackIndex(log.db)
+        index.register("p1", 1.0)
+        index.add([row(1)], {"p1": 2000})
+
+        try:
+            with log.write_locked():
+                index.remove([digest_of(1)])
+                raise RuntimeError("the sweep failed")
+        except RuntimeError:
+            pass
+
+        assert index.lookup(digest_of(1)) == row(1)
