@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Iterator
+from random import Random
 
 import httpx
 import pytest
 
+from chunkstore.batch import MEDIA_TYPE as BATCH_MEDIA_TYPE
+from chunkstore.batch import frame_header
 from chunkstore.testing import MakeServer
 from tests.helpers import (
     OCTET_STREAM,
@@ -96,3 +100,73 @@ def test_kill_9_mid_chunk_loses_no_acknowledged_chunk_and_leaves_no_temp_file(
     assert answer.json()["sha256"] == sha256_hex(data)
     assert sha256_hex(final.read_bytes()) == sha256_hex(data)
     assert final.read_bytes() == data
+
+
+def send_batches(
+    url: str, token: str, upload_id: str, pieces: list[bytes], acknowledged: set[int]
+) -> None:
+    """Send the pieces not yet acknowledged in batches of 8 over 2 connections, until
+    the server goes away; every 200 adds its frames to ``acknowledged``."""
+    todo = [index for index in range(len(pieces)) if index not in acknowledged]
+    groups = [todo[at : at + 8] for at in range(0, len(todo), 8)]
+    lock = threading.Lock()
+
+    def sender(share: list[list[int]]) -> None:
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}) as client:
+            for group in share:
+                body = b"".join(frame_header(i, len(pieces[i])) + pieces[i] for i in group)
+                try:
+                    answer = client.post(
+                        f"{UPLOAD}/{upload_id}/batch",
+                        content=body,
+                        headers={"Content-Type": BATCH_MEDIA_TYPE},
+                        timeout=60,
+                    )
+                except httpx.TransportError:
+                    return
+                if answer.status_code == 200:
+                    with lock:
+                        acknowledged.update(group)
+
+    threads = [threading.Thread(target=sender, args=(groups[n::2],)) for n in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+
+
+@pytest.mark.slow
+def test_kill_9_at_random_instants_during_batch_appends_loses_nothing_acknowledged(
+    make_server: MakeServer,
+) -> None:
+    """Eight kill -9s, each at a random instant while batches are being appended to
+    packs; after each restart every acknowledged chunk is there, and at the end the
+    file completes byte-identical and audit finds nothing."""
+    server = make_server()
+    data = os.urandom(40 * MiB)
+    pieces = split(data, 64 * 1024)
+    acknowledged: set[int] = set()
+    random = Random(1201)
+    token = server.token("survivor")
+    with server.client("survivor") as client:
+        upload_id = init_upload(client, data, 64 * 1024, file_hash=sha256_hex(data))["upload_id"]
+    for _ in range(8):
+        sender = threading.Thread(
+            target=send_batches, args=(server.url, token, upload_id, pieces, acknowledged)
+        )
+        sender.start()
+        time.sleep(random.uniform(0.05, 0.6))
+        server.kill9()
+        sender.join(timeout=120)
+        server.start()
+        with server.client("survivor") as client:
+            received = set(status_of(client, upload_id)["received_chunks"])
+        assert acknowledged <= received, sorted(acknowledged - received)[:10]
+    send_batches(server.url, token, upload_id, pieces, acknowledged)
+    assert acknowledged == set(range(len(pieces)))
+    with server.client("survivor") as client:
+        assert complete(client, upload_id).status_code == 200
+        assert client.get(f"/api/v1/files/{upload_id}").content == data
+    server.stop()
+    audit = server.cli("audit", "--json")
+    assert audit.returncode == 0, audit.stdout
