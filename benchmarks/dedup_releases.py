@@ -21,9 +21,10 @@ from chunkstore.testing import Server
 
 
 def objects_bytes(data_dir: Path) -> int:
-    return sum(
-        entry.stat().st_size for entry in (data_dir / "objects").rglob("*") if entry.is_file()
-    )
+    """Bytes the store takes on disk for blobs: its pack files (record headers included)
+    and any blob stored one file each (the older layout)."""
+    files = [*(data_dir / "packs").glob("*.pack"), *(data_dir / "objects").rglob("*")]
+    return sum(entry.stat().st_size for entry in files if entry.is_file())
 
 
 def upload_all(tars: list[Path], chunker: str, work: Path) -> tuple[int, int]:
@@ -71,7 +72,7 @@ def main() -> None:
             sent, stored = upload_all(tars, chunker, work)
             print(
                 f"  {chunker:5s}: sent {sent / MiB:6.1f} MiB ({total / sent:.2f}x less than"
-                f" the total), stored {stored / MiB:6.1f} MiB in objects/ (chunks +"
+                f" the total), stored {stored / MiB:6.1f} MiB in packs (chunks +"
                 f" manifests), ideal {ideal / MiB:6.1f} MiB ({total / ideal:.2f}x)"
             )
     finally:

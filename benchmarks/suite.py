@@ -424,7 +424,7 @@ def dedup(profile: Profile, work: Path) -> list[Case]:
             lower_is_better=True,
         )
         stored_case = Case(
-            f"dedup {chunker}: bytes stored (objects/)",
+            f"dedup {chunker}: bytes stored (packs on disk)",
             "dedup",
             "MiB",
             baseline=ideal_case.name,
