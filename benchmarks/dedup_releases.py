@@ -10,7 +10,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import NamedTuple
 
 import msgspec
 
@@ -23,16 +25,45 @@ from chunkstore.testing import Server
 def objects_bytes(data_dir: Path) -> int:
     """Bytes the store takes on disk for blobs: its pack files (record headers included)
     and any blob stored one file each (the older layout)."""
-    files = [*(data_dir / "packs").glob("*.pack"), *(data_dir / "objects").rglob("*")]
-    return sum(entry.stat().st_size for entry in files if entry.is_file())
+    return sum(entry.stat().st_size for entry in blob_files(data_dir))
 
 
-def upload_all(tars: list[Path], chunker: str, work: Path) -> tuple[int, int]:
-    server = Server(work / f"data-{chunker}").start()
+def blob_files(data_dir: Path) -> list[Path]:
+    """The files holding blobs: packs, and loose blobs of the older layout."""
+    found = [*(data_dir / "packs").glob("*.pack"), *(data_dir / "objects").rglob("*")]
+    return [entry for entry in found if entry.is_file()]
+
+
+def disk_bytes(data_dir: Path) -> int:
+    """Blobs and final files: what the uploads take on disk (the database aside)."""
+    finals = [entry for entry in (data_dir / "files").rglob("*") if entry.is_file()]
+    return objects_bytes(data_dir) + sum(entry.stat().st_size for entry in finals)
+
+
+class SeriesUpload(NamedTuple):
+    sent: int
+    #: Blob bytes on disk, and blobs plus final files.
+    stored: int
+    disk: int
+    seconds: float
+
+
+def upload_all(
+    tars: list[Path],
+    chunker: str,
+    work: Path,
+    cdc_avg_kib: int = 64,
+    server_env: dict[str, str] | None = None,
+    name: str = "",
+) -> SeriesUpload:
+    """Upload ``tars`` in order with ``chunkstore upload`` into a fresh server."""
+    server = Server(work / f"data-{name or chunker}", env=server_env).start()
     try:
         token = server.token("bench")
         sent = 0
+        seconds = 0.0
         for tar in tars:
+            started = time.perf_counter()
             done = subprocess.run(
                 [
                     sys.executable,
@@ -46,6 +77,8 @@ def upload_all(tars: list[Path], chunker: str, work: Path) -> tuple[int, int]:
                     token,
                     "--chunker",
                     chunker,
+                    "--cdc-avg",
+                    str(cdc_avg_kib),
                     "--json",
                     "--state-dir",
                     str(work / "state"),
@@ -54,8 +87,11 @@ def upload_all(tars: list[Path], chunker: str, work: Path) -> tuple[int, int]:
                 check=True,
                 env={**os.environ},
             )
+            seconds += time.perf_counter() - started
             sent += msgspec.json.decode(done.stdout)["bytes_sent"]
-        return sent, objects_bytes(server.data_dir)
+        return SeriesUpload(
+            sent, objects_bytes(server.data_dir), disk_bytes(server.data_dir), seconds
+        )
     finally:
         server.stop()
 
@@ -69,7 +105,7 @@ def main() -> None:
         for chunker in ("cdc", "fixed"):
             unique = {c.digest: c.size for t in tars for c in chunk_file(t, chunker)}
             ideal = sum(unique.values())
-            sent, stored = upload_all(tars, chunker, work)
+            sent, stored, _, _ = upload_all(tars, chunker, work)
             print(
                 f"  {chunker:5s}: sent {sent / MiB:6.1f} MiB ({total / sent:.2f}x less than"
                 f" the total), stored {stored / MiB:6.1f} MiB in packs (chunks +"

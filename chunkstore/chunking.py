@@ -41,6 +41,22 @@ class ChunkInfo(msgspec.Struct, frozen=True, array_like=True):
     digest: str
 
 
+#: Averages ``cdc_sizes`` takes (powers of two; FastCDC's own bounds are 256 B to 4 MiB).
+MIN_CDC_AVG = 4 * KiB
+MAX_CDC_AVG = 1024 * KiB
+
+
+def cdc_sizes(avg_size: int) -> dict[str, int]:
+    """FastCDC min/avg/max around ``avg_size`` in the default's proportions (1/4, 4x).
+    ``ValueError`` for an average that is not a power of two from 4 KiB to 1 MiB."""
+    if not (MIN_CDC_AVG <= avg_size <= MAX_CDC_AVG) or avg_size & (avg_size - 1):
+        raise ValueError(
+            f"the CDC average must be a power of two from {MIN_CDC_AVG // KiB} KiB"
+            f" to {MAX_CDC_AVG // KiB} KiB, not {avg_size}"
+        )
+    return {"min_size": avg_size // 4, "avg_size": avg_size, "max_size": avg_size * 4}
+
+
 def cdc_cutter(
     min_size: int = CDC_MIN, avg_size: int = CDC_AVG, max_size: int = CDC_MAX
 ) -> FastCDC:

@@ -223,6 +223,7 @@ def cmd_upload(args: argparse.Namespace) -> int:
         chunker=args.chunker,
         state_dir=Path(args.state_dir) if args.state_dir else None,
         progress=progress,
+        cdc_avg=args.cdc_avg * 1024,
     )
     result = client.upload(args.file)
     if args.json:
@@ -527,6 +528,14 @@ def build_parser() -> argparse.ArgumentParser:
     upload.add_argument("--parallel", type=positive_int, default=4, help="connections (default 4)")
     upload.add_argument(
         "--chunker", choices=["cdc", "fixed"], default="cdc", help="chunking (default cdc)"
+    )
+    upload.add_argument(
+        "--cdc-avg",
+        type=int,
+        choices=[4, 8, 16, 32, 64, 128, 256, 512, 1024],
+        default=64,
+        metavar="KIB",
+        help="average CDC chunk in KiB; min is a quarter, max four times (default 64)",
     )
     upload.add_argument(
         "--state-dir",

@@ -36,6 +36,41 @@ def test_chunkstore_bench_writes_results_table_and_plot(tmp_path: Path) -> None:
     table = (out / "results.md").read_text()
     assert "| event log | replay (read + decode + fold every stream) |" in table
     assert (out / "eventlog.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (goal,) = [t for t in results["targets"] if t["target"].startswith("audit re-hash")]
+    assert goal["figure"] == pytest.approx(audit["ratio"], rel=1e-2)
+    assert goal["met"] == (goal["figure"] >= 0.7)
+    assert "| target | figure | goal | met |" in table
+
+
+def test_targets_divide_the_named_cases_and_say_whether_each_goal_is_met() -> None:
+    from benchmarks.suite import CEILING, targets
+
+    def row(name: str, figure: float, group: str = "throughput", baseline: str = "") -> dict:  # type: ignore[type-arg]
+        return {"name": name, "figure": figure, "group": group, "baseline": baseline or None}
+
+    rows = [
+        row(CEILING, 300),
+        row("chunkstore raw chunks, 1 connection", 270),
+        row("chunkstore tus (tuspy)", 200),
+        row("files on disk per GiB stored", 33, "memory"),
+        row("server peak RSS, 256 MiB raw upload", 80, "memory"),
+        row(
+            "server peak RSS, 4096 MiB raw upload",
+            100,
+            "memory",
+            "server peak RSS, 256 MiB raw upload",
+        ),
+    ]
+    found = {goal["target"]: goal for goal in targets(rows)}
+    assert found["raw chunks, 1 connection, against the durable ceiling"]["figure"] == 0.9
+    assert found["raw chunks, 1 connection, against the durable ceiling"]["met"] is True
+    assert found["tus (tuspy) against raw chunks, 1 connection"]["met"] is False  # 0.74
+    assert found["files on disk per GiB stored"]["met"] is True
+    flat = found["server peak RSS, 4096 MiB raw upload: flat"]
+    assert flat["figure"] == 1.25 and flat["met"] is False
+    assert found["server peak RSS, 4096 MiB raw upload under 150 MiB"]["met"] is True
+    # A target whose cases this run did not measure is left out, not failed.
+    assert not any("tuspyserver" in name for name in found)
 
 
 #: ``chunkstore bench --help`` with pytest unimportable, as where it is not installed (a

@@ -27,6 +27,7 @@ from chunkstore.client import (
     TransientError,
     UploadClient,
     UploadResult,
+    UsageError,
     answer_of,
     plan_batches,
     retry_after_seconds,
@@ -50,6 +51,7 @@ from tests.helpers import (
 )
 
 MiB = 1024 * 1024
+KiB = 1024
 RESULT_KEYS = {"upload_id", "status", "bytes_total", "bytes_sent", "bytes_deduplicated", "sha256"}
 #: Quick retries: the tests' failures are injected, not congestion to back off from.
 FAST_RETRY = RetryPolicy(attempts=10, base_delay=0.05, max_delay=0.5)
@@ -596,3 +598,28 @@ def test_progress_line_shows_bytes_sent_and_skipped_rate_and_eta() -> None:
     assert "8.0 MiB skipped" in line
     assert "8.0 MiB/s" in line
     assert "ETA 0:06" in line
+
+
+def test_a_smaller_cdc_average_cuts_more_chunks_and_is_another_upload(
+    server: Server, owner: str, tmp_path: Path
+) -> None:
+    path = write_random(tmp_path / "data.bin", 4 * MiB)
+    default = upload(server.url, server.token(owner), path, tmp_path / "state")
+    smaller = upload(server.url, server.token(owner), path, tmp_path / "state", cdc_avg=16 * KiB)
+
+    assert smaller.upload_id != default.upload_id  # not a resume of the first
+    assert smaller.sha256 == default.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    with server.client(owner) as client:
+        chunks = [
+            client.get(f"/api/v1/upload/status/{result.upload_id}").json()["total_chunks"]
+            for result in (default, smaller)
+        ]
+    # About 4 MiB / 64 KiB and 4 MiB / 16 KiB chunks.
+    assert chunks[1] > 2 * chunks[0], chunks
+
+
+def test_a_cdc_average_fastcdc_cannot_take_is_a_usage_error(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="power of two"):
+        UploadClient("http://127.0.0.1:1", "token", cdc_avg=48 * KiB, state_dir=tmp_path)
+    answer = cli("upload", str(tmp_path), "--cdc-avg", "3")
+    assert answer.returncode == 2 and "--cdc-avg" in answer.stderr
