@@ -290,7 +290,8 @@ class Intake:
             raise
         if not arrivals:
             return Recorded(state, [], [])
-        refs = self.app.store.blobs.commit_many(writers)
+        # The events follow in a synced transaction before the answer (see BlobStore).
+        refs = self.app.store.blobs.commit_many(writers, recorded_after=True)
         chunks = [
             (index, ref.digest, ref.size) for (index, _), ref in zip(arrivals, refs, strict=True)
         ]

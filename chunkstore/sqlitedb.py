@@ -50,9 +50,15 @@ class Database:
         return conn
 
     @contextlib.contextmanager
-    def write(self) -> Iterator[sqlite3.Connection]:
+    def write(self, synced: bool = True) -> Iterator[sqlite3.Connection]:
         """A write transaction (``BEGIN IMMEDIATE``): committed when the block ends,
         rolled back if it raises. A full disk becomes ``InsufficientStorage``.
+
+        ``synced=False`` commits without syncing the write-ahead log (``synchronous=
+        NORMAL`` for this one transaction): only for a caller that commits a synced
+        transaction of this database before it acknowledges anything. The log is
+        appended in commit order, so that later sync makes this commit durable too; a
+        crash before it loses both, and nothing had been acknowledged.
 
         A write inside a write of the same thread joins it (the outer block commits or
         rolls back): gc deletes pack index rows while it holds the log's write lock, and
@@ -61,6 +67,16 @@ class Database:
         if conn.in_transaction:
             yield conn
             return
+        if not synced:
+            conn.execute("PRAGMA synchronous=NORMAL")
+        try:
+            yield from self._transaction(conn)
+        finally:
+            if not synced:
+                conn.execute("PRAGMA synchronous=FULL")
+
+    @staticmethod
+    def _transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn

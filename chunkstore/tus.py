@@ -387,7 +387,8 @@ class StreamCutter:
         """Make the pending blobs durable, together."""
         pending, self.pending = self.pending, []
         try:
-            refs = self.blobs.commit_many(pending)
+            # An offset is acknowledged only from the events recorded after (synced).
+            refs = self.blobs.commit_many(pending, recorded_after=True)
         except BaseException:
             for writer in pending:
                 writer.abort()

@@ -483,11 +483,13 @@ class TestPackBlobStore(BlobStoreContract, BlobAgeingContract, BlobEvidenceContr
         class FirstAddWaits(SQLitePackIndex):
             adds = 0
 
-            def add(self, rows: Sequence[IndexRow], committed: Mapping[str, int]) -> list[bool]:
+            def add(
+                self, rows: Sequence[IndexRow], committed: Mapping[str, int], synced: bool = True
+            ) -> list[bool]:
                 FirstAddWaits.adds += 1
                 if FirstAddWaits.adds == 1:
                     wait_for(lambda: stats[0].index_requests == THREADS, "every commit queued")
-                return super().add(rows, committed)
+                return super().add(rows, committed, synced)
 
         blobs = PackBlobStore(root, FirstAddWaits(Database(root / "chunkstore.sqlite3")))
         stats.append(blobs.stats)

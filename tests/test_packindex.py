@@ -6,6 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
+from chunkstore.blobs.packindex import UnknownPack
 from chunkstore.blobs.packindex.memory import MemoryPackIndex
 from chunkstore.blobs.packindex.sqlite import SQLitePackIndex
 from chunkstore.eventlog.sqlite import SQLiteLog
@@ -81,3 +84,29 @@ class TestSQLitePackIndex(PackIndexContract):
             pass
 
         assert index.lookup(digest_of(1)) == row(1)
+
+    def test_an_unsynced_add_keeps_its_rows_and_leaves_the_connection_synced(
+        self, tmp_path: Path
+    ) -> None:
+        # The intake's index rows are committed without a sync of their own: the
+        # session's events, committed synced right after on the same database, cover
+        # them. The pragma is for that one transaction only.
+        log = SQLiteLog(tmp_path / "chunkstore.sqlite3")
+        index = SQLitePackIndex(log.db)
+        index.register("p1", 1.0)
+
+        assert index.add([row(1)], {"p1": 1148}, synced=False) == [True]
+
+        conn = log.db.connection()
+        assert conn.execute("PRAGMA synchronous").fetchone() == (2,)  # FULL again
+        other = SQLitePackIndex(Database(tmp_path / "chunkstore.sqlite3"))
+        assert other.lookup(digest_of(1)) == row(1)
+        info = other.pack("p1")
+        assert info is not None and info.committed == 1148
+
+    def test_a_failed_unsynced_add_leaves_the_connection_synced(self, tmp_path: Path) -> None:
+        index = SQLitePackIndex(Database(tmp_path / "db.sqlite3"))
+        with pytest.raises(UnknownPack):
+            index.add([row(1)], {"unknown": 1148}, synced=False)
+        assert index.db.connection().execute("PRAGMA synchronous").fetchone() == (2,)
+        assert index.lookup(digest_of(1)) is None

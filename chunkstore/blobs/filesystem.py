@@ -179,7 +179,9 @@ class FileBlobStore:
         with full_disk_guard("a chunk"):
             return FileBlobWriter(self, expected_digest if verified else None)
 
-    def commit_many(self, writers: Sequence[BlobWriter]) -> list[BlobRef]:
+    def commit_many(
+        self, writers: Sequence[BlobWriter], recorded_after: bool = False
+    ) -> list[BlobRef]:
         """Make every writer's bytes durable under its digest: fsync each file, link it,
         fsync its directory. The bytes are on disk before the name appears, so a name
         never points at bytes that a crash could lose. (One file per chunk is the old

@@ -66,7 +66,9 @@ class MemoryBlobStore:
             return writer
         return MemoryBlobWriter(expected_digest if verified else None)
 
-    def commit_many(self, writers: Sequence[BlobWriter]) -> list[BlobRef]:
+    def commit_many(
+        self, writers: Sequence[BlobWriter], recorded_after: bool = False
+    ) -> list[BlobRef]:
         refs = []
         with self._lock:
             for writer in writers:

@@ -208,8 +208,8 @@ class _IndexCommits:
         self.pending: list[_IndexJob] = []
         self.leading = False
 
-    def add(self, rows: list[IndexRow], committed: dict[str, int]) -> list[bool]:
-        job = _IndexJob(rows, committed)
+    def add(self, rows: list[IndexRow], committed: dict[str, int], synced: bool) -> list[bool]:
+        job = _IndexJob(rows, committed, synced)
         with self.cond:
             self.pending.append(job)
             self.stats.index_requests += 1
@@ -233,7 +233,12 @@ class _IndexCommits:
     def _commit(self, batch: list[_IndexJob]) -> None:
         rows = [row for job in batch for row in job.rows]
         try:
-            inserted = self.index.add(rows, merge_committed(*(job.committed for job in batch)))
+            inserted = self.index.add(
+                rows,
+                merge_committed(*(job.committed for job in batch)),
+                # Unsynced only if every caller in it commits a synced transaction after.
+                synced=any(job.synced for job in batch),
+            )
             self.stats.index_transactions += 1
         except BaseException as error:
             for job in batch:
@@ -253,6 +258,7 @@ class _IndexCommits:
 class _IndexJob:
     rows: list[IndexRow]
     committed: dict[str, int]
+    synced: bool
     inserted: list[bool] = field(default_factory=list)
     error: BaseException | None = None
     done: bool = False
@@ -431,9 +437,13 @@ class PackBlobStore:
             raise ValueError(f"not a BLAKE3 hex digest: {expected_digest!r}")
         return PackWriter(expected_digest if verified else None)
 
-    def commit_many(self, writers: Sequence[BlobWriter]) -> list[BlobRef]:
+    def commit_many(
+        self, writers: Sequence[BlobWriter], recorded_after: bool = False
+    ) -> list[BlobRef]:
         """Make the writers' bytes durable and indexed (see the module's docstring). Must
-        not be called inside a write transaction of the index's database."""
+        not be called inside a write transaction of the index's database. With
+        ``recorded_after`` the index rows' transaction is not synced on its own: the
+        caller's synced event transaction, right after, covers it (``BlobStore``)."""
         refs: list[BlobRef | None] = [None] * len(writers)
         first: dict[str, int] = {}
         for position, writer in enumerate(writers):
@@ -455,7 +465,9 @@ class PackBlobStore:
                 new.append((position, Chunk(digest, writer.size, writer.pieces, now)))
         try:
             if new:
-                inserted = self.store_chunks([chunk for _, chunk in new])
+                inserted = self.store_chunks(
+                    [chunk for _, chunk in new], synced_index=not recorded_after
+                )
                 for (position, chunk), created in zip(new, inserted, strict=True):
                     refs[position] = BlobRef(chunk.digest, chunk.size, created=created)
         finally:
@@ -464,14 +476,14 @@ class PackBlobStore:
         self.stats.commits += 1
         return [ref for ref in refs if ref is not None]
 
-    def store_chunks(self, chunks: Sequence[Chunk]) -> list[bool]:
+    def store_chunks(self, chunks: Sequence[Chunk], synced_index: bool = True) -> list[bool]:
         """Append, sync and index ``chunks`` (digests trusted, none known to the index);
         per chunk, whether its row was inserted (another writer of the same digest may
         have won meanwhile: then its record is dead bytes a repack drops)."""
         appended, packs = self._append(chunks)
         try:
             self._sync(appended, packs)
-            inserted = self._index_commits.add(appended.rows, appended.committed)
+            inserted = self._index_commits.add(appended.rows, appended.committed, synced_index)
             for pack in packs:
                 with pack.cond:
                     pack.committed = max(pack.committed, appended.committed[pack.name])

@@ -63,12 +63,16 @@ class PackIndex(Protocol):
         """The rows of those ``digests`` the index has."""
         ...
 
-    def add(self, rows: Sequence[IndexRow], committed: Mapping[str, int]) -> list[bool]:
+    def add(
+        self, rows: Sequence[IndexRow], committed: Mapping[str, int], synced: bool = True
+    ) -> list[bool]:
         """In one transaction: insert ``rows`` (a digest the index has already keeps its
         row: the first writer wins, also within ``rows``) and raise each named pack's
         committed length to at least the given one (it never shrinks). Per row, whether
         it was inserted. ``UnknownPack``, with nothing changed, if a pack is not
-        registered."""
+        registered. ``synced=False``: the caller commits a synced transaction of the same
+        database (the session's events) before it acknowledges anything, and that sync
+        may make this one durable too."""
         ...
 
     def remove(self, digests: Iterable[str]) -> set[str]:

@@ -24,7 +24,9 @@ class MemoryPackIndex:
         with self._lock:
             return {d: row for d in digests if (row := self._rows.get(d)) is not None}
 
-    def add(self, rows: Sequence[IndexRow], committed: Mapping[str, int]) -> list[bool]:
+    def add(
+        self, rows: Sequence[IndexRow], committed: Mapping[str, int], synced: bool = True
+    ) -> list[bool]:
         with self._lock:
             self._check_known(committed)
             inserted = []

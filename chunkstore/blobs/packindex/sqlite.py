@@ -80,8 +80,10 @@ class SQLitePackIndex:
                 found[row[0]] = IndexRow(*row)
         return found
 
-    def add(self, rows: Sequence[IndexRow], committed: Mapping[str, int]) -> list[bool]:
-        with self.db.write() as conn:
+    def add(
+        self, rows: Sequence[IndexRow], committed: Mapping[str, int], synced: bool = True
+    ) -> list[bool]:
+        with self.db.write(synced) as conn:
             self._check_known(conn, committed)
             # One statement per row: its change count says whether this row won.
             inserted = [conn.execute(_INSERT, row).rowcount == 1 for row in rows]
