@@ -368,8 +368,11 @@ class ChunkReader:
     """Reads chunks back from the file by offset, for any number of threads.
 
     ``os.pread`` has no shared file position, so one descriptor serves every worker.
-    Each chunk is re-hashed: a file edited since the scan is caught here, with a clear
-    message, instead of as a checksum error from the server.
+    A chunk is not re-hashed here: the server hashes every frame against the digest
+    declared for it and refuses one that differs (``checksum-mismatch``), so a file
+    edited since the scan cannot slip through; ``explain`` then turns that refusal
+    into a clear message. (Re-hashing cost the client a BLAKE3 pass over every byte
+    it sent, on the cores the server needs too.)
     """
 
     def __init__(self, path: Path) -> None:
@@ -378,12 +381,25 @@ class ChunkReader:
 
     def read(self, chunk: ChunkInfo) -> bytes:
         data = os.pread(self.fd, chunk.size, chunk.offset)
-        if len(data) != chunk.size or blake3.blake3(data).hexdigest() != chunk.digest:
-            raise FileChanged(
-                f"{self.path} changed during the upload (bytes at offset {chunk.offset});"
-                " run the command again to upload the new version"
-            )
+        if len(data) != chunk.size:
+            raise self.changed(chunk)
         return data
+
+    def changed(self, chunk: ChunkInfo) -> FileChanged:
+        return FileChanged(
+            f"{self.path} changed during the upload (bytes at offset {chunk.offset});"
+            " run the command again to upload the new version"
+        )
+
+    def explain(self, error: ServerError, chunks: Sequence[ChunkInfo]) -> ClientError:
+        """A ``checksum-mismatch`` refusal of ``chunks``: ``FileChanged`` naming the
+        first chunk whose bytes on disk no longer hash to its scanned digest, else the
+        server's own error (the bytes were damaged on the way)."""
+        for chunk in chunks:
+            data = os.pread(self.fd, chunk.size, chunk.offset)
+            if len(data) != chunk.size or blake3.blake3(data).hexdigest() != chunk.digest:
+                return self.changed(chunk)
+        return error
 
     def close(self) -> None:
         os.close(self.fd)
@@ -605,6 +621,10 @@ class Transfer:
                 return
             except TransientError as error:
                 failure = error
+            except ServerError as error:
+                if error.slug != "checksum-mismatch":
+                    raise
+                raise self.reader.explain(error, [self.chunks[i] for i in pending]) from error
         raise GaveUp(
             f"sending {len(pending)} chunks failed {self.policy.attempts} times;"
             f" last error: {failure}"

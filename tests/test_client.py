@@ -21,8 +21,11 @@ from chunkstore.chunking import ChunkInfo, chunk_file
 from chunkstore.cli import render_progress
 from chunkstore.client import (
     BATCH_BYTES,
+    ChunkReader,
+    FileChanged,
     OutOfStorage,
     RetryPolicy,
+    SentCounter,
     ServerError,
     TransientError,
     UploadClient,
@@ -31,6 +34,7 @@ from chunkstore.client import (
     answer_of,
     plan_batches,
     retry_after_seconds,
+    scan_file,
 )
 from chunkstore.events import ManifestWritten
 from chunkstore.testing import MakeServer, Server
@@ -623,3 +627,31 @@ def test_a_cdc_average_fastcdc_cannot_take_is_a_usage_error(tmp_path: Path) -> N
         UploadClient("http://127.0.0.1:1", "token", cdc_avg=48 * KiB, state_dir=tmp_path)
     answer = cli("upload", str(tmp_path), "--cdc-avg", "3")
     assert answer.returncode == 2 and "--cdc-avg" in answer.stderr
+
+
+def test_a_file_edited_after_its_scan_stops_the_upload_with_a_clear_message(
+    server: Server, owner: str, tmp_path: Path
+) -> None:
+    # The client does not re-hash what it sends; the server refuses a frame that does
+    # not hash to its declared digest, and the client says which bytes changed.
+    path = write_random(tmp_path / "edited.bin", 2 * MiB)
+    client = UploadClient(server.url, server.token(owner), state_dir=tmp_path / "state")
+    scan = scan_file(path, "cdc")
+    with open(path, "r+b") as out:  # same size, other bytes, after the scan
+        out.seek(MiB)
+        out.write(os.urandom(1000))
+    api = client.open_api()
+    reader = ChunkReader(path)
+    try:
+        upload_id, answer = client.start(
+            api, client.state_key(scan), scan, "application/octet-stream"
+        )
+        with pytest.raises(FileChanged, match="changed during the upload"):
+            client.finish(api, upload_id, answer, scan, reader, SentCounter(None))
+    finally:
+        reader.close()
+        api.close()
+    with server.client(owner) as http:
+        status = http.get(f"/api/v1/upload/status/{upload_id}").json()
+    assert status["status"] == "active"
+    assert len(status["received_chunks"]) < len(scan.chunks)  # the batch with it was refused
