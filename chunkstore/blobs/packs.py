@@ -40,9 +40,9 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, cast
+from typing import BinaryIO, NamedTuple, cast
 
 import blake3
 
@@ -69,6 +69,7 @@ from chunkstore.blobs.packfile import (
 from chunkstore.blobs.packindex import IndexRow, PackIndex, merge_committed
 from chunkstore.durable import fsync_directory, make_durable_dirs, write_all
 from chunkstore.errors import CorruptBlob, full_disk_guard
+from chunkstore.groupcommit import GroupCommit
 
 log = logging.getLogger("chunkstore.blobs.packs")
 
@@ -204,64 +205,32 @@ class _IndexCommits:
     def __init__(self, index: PackIndex, stats: PackStats) -> None:
         self.index = index
         self.stats = stats
-        self.cond = threading.Condition()
-        self.pending: list[_IndexJob] = []
-        self.leading = False
+        self.group: GroupCommit[_IndexJob, list[bool]] = GroupCommit(self._commit)
 
     def add(self, rows: list[IndexRow], committed: dict[str, int], synced: bool) -> list[bool]:
-        job = _IndexJob(rows, committed, synced)
-        with self.cond:
-            self.pending.append(job)
-            self.stats.index_requests += 1
-            while not job.done:
-                if self.leading:
-                    self.cond.wait()
-                    continue
-                batch, self.pending = self.pending, []
-                self.leading = True
-                self.cond.release()
-                try:
-                    self._commit(batch)
-                finally:
-                    self.cond.acquire()
-                    self.leading = False
-                    self.cond.notify_all()
-        if job.error is not None:
-            raise job.error
-        return job.inserted
+        self.stats.index_requests += 1
+        return self.group.submit(_IndexJob(rows, committed, synced))
 
-    def _commit(self, batch: list[_IndexJob]) -> None:
-        rows = [row for job in batch for row in job.rows]
-        try:
-            inserted = self.index.add(
-                rows,
-                merge_committed(*(job.committed for job in batch)),
-                # Unsynced only if every caller in it commits a synced transaction after.
-                synced=any(job.synced for job in batch),
-            )
-            self.stats.index_transactions += 1
-        except BaseException as error:
-            for job in batch:
-                job.error = error
-                job.done = True
-            if not isinstance(error, Exception):
-                raise
-            return
+    def _commit(self, batch: list[_IndexJob]) -> list[list[bool] | BaseException]:
+        inserted = self.index.add(
+            [row for job in batch for row in job.rows],
+            merge_committed(*(job.committed for job in batch)),
+            # Unsynced only if every caller in it commits a synced transaction after.
+            synced=any(job.synced for job in batch),
+        )
+        self.stats.index_transactions += 1
+        outcomes: list[list[bool] | BaseException] = []
         start = 0
         for job in batch:
-            job.inserted = inserted[start : start + len(job.rows)]
+            outcomes.append(inserted[start : start + len(job.rows)])
             start += len(job.rows)
-            job.done = True
+        return outcomes
 
 
-@dataclass
-class _IndexJob:
+class _IndexJob(NamedTuple):
     rows: list[IndexRow]
     committed: dict[str, int]
     synced: bool
-    inserted: list[bool] = field(default_factory=list)
-    error: BaseException | None = None
-    done: bool = False
 
 
 # -- the read side -------------------------------------------------------------------------

@@ -1,9 +1,11 @@
 """The event log on SQLite (the embedded default): ``sqlite:///path/to/file``.
 
 One database file holds the events, the projections (``chunkstore.projections``) and
-the tokens. Positions are ``MAX(position) + 1`` taken under the database's write lock,
-so they are gap-free and in commit order: a reader following ``read_all`` never skips
-an event committed after the position it has seen.
+the tokens. Concurrent appends are committed together, one synced transaction for
+all, each in a savepoint of its own (group commit). Positions are ``MAX(position) + 1``
+taken under the database's write lock, so they are gap-free and in commit order: a
+reader following ``read_all`` never skips an event committed after the position it has
+seen.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlite_utils
 from sqlite_utils.db import Table
@@ -21,6 +23,7 @@ from sqlite_utils.db import Table
 from chunkstore import events as ev
 from chunkstore.errors import ConcurrencyConflict
 from chunkstore.eventlog import RecordedEvent
+from chunkstore.groupcommit import GroupCommit
 from chunkstore.projections import (
     HELD_STATUS_VALUES,
     OPEN_STATUS_VALUES,
@@ -51,6 +54,14 @@ _UPSERT = (
 _ADD_OWNER_CHUNK = "INSERT OR IGNORE INTO owner_chunks (owner, digest, size) VALUES (?, ?, ?)"
 
 
+class _Append(NamedTuple):
+    stream_id: str
+    expected_version: int
+    events: Sequence[ev.KnownEvent]
+    changes: RowChanges
+    precondition: Callable[[], None] | None
+
+
 def _table(db: sqlite_utils.Database, name: str) -> Table:
     table = db.table(name)
     assert isinstance(table, Table)
@@ -63,6 +74,8 @@ class SQLiteLog:
     def __init__(self, path: Path) -> None:
         self.db = Database(path)
         self._create_schema()
+        #: Concurrent appends share a transaction and its sync (``chunkstore.groupcommit``).
+        self._appends: GroupCommit[_Append, list[RecordedEvent]] = GroupCommit(self._append_batch)
 
     def close(self) -> None:
         self.db.close()
@@ -107,42 +120,68 @@ class SQLiteLog:
     ) -> list[RecordedEvent]:
         if not events:
             return []
+        job = _Append(stream_id, expected_version, events, changes, precondition)
+        if self.db.connection().in_transaction:
+            # Inside this thread's own write (gc's lock): a batch led by another
+            # thread would wait for that transaction, which waits for this append.
+            with self.db.write() as conn:
+                return self._append(conn, job)
+        return self._appends.submit(job)
+
+    def _append_batch(self, batch: list[_Append]) -> list[list[RecordedEvent] | BaseException]:
+        """Concurrent appends in one synced transaction (one WAL sync for them all), each
+        in a savepoint of its own: one refused (a version conflict, a failed
+        precondition) is rolled back alone and its caller gets the error."""
+        outcomes: list[list[RecordedEvent] | BaseException] = []
+        with self.db.write() as conn:
+            for job in batch:
+                conn.execute("SAVEPOINT append")
+                try:
+                    outcomes.append(self._append(conn, job))
+                except Exception as error:
+                    conn.execute("ROLLBACK TO append")
+                    outcomes.append(error)
+                finally:
+                    conn.execute("RELEASE append")
+        return outcomes
+
+    def _append(self, conn: sqlite3.Connection, job: _Append) -> list[RecordedEvent]:
+        stream_id, expected_version, events = job.stream_id, job.expected_version, job.events
         now = datetime.now(UTC)
         recorded_at = iso(now)
-        with self.db.write() as conn:
-            if precondition is not None:
-                precondition()
-            (current,) = conn.execute(
-                "SELECT COALESCE(MAX(version), 0) FROM events WHERE stream_id = ?", (stream_id,)
-            ).fetchone()
-            if current != expected_version:
-                raise ConcurrencyConflict(
-                    f"stream {stream_id} is at version {current}, not {expected_version}",
-                    stream_id=stream_id,
-                    expected=expected_version,
-                    actual=current,
-                )
-            (position,) = conn.execute("SELECT COALESCE(MAX(position), 0) FROM events").fetchone()
-            recorded = [
-                RecordedEvent(stream_id, expected_version + n, position + n, now, event)
-                for n, event in enumerate(events, start=1)
-            ]
-            conn.executemany(
-                "INSERT INTO events (stream_id, version, position, type, data, recorded_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        stream_id,
-                        item.version,
-                        item.position,
-                        ev.event_type(item.event),
-                        ev.encode(event).decode(),
-                        recorded_at,
-                    )
-                    for item, event in zip(recorded, events, strict=True)
-                ],
+        if job.precondition is not None:
+            job.precondition()
+        (current,) = conn.execute(
+            "SELECT COALESCE(MAX(version), 0) FROM events WHERE stream_id = ?", (stream_id,)
+        ).fetchone()
+        if current != expected_version:
+            raise ConcurrencyConflict(
+                f"stream {stream_id} is at version {current}, not {expected_version}",
+                stream_id=stream_id,
+                expected=expected_version,
+                actual=current,
             )
-            self._store_rows(conn, changes)
+        (position,) = conn.execute("SELECT COALESCE(MAX(position), 0) FROM events").fetchone()
+        recorded = [
+            RecordedEvent(stream_id, expected_version + n, position + n, now, event)
+            for n, event in enumerate(events, start=1)
+        ]
+        conn.executemany(
+            "INSERT INTO events (stream_id, version, position, type, data, recorded_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    stream_id,
+                    item.version,
+                    item.position,
+                    ev.event_type(item.event),
+                    ev.encode(event).decode(),
+                    recorded_at,
+                )
+                for item, event in zip(recorded, events, strict=True)
+            ],
+        )
+        self._store_rows(conn, job.changes)
         return recorded
 
     @staticmethod
