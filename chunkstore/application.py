@@ -110,12 +110,14 @@ class UploadService:
         def guard() -> None:
             # gc deletes blobs under the same write lock: a chunk this append names
             # that is still there now stays there until the append is committed.
-            for event in new_events:
-                if isinstance(event, ChunkStored) and not self.store.blobs.exists(event.digest):
-                    raise ChunkSwept(
-                        f"chunk {event.index} was removed by gc meanwhile; send it again",
-                        digest=event.digest,
-                    )
+            named = {e.digest: e.index for e in new_events if isinstance(e, ChunkStored)}
+            gone = self.store.blobs.missing(named) if named else set()
+            if gone:
+                digest = min(gone)
+                raise ChunkSwept(
+                    f"chunk {named[digest]} was removed by gc meanwhile; send it again",
+                    digest=digest,
+                )
             if precondition is not None:
                 precondition()
 

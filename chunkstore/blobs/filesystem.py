@@ -15,7 +15,7 @@ import functools
 import os
 import secrets
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -261,6 +261,9 @@ class FileBlobStore:
 
     def exists(self, digest: str) -> bool:
         return os.path.exists(self._path_str(digest))
+
+    def missing(self, digests: Iterable[str]) -> set[str]:
+        return {digest for digest in digests if not self.exists(digest)}
 
     def size(self, digest: str) -> int | None:
         try:

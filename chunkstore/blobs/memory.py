@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import BinaryIO
 
 import blake3
@@ -99,6 +99,10 @@ class MemoryBlobStore:
     def exists(self, digest: str) -> bool:
         with self._lock:
             return digest in self._blobs
+
+    def missing(self, digests: Iterable[str]) -> set[str]:
+        with self._lock:
+            return {digest for digest in digests if digest not in self._blobs}
 
     def size(self, digest: str) -> int | None:
         with self._lock:

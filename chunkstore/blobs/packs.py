@@ -39,7 +39,7 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, NamedTuple, cast
@@ -738,6 +738,11 @@ class PackBlobStore:
         if self.index.lookup(digest) is not None:
             return True
         return self.loose is not None and self.loose.exists(digest)
+
+    def missing(self, digests: Iterable[str]) -> set[str]:
+        wanted = set(digests)
+        absent = wanted - self.index.lookup_many(wanted).keys()
+        return absent if self.loose is None else self.loose.missing(absent)
 
     def size(self, digest: str) -> int | None:
         row = self.index.lookup(digest)

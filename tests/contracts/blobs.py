@@ -53,6 +53,15 @@ class BlobStoreContract(BlobContract):
         assert read_blob(blobs, digest) == data
         assert list(blobs.digests()) == [digest]
 
+    def test_missing_names_the_digests_not_stored_and_no_others(self, blobs: BlobBackend) -> None:
+        stored = [blobs.put(os.urandom(100 + n)).digest for n in range(3)]
+        absent = [blake3_hex(os.urandom(50)) for _ in range(2)]
+        blobs.delete(stored[1])
+
+        assert blobs.missing([*stored, *absent, stored[0]]) == {stored[1], *absent}
+        assert blobs.missing(stored[::2]) == set()
+        assert blobs.missing([]) == set()
+
     def test_an_empty_blob_is_a_blob(self, blobs: BlobBackend) -> None:
         ref = blobs.put(b"")
 
