@@ -529,6 +529,8 @@ def _total_bytes(service: UploadService, store: _Store) -> int:
 
 def audit(service: UploadService, progress: ProgressCallback | None = None) -> AuditReport:
     """Check everything; a finding per problem, in a stable order."""
+    from chunkstore.packaudit import BlobSizes, check_packs  # it builds on this module
+
     started = time.perf_counter()
     findings: list[Finding] = []
     store = replay_store(service, findings)
@@ -542,8 +544,6 @@ def audit(service: UploadService, progress: ProgressCallback | None = None) -> A
         blob_findings, sizes = check_blobs(service, summary, progress, total_bytes)
         findings.extend(blob_findings)
     else:
-        from chunkstore.packaudit import BlobSizes, check_packs
-
         checked = check_packs(packs, service.store.blobs, summary, progress, total_bytes)
         findings.extend(checked.findings)
         sizes = BlobSizes(packs, checked)
@@ -554,6 +554,9 @@ def audit(service: UploadService, progress: ProgressCallback | None = None) -> A
     for upload_id, state in sorted(store.states.items()):
         if state.status not in LIVE_STATUSES:
             continue  # an ended session's chunks are gc's to sweep once it is old enough
+        if packs is not None:
+            assert isinstance(sizes, BlobSizes)
+            sizes.prefetch(digest for digest, _ in state.chunks.values())
         manifest = None
         if state.manifest is not None:
             summary.manifests += 1
