@@ -13,9 +13,9 @@ threshold (``CHUNKSTORE_REPACK_DEAD``, 0.2) is rewritten:
 
 Killed at any point, nothing is lost: before the move the old rows are untouched and
 the copies are dead bytes; after it, the old pack is only retired, and the next run
-removes retired packs' files (``finish_retired``). A reader that looked a record up
-before the move and opens the pack after its removal looks again and finds the new
-place (``PackBlobStore.open``); one that already had the pack open keeps reading it
+removes retired packs' files (``repack_plan`` picks them). A reader that looked a
+record up before the move and opens the pack after its removal looks again and finds
+the new place (``PackBlobStore.open``); one that already had the pack open keeps reading it
 (an unlinked file's bytes stay until its last descriptor closes).
 
 No lock is held while bytes are copied: appends of uploads interleave with the copy
@@ -177,12 +177,3 @@ def _remove_pack(packed: PackedBlobs, name: str, report: RepackReport) -> bool:
         packed.index.forget(name)
     report.bytes_reclaimed += size
     return True
-
-
-def finish_retired(packed: PackedBlobs) -> RepackReport:
-    """Remove the files of packs a repack retired but did not get to remove."""
-    report = RepackReport()
-    for info in packed.index.packs():
-        if info.retired and _remove_pack(packed, info.name, report):
-            report.packs_removed += 1
-    return report
