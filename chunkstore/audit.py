@@ -28,10 +28,10 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import blake3
 import msgspec
@@ -98,6 +98,11 @@ class Summary(msgspec.Struct, kw_only=True):
     manifests: int = 0
     files: int = 0
     file_bytes: int = 0
+    #: Pack files read, their bytes, and the bytes of records no index row points at
+    #: (swept blobs, duplicates: what the next repack gives back).
+    packs: int = 0
+    pack_bytes: int = 0
+    reclaimable_bytes: int = 0
     seconds: float = 0.0
 
     @property
@@ -110,6 +115,9 @@ class AuditReport(msgspec.Struct, kw_only=True):
     summary: Summary
     #: What ``--repair`` did (empty without it).
     repairs: list[str] = msgspec.field(default_factory=list)
+    #: Digest -> (pack, offset, length, size) of an intact record no row points at, for
+    #: each blob whose row is lost or damaged: where ``--repair`` points its row.
+    relocations: dict[str, tuple[str, int, int, int]] = msgspec.field(default_factory=dict)
 
     @property
     def clean(self) -> bool:
@@ -382,14 +390,34 @@ def _take(batches: Iterator[list[str]], count: int) -> list[list[str]]:
     return taken
 
 
+class Sizes(Protocol):
+    """Digest -> size of every blob the store holds (a dict, or looked up as asked)."""
+
+    def get(self, digest: str) -> int | None: ...
+
+    def __contains__(self, digest: object) -> bool: ...
+
+
 def check_chunks(
-    upload_id: str, chunks: Iterable[tuple[int, str, int]], sizes: dict[str, int]
+    upload_id: str,
+    chunks: Iterable[tuple[int, str, int]],
+    sizes: Sizes,
+    unindexed: Container[str] = (),
 ) -> list[Finding]:
-    """Each (index, digest, size) named by a session or manifest exists with that size."""
+    """Each (index, digest, size) named by a session or manifest exists with that size.
+    ``unindexed``: digests of intact records in packs that no index row points at."""
     findings = []
     for index, digest, size in chunks:
         actual = sizes.get(digest)
-        if actual is None:
+        if actual is None and digest in unindexed:
+            findings.append(
+                Finding(
+                    "index-row-missing",
+                    upload_id,
+                    f"chunk {index}: blob {digest} is intact in a pack, without an index row",
+                )
+            )
+        elif actual is None:
             findings.append(Finding("chunk-missing", upload_id, f"chunk {index}: blob {digest}"))
         elif actual != size:
             findings.append(
@@ -403,12 +431,15 @@ def check_chunks(
 
 
 def check_manifest(
-    service: UploadService, state: SessionState, sizes: dict[str, int]
+    service: UploadService, state: SessionState, sizes: Sizes, unindexed: Container[str] = ()
 ) -> tuple[list[Finding], Manifest | None]:
     """The manifest object of a session that wrote one, against its event and chunks."""
     assert state.manifest is not None
     digest = state.manifest.manifest_digest
     upload_id = state.upload_id
+    if digest not in sizes and digest in unindexed:
+        detail = f"manifest blob {digest} is intact in a pack, without an index row"
+        return [Finding("index-row-missing", upload_id, detail)], None
     if digest not in sizes:
         return [Finding("manifest-missing", upload_id, f"manifest blob {digest}")], None
     try:
@@ -433,7 +464,7 @@ def check_manifest(
             Finding("manifest-mismatch", upload_id, "chunk sizes do not add up to the size")
         )
     chunks = ((index, d, s) for index, (d, s) in enumerate(manifest.chunks))
-    findings.extend(check_chunks(upload_id, chunks, sizes))
+    findings.extend(check_chunks(upload_id, chunks, sizes, unindexed))
     return findings, manifest
 
 
@@ -498,30 +529,64 @@ def _total_bytes(service: UploadService, store: _Store) -> int:
 
 def audit(service: UploadService, progress: ProgressCallback | None = None) -> AuditReport:
     """Check everything; a finding per problem, in a stable order."""
+    from chunkstore.packaudit import BlobSizes, check_packs  # it builds on this module
+
     started = time.perf_counter()
     findings: list[Finding] = []
     store = replay_store(service, findings)
     summary = Summary(streams=len(store.states), events=store.events)
     findings.extend(check_projections(service, store))
     total_bytes = _total_bytes(service, store) if progress is not None else 0
-    blob_findings, sizes = check_blobs(service, summary, progress, total_bytes)
-    findings.extend(blob_findings)
+    sizes: Sizes
+    spare: dict[str, tuple[str, int, int, int]] = {}
+    packs = service.store.packs
+    if packs is None:
+        blob_findings, sizes = check_blobs(service, summary, progress, total_bytes)
+        findings.extend(blob_findings)
+    else:
+        checked = check_packs(packs, service.store.blobs, summary, progress, total_bytes)
+        findings.extend(checked.findings)
+        sizes = BlobSizes(packs, checked)
+        spare = {
+            digest: (place.pack, place.offset, place.length, place.size)
+            for digest, place in checked.spare.items()
+        }
     for upload_id, state in sorted(store.states.items()):
         if state.status not in LIVE_STATUSES:
             continue  # an ended session's chunks are gc's to sweep once it is old enough
+        if packs is not None:
+            assert isinstance(sizes, BlobSizes)
+            sizes.prefetch(digest for digest, _ in state.chunks.values())
         manifest = None
         if state.manifest is not None:
             summary.manifests += 1
-            manifest_findings, manifest = check_manifest(service, state, sizes)
+            manifest_findings, manifest = check_manifest(service, state, sizes, spare)
             findings.extend(manifest_findings)
         if manifest is None:
             chunks = ((index, d, s) for index, (d, s) in sorted(state.chunks.items()))
-            findings.extend(check_chunks(upload_id, chunks, sizes))
+            findings.extend(check_chunks(upload_id, chunks, sizes, spare))
         if state.status == Status.COMPLETED:
             findings.extend(check_file(service, state, summary, progress, total_bytes))
     findings.extend(check_orphan_files(service, store))
     summary.seconds = round(time.perf_counter() - started, 3)
-    return AuditReport(findings=findings, summary=summary)
+    wanted = {_blob_of(finding) for finding in findings if finding.kind in _RELOCATABLE}
+    relocations = {digest: spare[digest] for digest in sorted(wanted) if digest in spare}
+    return AuditReport(findings=findings, summary=summary, relocations=relocations)
+
+
+#: Findings about a blob whose stored bytes are damaged or gone (repair restores it).
+_DAMAGED_BLOB_KINDS = frozenset({"blob-corrupt", "blob-missing", "index-row-mismatch"})
+#: Findings about a blob whose row is lost or points at no intact record of it.
+_RELOCATABLE = frozenset(
+    {"blob-corrupt", "blob-missing", "index-row-mismatch", "index-row-missing"}
+)
+
+
+def _blob_of(finding: Finding) -> str:
+    """The digest a blob finding is about (its subject, or named in its detail)."""
+    if finding.kind == "index-row-missing":
+        return finding.detail.split("blob ", 1)[1].split(" ", 1)[0]
+    return finding.subject
 
 
 # -- repair ---------------------------------------------------------------------------
@@ -546,8 +611,10 @@ def rebuild_projections(service: UploadService) -> None:
     raise ConcurrencyConflict("the log kept moving; run the repair again when it is quieter")
 
 
-def restore_manifest(service: UploadService, state: SessionState) -> bool:
-    """Re-encode a lost manifest from the events; kept only if it reproduces the digest."""
+def restore_manifest(service: UploadService, state: SessionState, aside: str = "") -> bool:
+    """Re-encode a lost manifest from the events; kept only if it reproduces the digest.
+    A stored manifest that is not there intact (its pack is gone or cut short) is set
+    aside into ``aside`` first, so the new copy can take its name."""
     assert state.manifest is not None
     manifest = Manifest(
         upload_id=state.upload_id,
@@ -558,9 +625,15 @@ def restore_manifest(service: UploadService, state: SessionState) -> bool:
         chunks=state.ordered_chunks(),
     )
     data = manifest.encode()
-    if blake3.blake3(data).hexdigest() != state.manifest.manifest_digest:
+    digest = state.manifest.manifest_digest
+    if blake3.blake3(data).hexdigest() != digest:
         return False
-    service.store.blobs.put(data)
+    blobs, evidence = service.store.blobs, service.store.blob_evidence
+    if blobs.exists(digest):
+        if evidence is None or not aside:
+            return False
+        evidence.set_aside(digest, f"{aside}/blobs")
+    blobs.put(data)
     return True
 
 
@@ -639,10 +712,20 @@ def repair(service: UploadService, report: AuditReport) -> list[str]:
     store = replay_store(service)
     file_kinds = {"file-missing", "file-size-mismatch", "file-corrupt"}
     bad_files = {f.subject for f in report.findings if f.kind in file_kinds}
-    bad_blobs = {f.subject for f in report.findings if f.kind == "blob-corrupt"}
+    bad_blobs = {f.subject for f in report.findings if f.kind in _DAMAGED_BLOB_KINDS}
     missing = {
         f.detail.rsplit("blob ", 1)[-1] for f in report.findings if f.kind == "chunk-missing"
     }
+    packs = service.store.packs
+    if packs is not None and report.relocations:
+        from chunkstore.packaudit import relocate
+
+        store_ = service.store
+        relocated = relocate(
+            store_.blobs, store_.blob_evidence, packs, report.relocations, aside, actions
+        )
+        bad_blobs -= relocated
+        missing -= relocated
     sources = _chunk_sources(store, bad_files)
     for digest in sorted(bad_blobs | missing):
         source = sources.get(digest)
@@ -653,10 +736,14 @@ def repair(service: UploadService, report: AuditReport) -> list[str]:
     for finding in report.findings:
         if finding.kind == "manifest-missing":
             state = store.states[finding.subject]
-            done = restore_manifest(service, state)
+            done = restore_manifest(service, state, aside)
             actions.append(
                 f"{'restored' if done else 'cannot restore'} the manifest of {finding.subject}"
             )
+    if packs is not None:
+        from chunkstore.packaudit import tidy_damaged_packs
+
+        tidy_damaged_packs(packs, report.findings, actions)
     for upload_id in sorted(bad_files):
         why = rematerialize(service, store.states[upload_id], aside)
         if why is None:

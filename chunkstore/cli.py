@@ -390,7 +390,13 @@ def cmd_gc(args: argparse.Namespace) -> int:
 
     service = _open_service(args)
     try:
-        report = collect(service, hours=args.hours, grace=args.grace, dry_run=args.dry_run)
+        report = collect(
+            service,
+            hours=args.hours,
+            grace=args.grace,
+            dry_run=args.dry_run,
+            repack_dead=args.repack_dead,
+        )
     finally:
         service.close()
     if args.json:
@@ -412,9 +418,14 @@ def cmd_gc(args: argparse.Namespace) -> int:
         f" {report.blobs_in_grace} younger than {report.grace:g} s),"
         f" {report.orphan_files_removed} orphan files {verb} removed"
         f" ({human_bytes(report.orphan_bytes_freed)}),"
-        f" {report.lock_files_removed} stale lock files {verb} removed"
+        f" {report.lock_files_removed} stale lock files {verb} removed,"
+        f" {report.loose_migrated} loose blobs {verb} moved into packs,"
+        f" {report.packs_repacked} packs {verb} repacked and {report.packs_removed} removed"
+        f" ({human_bytes(report.bytes_reclaimed)} reclaimed)"
         f" in {report.seconds:.2f} s"
     )
+    if report.records_damaged:
+        print(f"  {report.records_damaged} damaged records were left in place: run audit")
     if args.verbose:
         for upload_id in report.expired:
             print(f"  expired {upload_id}")
@@ -425,8 +436,58 @@ def cmd_gc(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_repack(args: argparse.Namespace) -> int:
+    import msgspec
+
+    from chunkstore.blobs import MigrationReport
+    from chunkstore.errors import InvalidRequest
+    from chunkstore.repack import RepackReport, repack
+
+    service = _open_service(args)
+    started = time.perf_counter()
+    try:
+        store = service.store
+        if store.packs is None:
+            raise InvalidRequest("repack: this store's blobs are not in packs")
+        threshold = service.settings.repack_dead if args.dead is None else args.dead
+        migrated = (
+            store.blob_migration.migrate_loose()
+            if store.blob_migration is not None
+            else MigrationReport()
+        )
+        repacked = RepackReport() if args.loose else repack(store.packs, threshold)
+    finally:
+        service.close()
+    seconds = round(time.perf_counter() - started, 3)
+    if args.json:
+        answer = {
+            "loose_migrated": migrated.moved,
+            "loose_bytes": migrated.bytes,
+            "loose_damaged": migrated.damaged,
+            **msgspec.to_builtins(repacked),
+            "seconds": seconds,
+        }
+        _print_json(answer)
+        return 0
+    print(
+        f"repack: {migrated.moved} loose blobs moved into packs"
+        f" ({human_bytes(migrated.bytes)}; {migrated.damaged} damaged ones left for audit),"
+        f" {repacked.packs_repacked} packs repacked and {repacked.packs_removed} removed"
+        f" ({human_bytes(repacked.bytes_reclaimed)} reclaimed,"
+        f" {repacked.records_damaged} damaged records left for audit) in {seconds:.2f} s"
+    )
+    return 0
+
+
+def dead_share(value: str) -> float:
+    share = float(value)
+    if not 0 < share <= 1:
+        raise argparse.ArgumentTypeError("must be above 0 and at most 1")
+    return share
+
+
 def add_store_commands(commands: Any) -> None:
-    """replay, audit and gc: operator commands that work on a data directory."""
+    """replay, audit, gc and repack: operator commands that work on a data directory."""
     replay = commands.add_parser("replay", help="show an upload's events and state")
     replay.add_argument("upload_id")
     _add_store_options(replay)
@@ -460,10 +521,36 @@ def add_store_commands(commands: Any) -> None:
         default=None,
         help="never sweep blobs younger than this, seconds (default $CHUNKSTORE_GC_GRACE or 3600)",
     )
+    gc.add_argument(
+        "--repack-dead",
+        type=dead_share,
+        default=None,
+        help="repack a sealed pack once this share of it is dead"
+        " (default $CHUNKSTORE_REPACK_DEAD or 0.2)",
+    )
     gc.add_argument("--dry-run", action="store_true", help="report only; change nothing")
     gc.add_argument("--verbose", action="store_true", help="list expired uploads and swept blobs")
     gc.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     gc.set_defaults(func=cmd_gc)
+
+    repack = commands.add_parser(
+        "repack", help="move loose blobs into packs and rewrite packs that are mostly dead"
+    )
+    _add_store_options(repack)
+    repack.add_argument(
+        "--loose",
+        action="store_true",
+        help="only move blobs stored one file each (the older layout) into packs",
+    )
+    repack.add_argument(
+        "--dead",
+        type=dead_share,
+        default=None,
+        help="repack a sealed pack once this share of it is dead"
+        " (default $CHUNKSTORE_REPACK_DEAD or 0.2)",
+    )
+    repack.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    repack.set_defaults(func=cmd_repack)
 
 
 def positive_int(value: str) -> int:

@@ -102,6 +102,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     #: Bytes a pack file grows to before it is sealed and a new one started (a chunk
     #: larger than this gets a pack of its own). 32 MiB: 32 files per GiB stored.
     pack_size: int = 32 * MiB
+    #: gc rewrites a sealed pack once this share of its bytes is dead (records whose
+    #: blobs were swept): above 0, at most 1.
+    repack_dead: float = 0.2
 
     @property
     def database_path(self) -> Path:
@@ -134,6 +137,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "gc_grace": ("CHUNKSTORE_GC_GRACE", float),
             "body_idle_timeout": ("CHUNKSTORE_BODY_IDLE_TIMEOUT", float),
             "pack_size": ("CHUNKSTORE_PACK_SIZE", int),
+            "repack_dead": ("CHUNKSTORE_REPACK_DEAD", float),
         }
         for field, (name, kind) in numeric.items():
             if env.get(name):
@@ -163,6 +167,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError(
                 f"CHUNKSTORE_PACK_SIZE must be from {MIN_PACK_SIZE} to {MAX_PACK_SIZE} bytes"
             )
+        if not (0 < settings.repack_dead <= 1):
+            raise ValueError("CHUNKSTORE_REPACK_DEAD must be above 0 and at most 1")
         return settings
 
 

@@ -462,11 +462,17 @@ class PackBlobStore:
                 self._release(pack)
 
     def append_durably(self, chunks: Sequence[Chunk]) -> Appended:
-        """Append ``chunks`` and make them durable, but leave the index alone: a repack
-        then switches the rows with ``PackIndex.move`` and the committed lengths given."""
+        """Append ``chunks`` and make them durable, but add no rows: a repack then
+        switches the rows with ``PackIndex.move``. The packs' committed lengths are
+        raised (no rows) before the packs are let go: a pack sealed meanwhile is cut to
+        its committed length, which would otherwise take these records with it."""
         appended, packs = self._append(chunks)
         try:
             self._sync(appended, packs)
+            self._index_commits.add([], appended.committed, synced=True)
+            for pack in packs:
+                with pack.cond:
+                    pack.committed = max(pack.committed, appended.committed[pack.name])
             return appended
         finally:
             for pack in packs:
