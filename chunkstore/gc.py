@@ -114,7 +114,7 @@ class References:
     def _add(self, state: SessionState) -> None:
         if self._keeps(state):
             self.released.discard(state.upload_id)
-            self.digests.update(digest for digest, _ in state.chunks.values())
+            self.digests.update(digest for _, digest, _ in state.stored_items())
             if state.manifest is not None:
                 self.digests.add(state.manifest.manifest_digest)
                 if state.status == Status.COMPLETED:

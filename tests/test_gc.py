@@ -77,7 +77,7 @@ def ended_blobs(store: Store) -> set[str]:
         doomed: set[str] = set()
         for upload_id in (store.failed, store.cancelled):
             state = service.load(upload_id)
-            digests = {digest for digest, _ in state.chunks.values()}
+            digests = {digest for _, digest, _ in state.stored_items()}
             if state.manifest is not None:
                 digests.add(state.manifest.manifest_digest)
             doomed |= digests
