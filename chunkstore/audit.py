@@ -223,7 +223,7 @@ def _broken_chunk_rule(state: SessionState, event: ChunkStored) -> tuple[str, st
     expected = state.expected_digest(index)
     if expected is not None and digest != expected:
         return "chunk-digest-mismatch", f"chunk {index} is {digest}, declared {expected}"
-    stored = state.chunks.get(index)
+    stored = state.chunk(index)
     if stored is not None and stored[0] != digest:
         return "chunk-conflict", f"chunk {index} stored again with other bytes"
     return None
@@ -239,7 +239,7 @@ def _past_size(state: SessionState, recorded: int) -> tuple[str, str] | None:
 def _missing(state: SessionState) -> bool:
     if state.mode == "tus":
         return state.stream.length_deferred or state.stream_offset != state.total_size
-    return len(state.chunks) != state.total_chunks
+    return state.received_count != state.total_chunks
 
 
 # -- reading the events ---------------------------------------------------------------
@@ -453,7 +453,7 @@ def check_manifest(
             Finding("manifest-mismatch", upload_id, "size or hashes differ from ManifestWritten")
         )
     if (
-        len(state.chunks) == state.total_chunks
+        state.received_count == state.total_chunks
         and [tuple(chunk) for chunk in manifest.chunks] != state.ordered_chunks()
     ):
         findings.append(
@@ -556,14 +556,14 @@ def audit(service: UploadService, progress: ProgressCallback | None = None) -> A
             continue  # an ended session's chunks are gc's to sweep once it is old enough
         if packs is not None:
             assert isinstance(sizes, BlobSizes)
-            sizes.prefetch(digest for digest, _ in state.chunks.values())
+            sizes.prefetch(digest for _, digest, _ in state.stored_items())
         manifest = None
         if state.manifest is not None:
             summary.manifests += 1
             manifest_findings, manifest = check_manifest(service, state, sizes, spare)
             findings.extend(manifest_findings)
         if manifest is None:
-            chunks = ((index, d, s) for index, (d, s) in sorted(state.chunks.items()))
+            chunks = state.stored_items()
             findings.extend(check_chunks(upload_id, chunks, sizes, spare))
         if state.status == Status.COMPLETED:
             findings.extend(check_file(service, state, summary, progress, total_bytes))
@@ -694,7 +694,7 @@ def _chunk_sources(store: _Store, bad_files: set[str]) -> dict[str, tuple[str, i
             continue
         if state.file_path is None:
             continue
-        if len(state.chunks) != state.total_chunks:
+        if state.received_count != state.total_chunks:
             continue
         offset = 0
         for digest, size in state.ordered_chunks():

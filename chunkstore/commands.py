@@ -275,7 +275,7 @@ def decide_declare(
     chunk_list = _checked_page(page, start, settings)
     end = start + len(chunk_list)
     if start < declared:
-        if end <= declared and list(state.chunk_list[start:end]) == chunk_list:
+        if end <= declared and state.declared_page(start, end) == chunk_list:
             return []
         raise DeclarationConflict(
             f"chunks {start} to {end - 1} differ from those already declared; the next page"
@@ -307,8 +307,8 @@ def decide_declare(
 
 def _stored_in(state: SessionState, digest: str) -> bool:
     """Whether this session stored ``digest`` already (then at its first index)."""
-    indexes = state.indexes_of(digest)
-    return bool(indexes) and indexes[0] in state.chunks
+    first = state.first_index(digest)
+    return first is not None and state.has_chunk(first)
 
 
 def require_owned(state: SessionState, owner: str) -> SessionState:
@@ -406,7 +406,8 @@ def decide_chunks(
     for index, digest, size in arrivals:
         check_chunk_target(state, index, now)
         check_chunk_bytes(state, index, digest, size)
-        existing = state.chunks[index][0] if index in state.chunks else taken.get(index)
+        stored = state.chunk(index)
+        existing = stored[0] if stored is not None else taken.get(index)
         if existing is not None:
             if existing == digest:
                 continue
@@ -414,7 +415,7 @@ def decide_chunks(
                 f"chunk {index} is already stored with other bytes", index=index, digest=existing
             )
         for target in (index, *state.indexes_of(digest)):
-            if target in state.chunks or target in taken:
+            if target in taken or state.has_chunk(target):
                 continue
             taken[target] = digest
             new_events.append(

@@ -83,7 +83,7 @@ def session_row(state: SessionState) -> SessionRow:
         "total_size": state.total_size,
         "total_chunks": state.total_chunks,
         "chunk_size": state.chunk_size,
-        "received_chunks": len(state.chunks),
+        "received_chunks": state.received_count,
         "bytes_received": state.bytes_received,
         "created_at": iso(state.created_at),
         "expires_at": iso(state.expires_at),

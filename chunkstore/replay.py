@@ -82,7 +82,7 @@ def state_summary(state: SessionState) -> dict[str, Any]:
         "mode": state.mode,
         "total_size": state.total_size,
         "total_chunks": state.total_chunks,
-        "received_chunks": len(state.chunks),
+        "received_chunks": state.received_count,
         "missing_chunks": state.missing_count,
         "bytes_received": state.bytes_received,
         "bytes_deduplicated": state.bytes_deduplicated,

@@ -1,19 +1,22 @@
 """Session state: a pure fold of a session's events.
 
 ``replay(events)`` is the only way a ``SessionState`` comes to be; nothing is updated
-in place. ``apply(state, event)`` is the single-step form. Internally a fold copies the
-chunk map once and then applies every event of the batch to the copy, so replaying a
-long stream stays linear while each state a caller holds stays unchanged.
+in place. ``apply(state, event)`` is the single-step form. A session's chunks are held
+compactly in copy-on-write pages (``chunkstore.chunktable``): a fold copies only the
+pages its events write to, so appending to a long session costs what the new events
+touch, replaying a long stream stays linear, and each state a caller holds stays
+unchanged.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
+from chunkstore.chunktable import ChunkList, StoredChunks, key_of, pack
 from chunkstore.events import (
     ChunksDeclared,
     ChunkStored,
@@ -76,6 +79,10 @@ class OffsetStream:
     parts: tuple[str, ...] = ()
 
 
+_NO_DECLARED = ChunkList()
+_NOTHING_STORED = StoredChunks()
+
+
 @dataclass(frozen=True, slots=True)
 class SessionState:
     upload_id: str = ""
@@ -92,20 +99,17 @@ class SessionState:
     created_at: datetime | None = None
     expires_at: datetime | None = None
     #: For mode "manifest": the declared (digest, size) of every index declared so far
-    #: (the list may be declared in pages: ``ChunksDeclared``).
-    chunk_list: tuple[tuple[str, int], ...] = ()
+    #: (the list may be declared in pages: ``ChunksDeclared``), which index of each
+    #: digest comes first, and which digests repeat.
+    declared: ChunkList = field(default_factory=lambda: _NO_DECLARED)
     #: For mode "manifest": the sum of the declared sizes.
     declared_size: int = 0
-    #: For mode "manifest": digest -> every index that has it (derived from chunk_list).
-    digest_indexes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
-    #: index -> (digest, size) of every chunk stored so far.
-    chunks: Mapping[int, tuple[str, int]] = field(default_factory=dict)
+    #: (digest, size) of every index stored so far (``chunk``, ``stored_items``), and
+    #: its presence map, in which answers find runs of stored indexes.
+    stored: StoredChunks = field(default_factory=lambda: _NOTHING_STORED)
     #: For mode "manifest": declared digests whose chunks are stored. Storing a digest
     #: stores every index declared with it, so this counts first indexes stored.
     digests_stored: int = 0
-    #: Byte ``i`` is 1 when index ``i`` is stored (``chunks`` as a map): answers find
-    #: runs of stored indexes with ``bytearray.find`` instead of sorting the indexes.
-    stored_map: bytearray = field(default_factory=bytearray)
     #: Bytes of chunks that were sent for this session.
     bytes_received: int = 0
     #: Bytes of chunks this session did not need sent (the owner already had them).
@@ -122,6 +126,16 @@ class SessionState:
     @classmethod
     def empty(cls, upload_id: str = "") -> SessionState:
         return cls(upload_id=upload_id)
+
+    def __eq__(self, other: object) -> bool:
+        """Field by field; the stored chunks by what they hold, whatever their layout."""
+        if not isinstance(other, SessionState):
+            return NotImplemented
+        return all(
+            getattr(self, name) == getattr(other, name)
+            for name in SessionState.__dataclass_fields__
+            if name != "stored"
+        ) and self.stored.equal(other.stored, self.declared, other.declared)
 
     @property
     def exists(self) -> bool:
@@ -144,38 +158,58 @@ class SessionState:
     @property
     def declared_chunks(self) -> int:
         """How many indexes have a declared digest and size (all but in manifest mode)."""
-        return len(self.chunk_list) if self.mode == "manifest" else self.total_chunks
+        return self.declared.count if self.mode == "manifest" else self.total_chunks
 
     def expected_size(self, index: int) -> int:
         """The exact size chunk ``index`` must have."""
         if self.mode == "manifest":
-            return self.chunk_list[index][1]
+            return self.declared.size(index)
         if index < self.total_chunks - 1:
             return self.chunk_size
         return self.total_size - self.chunk_size * (self.total_chunks - 1)
 
     def expected_digest(self, index: int) -> str | None:
-        return self.chunk_list[index][0] if self.mode == "manifest" else None
+        return self.declared.digest(index) if self.mode == "manifest" else None
+
+    def declared_page(self, start: int, end: int) -> list[tuple[str, int]]:
+        """(digest, size) declared at indexes ``start`` to ``end - 1`` (those declared)."""
+        return list(self.declared.slice(start, end))
+
+    def chunk(self, index: int) -> tuple[str, int] | None:
+        """(digest, size) stored at ``index``, None while it is not stored."""
+        return self.stored.get(index, self.declared)
+
+    def has_chunk(self, index: int) -> bool:
+        return index in self.stored
+
+    def stored_items(self) -> Iterator[tuple[int, str, int]]:
+        """(index, digest, size) of every stored chunk, by index."""
+        return self.stored.items(self.declared)
+
+    def stored_runs(self, start: int = 0) -> Iterator[tuple[int, int]]:
+        """Runs of consecutive stored indexes below ``total_chunks``, from ``start`` on,
+        as (first, last): a few for a whole large session, found without per-index work."""
+        return self.stored.runs(start, self.total_chunks)
 
     @property
     def received_count(self) -> int:
-        return len(self.chunks)
+        return self.stored.count
 
     @property
     def missing_count(self) -> int:
-        return self.total_chunks - len(self.chunks)
+        return self.total_chunks - self.stored.count
 
     @property
     def needed_count(self) -> int:
         """How many indexes a client must still send (see ``needed_chunks``)."""
         if self.mode != "manifest":
             return self.missing_count
-        return len(self.digest_indexes) - self.digests_stored
+        return self.declared.unique - self.digests_stored
 
     @property
     def missing_chunks(self) -> list[int]:
         """Every missing index; ``chunkstore.listing`` gives the bounded form answers use."""
-        return [i for i in range(self.total_chunks) if i not in self.chunks]
+        return [i for i in range(self.total_chunks) if i not in self.stored]
 
     @property
     def needed_chunks(self) -> list[int]:
@@ -183,14 +217,14 @@ class SessionState:
         storing one index fills every other index with the same digest."""
         if self.mode != "manifest":
             return self.missing_chunks
-        seen: set[str] = set()
+        seen: set[bytes | str] = set()
         needed = []
         for index in self.missing_chunks:
-            if index >= len(self.chunk_list):
+            if index >= self.declared.count:
                 break  # not declared yet, so not sendable yet
-            digest = self.chunk_list[index][0]
-            if digest not in seen:
-                seen.add(digest)
+            key = key_of(self.declared.digest(index))
+            if key not in seen:
+                seen.add(key)
                 needed.append(index)
         return needed
 
@@ -198,26 +232,29 @@ class SessionState:
         """Whether a client must still send ``index``: missing and, in manifest mode,
         declared and the first index of its digest (storing a digest stores every
         index declared with it, so a digest is needed exactly when its first index is)."""
-        if index in self.chunks:
+        if index in self.stored:
             return False
         if self.mode != "manifest":
             return 0 <= index < self.total_chunks
-        if not 0 <= index < len(self.chunk_list):
-            return False
-        return self.digest_indexes[self.chunk_list[index][0]][0] == index
+        return self.declared.is_first(index)
+
+    def first_index(self, digest: str) -> int | None:
+        """The first index declared with ``digest`` (manifest mode), None if none is."""
+        return self.declared.first_index(digest)
 
     def indexes_of(self, digest: str) -> tuple[int, ...]:
-        return self.digest_indexes.get(digest, ())
+        """Every index declared with ``digest`` (manifest mode), in order."""
+        return self.declared.indexes_of(digest)
 
     @property
     def received_chunks(self) -> list[int]:
-        return sorted(self.chunks)
+        return [i for first, last in self.stored.runs(None) for i in range(first, last + 1)]
 
     @property
     def progress(self) -> float:
         """Percentage of the file's bytes stored, 0-100."""
         if self.total_size == 0:
-            return 100.0 if self.total_chunks == len(self.chunks) else 0.0
+            return 100.0 if self.total_chunks == self.stored.count else 0.0
         covered = self.bytes_received + self.bytes_deduplicated
         return round(100.0 * covered / self.total_size, 2)
 
@@ -228,8 +265,21 @@ class SessionState:
         return self.bytes_received + self.bytes_deduplicated + self.stream.tail
 
     def ordered_chunks(self) -> list[tuple[str, int]]:
-        """(digest, size) of every index in order; only meaningful when none is missing."""
-        return [self.chunks[i] for i in range(self.total_chunks)]
+        """(digest, size) of every index in order; KeyError when one is missing."""
+        return list(self.iter_ordered())
+
+    def iter_ordered(self) -> Iterator[tuple[str, int]]:
+        """``ordered_chunks`` one at a time, without the list."""
+        expected = 0
+        for index, digest, size in self.stored.items(self.declared, 0):
+            if index >= self.total_chunks:
+                break
+            if index != expected:
+                raise KeyError(expected)
+            yield digest, size
+            expected += 1
+        if expected < self.total_chunks:
+            raise KeyError(expected)
 
 
 class _Fold:
@@ -237,8 +287,8 @@ class _Fold:
 
     def __init__(self, state: SessionState) -> None:
         self.values = {name: getattr(state, name) for name in SessionState.__dataclass_fields__}
-        self.chunks = dict(state.chunks)
-        self.stored_map = bytearray(state.stored_map)
+        self.declared = state.declared.builder()
+        self.stored = state.stored.builder()
 
     def apply(self, event: Event) -> None:
         v = self.values
@@ -257,27 +307,26 @@ class _Fold:
                     mode=event.mode,
                     created_at=event.created_at,
                     expires_at=event.expires_at,
-                    chunk_list=tuple((digest, size) for digest, size in event.chunk_list or ()),
                 )
-                v["declared_size"] = sum(size for _, size in v["chunk_list"])
-                v["digest_indexes"] = _digest_indexes({}, v["chunk_list"], 0)
-            case ChunksDeclared(start=start, chunk_list=page):
-                # Only the next page is ever recorded (start == the number declared).
-                v["chunk_list"] = (*v["chunk_list"], *((digest, size) for digest, size in page))
-                v["declared_size"] += sum(size for _, size in page)
-                v["chunk_size"] = max([v["chunk_size"], *(size for _, size in page)])
-                v["digest_indexes"] = _digest_indexes(v["digest_indexes"], page, start)
+                self._declare_anew(event.chunk_list or ())
+            case ChunksDeclared(chunk_list=page):
+                # Only the next page is ever recorded (its start is the number declared:
+                # audit reports a page that starts elsewhere), so it goes at the end.
+                added, largest = self.declared.extend(page)
+                v["declared_size"] += added
+                if largest is not None:
+                    v["chunk_size"] = max(v["chunk_size"], largest)
             case ChunkStored(index=index, digest=digest, size=size, reused=reused):
                 # An index is stored once (decide_* never repeats one); the bytes count
                 # as sent or as deduplicated depending on whether they travelled.
-                if index not in self.chunks:
+                declared, raw = self.declared.view(), pack(digest)
+                as_declared = declared.holds(index, digest, size, raw)
+                if self.stored.put(index, digest, size, raw, as_declared):
                     v["bytes_deduplicated" if reused else "bytes_received"] += size
-                    if v["digest_indexes"].get(digest, (None,))[0] == index:
+                    if declared.is_first(index) and (
+                        as_declared or declared.has_digest(index, digest, raw)
+                    ):
                         v["digests_stored"] += 1
-                self.chunks[index] = (digest, size)
-                if index >= len(self.stored_map):
-                    self.stored_map.extend(bytes(index + 1 - len(self.stored_map)))
-                self.stored_map[index] = 1
                 if v["mode"] == "tus":
                     # A tus upload's chunks are cut from its stream, so their number
                     # grows with every one stored.
@@ -322,21 +371,23 @@ class _Fold:
             case UnknownEvent():
                 pass  # written by a newer version; counted, otherwise ignored
 
-    def result(self) -> SessionState:
-        return SessionState(**{**self.values, "chunks": self.chunks, "stored_map": self.stored_map})
+    def _declare_anew(self, chunk_list: Iterable[tuple[str, int]]) -> None:
+        """Start the declared list over (``UploadInitiated``). Chunks stored as declared
+        get their own records first: a second ``UploadInitiated``, which no writer of
+        chunkstore records, must not change what was stored."""
+        if self.stored.view().count and self.declared.view().count:
+            self.stored.keep_apart_from(self.declared.view())
+        self.declared = ChunkList().builder()
+        self.values["declared_size"], _ = self.declared.extend(chunk_list)
 
-
-def _digest_indexes(
-    known: Mapping[str, tuple[int, ...]], page: Iterable[tuple[str, int]], start: int
-) -> dict[str, tuple[int, ...]]:
-    """``known`` (digest -> indexes) with the page declared at ``start`` added."""
-    added: dict[str, list[int]] = {}
-    for index, (digest, _) in enumerate(page, start):
-        added.setdefault(digest, []).append(index)
-    merged = dict(known)
-    for digest, found in added.items():
-        merged[digest] = (*merged.get(digest, ()), *found)
-    return merged
+    def result(self, final: bool = True) -> SessionState:
+        """The state so far. ``final``: the fold ends here, so its tables are frozen;
+        otherwise the state shares pages the next steps write to."""
+        if final:
+            declared, stored = self.declared.finish(), self.stored.finish()
+        else:
+            declared, stored = self.declared.view(), self.stored.view()
+        return SessionState(**{**self.values, "declared": declared, "stored": stored})
 
 
 def replay(events: Iterable[Event], state: SessionState | None = None) -> SessionState:
@@ -353,10 +404,10 @@ def apply(state: SessionState, event: Event) -> SessionState:
 
 def replay_steps(events: Iterable[Event]) -> Iterator[tuple[SessionState, Event]]:
     """Each event with the state just before it: what a check of a stream's own rules
-    needs. The states share the fold's chunk map, which the next step extends (a copy per
+    needs. The states share the fold's pages, which the next step writes to (a copy per
     step would make a stream of n chunks cost n squared): look at each state before
     taking the next step, and keep none."""
     fold = _Fold(SessionState.empty())
     for event in events:
-        yield fold.result(), event
+        yield fold.result(final=False), event
         fold.apply(event)

@@ -63,9 +63,9 @@ class Completion(msgspec.Struct, frozen=True, kw_only=True):
 def progress_fields(state: SessionState) -> dict[str, Any]:
     return {
         "upload_id": state.upload_id,
-        "received_chunks": len(state.chunks),
+        "received_chunks": state.received_count,
         "total_chunks": state.total_chunks,
-        "missing_count": state.total_chunks - len(state.chunks),
+        "missing_count": state.missing_count,
         "bytes_total": state.total_size,
         "bytes_received": state.bytes_received,
         "bytes_deduplicated": state.bytes_deduplicated,

@@ -3,20 +3,25 @@ never take a chunk from an upload in progress."""
 
 from __future__ import annotations
 
+import gc as python_gc
 import hashlib
 import json
 import os
 import time
+import tracemalloc
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from chunkstore.application import UploadService
 from chunkstore.commands import InitRequest
+from chunkstore.config import Settings
 from chunkstore.errors import ChunkSwept
 from chunkstore.events import ChunkStored, UploadExpired
-from chunkstore.gc import collect
+from chunkstore.gc import References, collect
+from chunkstore.intake import Frame
 from chunkstore.testing import MakeServer
 from tests.helpers import (
     FakeClock,
@@ -77,7 +82,7 @@ def ended_blobs(store: Store) -> set[str]:
         doomed: set[str] = set()
         for upload_id in (store.failed, store.cancelled):
             state = service.load(upload_id)
-            digests = {digest for digest, _ in state.chunks.values()}
+            digests = {digest for _, digest, _ in state.stored_items()}
             if state.manifest is not None:
                 digests.add(state.manifest.manifest_digest)
             doomed |= digests
@@ -352,3 +357,38 @@ def test_an_append_naming_a_swept_blob_is_refused_under_the_lock(store: Store) -
 
     assert len(recorded_events(store.data_dir, store.in_flight)) == state.version + 1
     service.close()
+
+
+def test_gc_takes_the_sessions_one_at_a_time_not_all_their_states(tmp_path: Path) -> None:
+    """What gc keeps while it walks the log is the set of digests and a few facts a
+    session, not every session's folded state: 20 uploads of the same 1,000 chunks
+    kept 1.3 MiB of states (compact ones), against 150 KiB for the 1,000 digests."""
+    settings = Settings(data_dir=tmp_path / "data", max_open_sessions=100)
+    service = UploadService.open(settings)
+    try:
+        pieces = [f"piece {number}".encode() for number in range(1000)]
+        chunks = [(blake3_hex(piece), len(piece)) for piece in pieces]
+        request = InitRequest(filename="a.bin", total_size=sum(map(len, pieces)), chunks=chunks)
+        first = service.init_upload(OWNER, request).upload_id
+        frames = [
+            Frame(index, digest, size, [memoryview(pieces[index])])
+            for index, (digest, size) in enumerate(chunks)
+        ]
+        service.intake.record_frames(OWNER, first, frames)
+        for _ in range(19):  # the owner holds every chunk: each is stored at init
+            assert service.init_upload(OWNER, request).needed_count == 0
+        references = References(service, released_before=datetime.now(UTC) - timedelta(hours=1))
+
+        python_gc.collect()
+        tracemalloc.start()
+        try:
+            references.catch_up()
+            python_gc.collect()
+            kept, _ = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    finally:
+        service.close()
+
+    assert references.digests == {digest for digest, _ in chunks}
+    assert kept < 512 * 1024

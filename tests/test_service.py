@@ -270,7 +270,7 @@ def test_the_same_index_with_other_bytes_is_a_conflict(
     with pytest.raises(ChunkConflict):
         service.store_chunk(OWNER, upload_id, 0, other)
 
-    assert service.status(OWNER, upload_id).chunks[0][0] == blake3_hex(data[:KiB])
+    assert service.status(OWNER, upload_id).chunk(0) == (blake3_hex(data[:KiB]), KiB)
     assert not is_stored(data_dir, other)
 
 
