@@ -5,6 +5,10 @@ and a final file can always be rebuilt from them. Completion streams the assembl
 into a ``FilePart`` and commits it only once the validator has accepted them: the file
 then appears whole under its location, atomically and durably, or not at all. A
 location is what ``UploadCompleted.path`` records (``files/<upload_id>/<filename>``).
+
+``FileCopies`` is a capability a files port may announce (a field of the ``Store``):
+parts filled by kernel copies (``copy_file_range``) from where blobs lie in local files
+(``chunkstore.blobs.BlobLocations``), instead of bytes passing through Python.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ from collections.abc import Iterator
 from typing import BinaryIO, Protocol
 
 import msgspec
+
+from chunkstore.blobs import BlobLocation
 
 
 def location_of(upload_id: str, filename: str) -> str:
@@ -80,4 +86,23 @@ class FileSink(Protocol):
 
     def discard_parts(self, upload_id: str) -> int:
         """Remove parts an interrupted completion of ``upload_id`` left behind; how many."""
+        ...
+
+
+class CopyingFilePart(FilePart, Protocol):
+    """A part that can also be filled by a kernel copy and read back before its commit."""
+
+    def copy_from(self, source: BlobLocation) -> None:
+        """Append ``source.length`` bytes of ``source.path`` from ``source.offset``;
+        ``FileNotFoundError`` if that file is gone (a repack moved the bytes)."""
+        ...
+
+    def open_written(self) -> BinaryIO:
+        """The bytes written so far, from the start (to verify them before the commit)."""
+        ...
+
+
+class FileCopies(Protocol):
+    def copying_writer(self, upload_id: str, filename: str) -> CopyingFilePart:
+        """Like ``FileSink.writer``, a part that takes kernel copies as well as writes."""
         ...
