@@ -1,12 +1,13 @@
 """Completion: an upload's chunks become a manifest, a validated file, an event.
 
 Under the upload's lock (a PATCH or another completion ends first): the chunks are read
-in order and each re-hashed against its name while the whole-file hashes are computed
-and the bytes streamed into a part of the files port; the manifest is written as an
-object and recorded; the validator checks size, hashes, the type from the magic bytes
-and the policy; only then is the part committed as the final file and
-``UploadCompleted`` appended. Should that append fail, the file is withdrawn: an upload
-is never both cancelled and published.
+once, in order, each re-hashed against its name while the whole-file hashes are
+computed and the first bytes kept for the type check, the bytes going into a part of
+the files port (by kernel copies where both ports can, and the part is then what is
+read and checked). The manifest is written as an object and recorded; the validator
+checks size, hashes, the type from the magic bytes and the policy; only then is the
+part committed as the final file and ``UploadCompleted`` appended. Should that append
+fail, the file is withdrawn: an upload is never both cancelled and published.
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ import contextlib
 from typing import TYPE_CHECKING, NoReturn
 
 from chunkstore import commands
+from chunkstore.blobs import BlobLocations
 from chunkstore.bounds import MAX_FAILURE_DETAIL, shorten
 from chunkstore.errors import ConcurrencyConflict, CorruptBlob, UploadNotActive, ValidationFailed
 from chunkstore.events import KnownEvent, ManifestWritten, UploadCompleted
 from chunkstore.events import ValidationFailed as ValidationFailedEvent
-from chunkstore.files import FilePart
-from chunkstore.manifest import Manifest, assemble
+from chunkstore.files import CopyingFilePart, FilePart
+from chunkstore.manifest import READ_SIZE, Assembled, Manifest, assemble, verify_file
 from chunkstore.session import SessionState, Status
 from chunkstore.validator import HEAD_BYTES, detect_mime, find_problem
 from chunkstore.views import Completion, completion_of
@@ -49,48 +51,99 @@ class Completer:
             if state.status == Status.COMPLETED:
                 return completion_of(state)
             commands.check_completable(state, self.app.clock())
-            part = self.app.store.files.writer(upload_id, state.filename)
+            return self._complete(state)
+
+    def _complete(self, state: SessionState) -> Completion:
+        chunks = state.ordered_chunks()
+        part: FilePart | None = None
+        try:
             try:
-                return self._complete(state, part)
-            finally:
+                assembled, part = self._assemble(state, chunks)
+            except CorruptBlob as error:
+                self._fail(state, "corrupt-chunk", error.detail)
+            if state.manifest is None:
+                manifest = Manifest(
+                    upload_id=state.upload_id,
+                    filename=state.filename,
+                    size=assembled.size,
+                    blake3=assembled.blake3,
+                    sha256=assembled.sha256,
+                    chunks=chunks,
+                )
+                ref = self.app.store.blobs.put(manifest.encode())
+                written = ManifestWritten(
+                    ref.digest, assembled.size, assembled.blake3, assembled.sha256
+                )
+                state = self._append_or_settle(state, [written])
+            elif (state.manifest.blake3, state.manifest.size) != (assembled.blake3, assembled.size):
+                self._fail(state, "corrupt-chunk", "stored chunks no longer match the manifest")
+            assert state.manifest is not None
+            detected = detect_mime(assembled.head)
+            problem = find_problem(state, assembled, detected, self.app.settings)
+            if problem is not None:
+                self._fail(state, *problem)
+            location = part.commit()
+            try:
+                state = self._append_or_settle(state, [UploadCompleted(location, detected)])
+            except BaseException:
+                # Under the lock nothing else ends the upload meanwhile; a writer that
+                # took no lock (a crash leftover's retry, an older version) may have.
+                # Never leave a file for an upload the log does not call completed.
+                self._withdraw(state.upload_id, location)
+                raise
+            return completion_of(state)
+        finally:
+            if part is not None:
                 part.abort()  # nothing once committed
 
-    def _complete(self, state: SessionState, part: FilePart) -> Completion:
-        chunks = state.ordered_chunks()
+    def _assemble(
+        self, state: SessionState, chunks: list[tuple[str, int]]
+    ) -> tuple[Assembled, FilePart]:
+        """The one read of the chunks that checks them, and the part of the final file.
+        With kernel copies on both sides, the part
+        is filled by ``copy_file_range`` and the final file is what is read back and
+        checked: the same single read as hashing the chunks, but it checks the bytes
+        that will be published, not the ones they were copied from."""
+        store = self.app.store
+        if store.file_copies is not None and store.blob_locations is not None:
+            copying = store.file_copies.copying_writer(state.upload_id, state.filename)
+            try:
+                for digest, size in chunks:
+                    self._copy_chunk(copying, store.blob_locations, digest, size)
+                with copying.open_written() as written:
+                    return verify_file(written, chunks, HEAD_BYTES), copying
+            except BaseException:
+                copying.abort()
+                raise
+        part = store.files.writer(state.upload_id, state.filename)
         try:
-            assembled = assemble(self.app.store.blobs, chunks, part, HEAD_BYTES)
-        except CorruptBlob as error:
-            self._fail(state, "corrupt-chunk", error.detail)
-        if state.manifest is None:
-            manifest = Manifest(
-                upload_id=state.upload_id,
-                filename=state.filename,
-                size=assembled.size,
-                blake3=assembled.blake3,
-                sha256=assembled.sha256,
-                chunks=chunks,
-            )
-            ref = self.app.store.blobs.put(manifest.encode())
-            state = self._append_or_settle(
-                state,
-                [ManifestWritten(ref.digest, assembled.size, assembled.blake3, assembled.sha256)],
-            )
-        elif (state.manifest.blake3, state.manifest.size) != (assembled.blake3, assembled.size):
-            self._fail(state, "corrupt-chunk", "stored chunks no longer match the manifest")
-        detected = detect_mime(assembled.head)
-        problem = find_problem(state, assembled, detected, self.app.settings)
-        if problem is not None:
-            self._fail(state, *problem)
-        location = part.commit()
-        try:
-            state = self._append_or_settle(state, [UploadCompleted(location, detected)])
+            return assemble(store.blobs, chunks, part, HEAD_BYTES), part
         except BaseException:
-            # Under the lock nothing else ends the upload meanwhile; a writer that took
-            # no lock (a crash leftover's retry, an older version) may have. Never leave
-            # a file for an upload the log does not call completed.
-            self._withdraw(state.upload_id, location)
+            part.abort()
             raise
-        return completion_of(state)
+
+    def _copy_chunk(
+        self, part: CopyingFilePart, locations: BlobLocations, digest: str, size: int
+    ) -> None:
+        for attempt in range(2):
+            where = locations.locate(digest)
+            if where is None:  # absent, or not stored plain: through the blob port
+                with self.app.store.blobs.open(digest) as blob:
+                    while piece := blob.read(READ_SIZE):
+                        part.write(piece)
+                return
+            if where.length != size:
+                raise CorruptBlob(
+                    f"blob {digest} has {where.length} bytes, the manifest says {size}",
+                    digest=digest,
+                )
+            try:
+                part.copy_from(where)
+                return
+            except FileNotFoundError:
+                if attempt:
+                    raise CorruptBlob(f"the file holding blob {digest} is missing") from None
+                # A repack moved the blob and removed its old pack: look it up again.
 
     def _withdraw(self, upload_id: str, location: str) -> None:
         """Remove a published final file unless the log says the upload completed into it."""

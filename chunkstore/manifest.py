@@ -3,7 +3,8 @@
 A manifest lists the chunk digests and sizes in order plus the whole file's size and
 hashes. The final file is derived from it and can be rebuilt from it at any time.
 ``assemble`` is the one streaming pass that rebuilds a file: it re-hashes every chunk
-against its name while computing the whole-file hashes and writing the bytes out.
+against its name while computing the whole-file hashes and writing the bytes out;
+``verify_file`` makes the same checks over a file that is already whole.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Protocol
+from typing import BinaryIO, Protocol, cast
 
 import blake3
 import msgspec
@@ -20,7 +21,6 @@ from chunkstore.blobs import BlobStore
 from chunkstore.errors import CorruptBlob
 
 READ_SIZE = 1024 * 1024
-HANDOFF_SIZE = 4 * 1024 * 1024
 
 
 class Manifest(msgspec.Struct, frozen=True, kw_only=True):
@@ -53,6 +53,10 @@ class Sink(Protocol):
     def write(self, data: bytes | memoryview) -> None: ...
 
 
+class Readable(Protocol):
+    def readinto(self, buffer: memoryview) -> int: ...
+
+
 # Hashing and writing release the GIL; a small pool lets the whole-file hashes and the
 # write run beside the chunk checks instead of after them.
 _pool = ThreadPoolExecutor(max_workers=3, thread_name_prefix="assemble")
@@ -64,60 +68,194 @@ def assemble(
     out: Sink | None = None,
     head_size: int = 0,
 ) -> Assembled:
-    """Stream the chunks in order into ``out`` (if given), verifying each against its
-    digest; the result keeps the first ``head_size`` bytes.
+    """Read the chunks once, in order, into ``out`` (if given), verifying each against
+    its digest; the result keeps the first ``head_size`` bytes."""
+    return _verify(_ChunkReader(blobs, chunks), chunks, out, head_size)
 
-    This thread reads and BLAKE3-hashes each chunk; the whole file's SHA-256 and BLAKE3
-    and the writes of the previous few MiB run meanwhile in the pool. Handing work over in
-    ``HANDOFF_SIZE`` buffers, not per chunk, keeps small chunks from paying a thread
-    round trip each. At most two buffers are in memory.
-    """
+
+def verify_file(
+    source: BinaryIO, chunks: Sequence[tuple[str, int]], head_size: int = 0
+) -> Assembled:
+    """Read a file made of ``chunks`` once, checking every chunk's bytes against its
+    digest and computing the whole file's hashes: what ``assemble`` checks, for bytes
+    already in one file (a final file made by kernel copies)."""
+    expected = sum(size for _, size in chunks)
+    return _verify(_Exactly(cast(Readable, source), expected), chunks, None, head_size)
+
+
+def _verify(
+    source: Readable, chunks: Sequence[tuple[str, int]], out: Sink | None, head_size: int
+) -> Assembled:
+    """One sequential pass over ``source`` in ``READ_BUFFER`` reads into two buffers
+    used in turn: this thread reads and BLAKE3-hashes each chunk's part of a buffer
+    while the pool computes the whole file's SHA-256 and BLAKE3 (and writes ``out``)
+    over the buffer before. Nothing else is held, whatever the file's size."""
     whole_blake3 = blake3.blake3()
     whole_sha256 = hashlib.sha256()
-    size = 0
+    checker = _ChunkChecker(chunks)
+    buffers = (bytearray(READ_BUFFER), bytearray(READ_BUFFER))
     pending: list[Future[object]] = []
-    buffer: list[bytes] = []
-    buffered = 0
     head = bytearray()
-
-    def hand_off() -> None:
-        nonlocal pending, buffer, buffered
-        data = buffer[0] if len(buffer) == 1 else b"".join(buffer)
-        for job in pending:  # keep the whole-file hash updates and writes in file order
-            job.result()
-        pending = [
-            _pool.submit(whole_sha256.update, data),
-            _pool.submit(whole_blake3.update, data),
-        ]
-        if out is not None:
-            pending.append(_pool.submit(out.write, data))
-        if len(head) < head_size:
-            head.extend(memoryview(data)[: head_size - len(head)])
-        buffer, buffered = [], 0
-
+    size = 0
+    turn = 0
     try:
-        for digest, expected_size in chunks:
-            chunk_hash = blake3.blake3()
-            chunk_size = 0
-            with blobs.open(digest) as blob:
-                while piece := blob.read(READ_SIZE):
-                    chunk_hash.update(piece)
-                    buffer.append(piece)
-                    buffered += len(piece)
-                    chunk_size += len(piece)
-                    if buffered >= HANDOFF_SIZE:
-                        hand_off()
-            if chunk_hash.hexdigest() != digest:
-                raise CorruptBlob(f"blob {digest} does not hash to its name", digest=digest)
-            if chunk_size != expected_size:
-                raise CorruptBlob(
-                    f"blob {digest} has {chunk_size} bytes, the manifest says {expected_size}",
-                    digest=digest,
-                )
-            size += chunk_size
-        if buffer:
-            hand_off()
+        while True:
+            view = memoryview(buffers[turn])
+            filled = source.readinto(view)
+            if filled == 0:
+                break
+            data = view[:filled]
+            for job in pending:  # the whole-file hashes and writes stay in file order,
+                job.result()  # and the other buffer is free again once they are done
+            pending = [
+                _pool.submit(whole_sha256.update, data),
+                _pool.submit(whole_blake3.update, data),
+            ]
+            if out is not None:
+                pending.append(_pool.submit(out.write, data))
+            if len(head) < head_size:
+                head.extend(data[: head_size - len(head)])
+            checker.feed(data)
+            size += filled
+            turn = 1 - turn
+        checker.finish()
     finally:
         for job in pending:
             job.result()
     return Assembled(size, whole_blake3.hexdigest(), whole_sha256.hexdigest(), bytes(head))
+
+
+#: Bytes one read of the verification pass asks for (two such buffers are in memory).
+READ_BUFFER = 4 * 1024 * 1024
+
+
+class _ChunkChecker:
+    """Splits the bytes of a file, fed in order, along its chunk list and checks each
+    chunk's BLAKE3 against its digest as it ends."""
+
+    def __init__(self, chunks: Sequence[tuple[str, int]]) -> None:
+        self._chunks = iter(chunks)
+        self._digest = ""
+        self._left = 0
+        self._hasher = blake3.blake3()
+        self._open = False
+
+    def feed(self, data: memoryview) -> None:
+        position = 0
+        while position < len(data):
+            if not self._open:
+                self._start()
+            take = min(self._left, len(data) - position)
+            self._hasher.update(data[position : position + take])
+            position += take
+            self._left -= take
+            if self._left == 0:
+                self._end()
+
+    def finish(self) -> None:
+        """Every chunk has been fed whole (chunks of no bytes are checked here too)."""
+        if self._open:
+            raise CorruptBlob(f"blob {self._digest} ends early", digest=self._digest)
+        for digest, size in self._chunks:
+            if size:
+                raise CorruptBlob(f"blob {digest} is missing from the file", digest=digest)
+            self._digest, self._left, self._open = digest, 0, True
+            self._hasher = blake3.blake3()
+            self._end()
+
+    def _start(self) -> None:
+        found = next(self._chunks, None)
+        if found is None:
+            raise CorruptBlob("the file holds more bytes than its chunks")
+        self._digest, self._left = found
+        self._hasher = blake3.blake3()
+        self._open = True
+        if self._left == 0:
+            self._end()
+            self._start()
+
+    def _end(self) -> None:
+        self._open = False
+        if self._hasher.hexdigest() != self._digest:
+            raise CorruptBlob(f"blob {self._digest} does not hash to its name", digest=self._digest)
+
+
+class _ChunkReader:
+    """The chunks' bytes in order, as one readable stream; a blob with more or fewer
+    bytes than the chunk list says raises ``CorruptBlob``."""
+
+    def __init__(self, blobs: BlobStore, chunks: Sequence[tuple[str, int]]) -> None:
+        self._blobs = blobs
+        self._chunks = iter(chunks)
+        self._blob: BinaryIO | None = None
+        self._digest = ""
+        self._size = 0
+        self._left = 0
+
+    def readinto(self, buffer: memoryview) -> int:
+        filled = 0
+        try:
+            while filled < len(buffer):
+                if self._blob is None and not self._open_next():
+                    break
+                assert self._blob is not None
+                if self._left == 0:
+                    self._close_checked()
+                    continue
+                want = min(self._left, len(buffer) - filled)
+                got = cast(Readable, self._blob).readinto(buffer[filled : filled + want])
+                if not got:
+                    raise CorruptBlob(
+                        f"blob {self._digest} has {self._size - self._left} bytes,"
+                        f" the manifest says {self._size}",
+                        digest=self._digest,
+                    )
+                filled += got
+                self._left -= got
+        except BaseException:
+            if self._blob is not None:
+                self._blob.close()
+                self._blob = None
+            raise
+        return filled
+
+    def _open_next(self) -> bool:
+        found = next(self._chunks, None)
+        if found is None:
+            return False
+        self._digest, self._size = found
+        self._left = self._size
+        self._blob = self._blobs.open(self._digest)
+        return True
+
+    def _close_checked(self) -> None:
+        assert self._blob is not None
+        blob, self._blob = self._blob, None
+        with blob:
+            extra = len(blob.read(1))
+        if extra:
+            raise CorruptBlob(
+                f"blob {self._digest} has more bytes than the {self._size} the manifest says",
+                digest=self._digest,
+            )
+
+
+class _Exactly:
+    """``source`` read to exactly ``size`` bytes: fewer is damage, more is ignored
+    by the caller's checks (the chunk checker finds bytes past the last chunk)."""
+
+    def __init__(self, source: Readable, size: int) -> None:
+        self._source = source
+        self._left = size
+
+    def readinto(self, buffer: memoryview) -> int:
+        filled = 0
+        while filled < len(buffer):
+            got = self._source.readinto(buffer[filled:])
+            if not got:
+                break
+            filled += got
+        self._left -= filled
+        if filled < len(buffer) and self._left > 0:
+            raise CorruptBlob(f"the file ended {self._left} bytes early")
+        return filled
