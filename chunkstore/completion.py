@@ -2,12 +2,14 @@
 
 Under the upload's lock (a PATCH or another completion ends first): the chunks are read
 once, in order, each re-hashed against its name while the whole-file hashes are
-computed and the first bytes kept for the type check, the bytes going into a part of
-the files port (by kernel copies where both ports can, and the part is then what is
-read and checked). The manifest is written as an object and recorded; the validator
-checks size, hashes, the type from the magic bytes and the policy; only then is the
-part committed as the final file and ``UploadCompleted`` appended. Should that append
-fail, the file is withdrawn: an upload is never both cancelled and published.
+computed and the first bytes kept for the type check. With materialization ``copy``
+the bytes go into a part of the files port (by kernel copies where both ports can,
+and the part is then what is read and checked); with ``none`` there is no part. The
+manifest is written as an object and recorded; the validator checks size, hashes, the
+type from the magic bytes and the policy; only then is the part committed as the final
+file and ``UploadCompleted`` appended (its path is ``manifest:<digest>`` without one).
+Should that append fail, the file is withdrawn: an upload is never both cancelled and
+published.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from chunkstore.bounds import MAX_FAILURE_DETAIL, shorten
 from chunkstore.errors import ConcurrencyConflict, CorruptBlob, UploadNotActive, ValidationFailed
 from chunkstore.events import KnownEvent, ManifestWritten, UploadCompleted
 from chunkstore.events import ValidationFailed as ValidationFailedEvent
-from chunkstore.files import CopyingFilePart, FilePart
+from chunkstore.files import CopyingFilePart, FilePart, manifest_location
 from chunkstore.manifest import READ_SIZE, Assembled, Manifest, assemble, verify_file
 from chunkstore.session import SessionState, Status
 from chunkstore.validator import HEAD_BYTES, detect_mime, find_problem
@@ -82,14 +84,18 @@ class Completer:
             problem = find_problem(state, assembled, detected, self.app.settings)
             if problem is not None:
                 self._fail(state, *problem)
-            location = part.commit()
+            if part is None:
+                location = manifest_location(state.manifest.manifest_digest)
+            else:
+                location = part.commit()
             try:
                 state = self._append_or_settle(state, [UploadCompleted(location, detected)])
             except BaseException:
                 # Under the lock nothing else ends the upload meanwhile; a writer that
                 # took no lock (a crash leftover's retry, an older version) may have.
                 # Never leave a file for an upload the log does not call completed.
-                self._withdraw(state.upload_id, location)
+                if part is not None:
+                    self._withdraw(state.upload_id, location)
                 raise
             return completion_of(state)
         finally:
@@ -98,13 +104,15 @@ class Completer:
 
     def _assemble(
         self, state: SessionState, chunks: list[tuple[str, int]]
-    ) -> tuple[Assembled, FilePart]:
-        """The one read of the chunks that checks them, and the part of the final file.
-        With kernel copies on both sides, the part
+    ) -> tuple[Assembled, FilePart | None]:
+        """The one read of the chunks that checks them, and the part of the final file
+        (None with materialization ``none``). With kernel copies on both sides, the part
         is filled by ``copy_file_range`` and the final file is what is read back and
         checked: the same single read as hashing the chunks, but it checks the bytes
         that will be published, not the ones they were copied from."""
         store = self.app.store
+        if self.app.settings.materialize == "none":
+            return assemble(store.blobs, chunks, None, HEAD_BYTES), None
         if store.file_copies is not None and store.blob_locations is not None:
             copying = store.file_copies.copying_writer(state.upload_id, state.filename)
             try:

@@ -16,6 +16,9 @@ TiB = 1024 * GiB
 #: own; above 4 GiB a repack (which rewrites a whole pack) would take too long.
 MIN_PACK_SIZE = 64 * KiB
 MAX_PACK_SIZE = 4 * GiB
+#: What completion leaves of a file (``materialize``): ``copy`` a final file on disk,
+#: ``none`` only the manifest (the file is read from its chunks).
+MATERIALIZE_MODES = ("copy", "none")
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
@@ -102,6 +105,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     #: Bytes a pack file grows to before it is sealed and a new one started (a chunk
     #: larger than this gets a pack of its own). 32 MiB: 32 files per GiB stored.
     pack_size: int = 32 * MiB
+    #: What completion materializes: ``copy``, a final file on disk beside the chunks
+    #: (every completed byte stored twice, unless the filesystem shares the extents);
+    #: ``none``, nothing: the manifest is the file and reads stream from the chunks.
+    materialize: str = "copy"
 
     @property
     def database_path(self) -> Path:
@@ -154,6 +161,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         for field, name in (("db_url", "CHUNKSTORE_DB"), ("blobs_url", "CHUNKSTORE_BLOBS")):
             if env.get(name):
                 changes[field] = env[name].strip()
+        if env.get("CHUNKSTORE_MATERIALIZE"):
+            changes["materialize"] = env["CHUNKSTORE_MATERIALIZE"].strip().lower()
         if env.get("CHUNKSTORE_CORS_ORIGINS"):
             changes["cors_origins"] = _split(env["CHUNKSTORE_CORS_ORIGINS"])
         settings = msgspec.structs.replace(base, **changes)
@@ -163,6 +172,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError(
                 f"CHUNKSTORE_PACK_SIZE must be from {MIN_PACK_SIZE} to {MAX_PACK_SIZE} bytes"
             )
+        if settings.materialize not in MATERIALIZE_MODES:
+            raise ValueError("CHUNKSTORE_MATERIALIZE must be copy or none")
         return settings
 
 

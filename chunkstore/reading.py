@@ -1,8 +1,9 @@
 """Reading a completed upload's bytes: whole or a byte range, never all in memory.
 
 The materialized file is derived data (invariant 5): when it is there with the size the
-manifest states, bytes come from it; when it is gone, they come from the chunks, in the
-manifest's order, each chunk re-hashed against its name as it streams by.
+manifest states, bytes come from it; when it is gone, or was never made (materialization
+``none``), they come from the chunks, in the manifest's order, each chunk re-hashed
+against its name as it streams by.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import msgspec
 
 from chunkstore.blobs import BlobStore
 from chunkstore.errors import CorruptBlob, UploadNotActive, UploadNotFound
-from chunkstore.files import FileSink
+from chunkstore.files import FileSink, is_materialized
 from chunkstore.manifest import Manifest
 from chunkstore.session import SessionState, Status
 
@@ -71,7 +72,9 @@ def stored_file(state: SessionState, files: FileSink) -> StoredFile:
             f"upload {state.upload_id} is {state.status}; only a completed upload has a file",
             status=state.status,
         )
-    present = files.size(state.file_path) == state.manifest.size
+    present = (
+        is_materialized(state.file_path) and files.size(state.file_path) == state.manifest.size
+    )
     return StoredFile(
         upload_id=state.upload_id,
         filename=state.filename,

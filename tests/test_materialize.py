@@ -1,5 +1,6 @@
-"""Materialization: completion makes the final file with kernel copies out of the packs,
-checks it, and publishes it whole or not at all."""
+"""Materialization, the files port's setting: ``copy`` makes the final file with kernel
+copies out of the packs; ``none`` leaves the manifest as the file, and everything that
+reads a completed upload (downloads, status, audit, gc) streams from its chunks."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 import random
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -16,18 +18,23 @@ import pytest
 from chunkstore.application import UploadService
 from chunkstore.commands import InitRequest
 from chunkstore.config import Settings
+from chunkstore.events import UploadCompleted
 from chunkstore.files.local import LocalFiles
+from chunkstore.reading import read_range, stored_file
 from chunkstore.testing import MakeServer, Server
 from tests.helpers import (
     FakeClock,
+    assert_problem,
     blake3_hex,
     complete,
     damage_blob,
     init_upload,
     put_chunk,
+    recorded_events,
     sha256_hex,
     split,
     status_of,
+    upload_whole,
 )
 
 KiB = 1024
@@ -37,8 +44,9 @@ FILES = "/api/v1/files"
 
 
 def open_service(data_dir: Path, materialize: str) -> UploadService:
-    assert materialize == "copy"
-    return UploadService.open(Settings(data_dir=data_dir), clock=FakeClock())
+    return UploadService.open(
+        Settings(data_dir=data_dir, materialize=materialize), clock=FakeClock()
+    )
 
 
 @pytest.fixture
@@ -100,16 +108,118 @@ def test_copy_checks_the_copied_bytes_and_publishes_nothing_damaged(data_dir: Pa
     assert list((data_dir / "tmp" / "files").iterdir()) == []
 
 
+# -- none: the manifest is the file --------------------------------------------------------
+
+
+def test_none_records_the_manifest_as_the_file_and_writes_no_file(data_dir: Path) -> None:
+    data = os.urandom(2 * MiB + 5)
+    service = open_service(data_dir, "none")
+    try:
+        upload_id = upload(service, data, 64 * KiB)
+
+        completion = service.complete_upload(OWNER, upload_id)
+
+        state = service.get(OWNER, upload_id)
+        file = stored_file(state, service.store.files)
+        read_back = b"".join(
+            read_range(file, service.store.blobs, service.store.files, 0, len(data) - 1)
+        )
+    finally:
+        service.close()
+    assert completion.file_path == f"manifest:{completion.manifest_digest}"
+    completed = recorded_events(data_dir, upload_id)[-1]
+    assert isinstance(completed, UploadCompleted)
+    assert completed.path == completion.file_path
+    assert file.location is None
+    assert read_back == data
+    assert final_files(data_dir) == []
+
+
+@pytest.fixture
+def none_server(make_server: MakeServer) -> Server:
+    return make_server(CHUNKSTORE_MATERIALIZE="none")
+
+
+@pytest.fixture
+def none_client(none_server: Server) -> Iterator[httpx.Client]:
+    with none_server.client(OWNER) as client:
+        yield client
+
+
+def test_none_ranges_start_at_the_chunk_that_holds_them(none_client: httpx.Client) -> None:
+    data = os.urandom(10 * 4 * KiB + 77)
+    upload_id = upload_whole(none_client, data, 4 * KiB)
+    assert complete(none_client, upload_id).status_code == 200
+    size = len(data)
+    ranges = {
+        "bytes=0-0": (0, 0),
+        "bytes=4095-4096": (4095, 4096),
+        "bytes=4000-12400": (4000, 12400),
+        "bytes=8192-": (8192, size - 1),
+        f"bytes={size - 1}-{size - 1}": (size - 1, size - 1),
+        "bytes=-1": (size - 1, size - 1),
+        "bytes=-4173": (size - 4173, size - 1),
+    }
+
+    for header, (first, last) in ranges.items():
+        response = none_client.get(f"{FILES}/{upload_id}", headers={"Range": header})
+        assert response.status_code == 206, header
+        assert response.content == data[first : last + 1], header
+        assert response.headers["content-range"] == f"bytes {first}-{last}/{size}"
+    whole = none_client.get(f"{FILES}/{upload_id}")
+    assert whole.status_code == 200 and whole.content == data
+
+
+def test_none_upload_is_completed_audited_clean_and_kept_by_gc(
+    none_server: Server, none_client: httpx.Client
+) -> None:
+    data = os.urandom(300 * KiB)
+    upload_id = upload_whole(none_client, data, 64 * KiB)
+    assert complete(none_client, upload_id).status_code == 200
+
+    status = status_of(none_client, upload_id)
+    swept = none_server.cli("gc", "--hours", "0", "--grace", "0", "--json")
+    audited = none_server.cli("audit", "--json")
+
+    assert status["status"] == "completed"
+    assert status["file_path"].startswith("manifest:")
+    assert swept.returncode == 0, swept.stderr
+    assert json.loads(swept.stdout)["orphan_files_removed"] == 0
+    assert audited.returncode == 0, audited.stdout + audited.stderr
+    assert json.loads(audited.stdout)["findings"] == []
+    assert none_client.get(f"{FILES}/{upload_id}").content == data
+    assert final_files(none_server.data_dir) == []
+
+
+def test_none_deleting_an_upload_answers_204_without_a_file_to_remove(
+    none_client: httpx.Client,
+) -> None:
+    upload_id = upload_whole(none_client, os.urandom(5 * KiB), KiB)
+    assert complete(none_client, upload_id).status_code == 200
+
+    assert none_client.delete(f"{FILES}/{upload_id}").status_code == 204
+
+    assert status_of(none_client, upload_id)["status"] == "deleted"
+    assert_problem(none_client.get(f"{FILES}/{upload_id}"), 404, "upload-not-found")
+
+
+def test_an_unknown_materialization_is_refused_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHUNKSTORE_MATERIALIZE", "reflink")
+
+    with pytest.raises(ValueError, match="CHUNKSTORE_MATERIALIZE"):
+        Settings.from_env()
+
+
 # -- kill -9 during completion ---------------------------------------------------------------
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["copy"])
+@pytest.mark.parametrize("mode", ["copy", "none"])
 def test_kill_9_during_completion_leaves_it_done_or_still_completable(
     make_server: MakeServer, mode: str
 ) -> None:
     data = os.urandom(64 * MiB)
-    server = make_server()
+    server = make_server(CHUNKSTORE_MATERIALIZE=mode)
     token = server.token(OWNER)
     # A completion left alone first: how long one takes spreads the kill points over it.
     began = time.monotonic()

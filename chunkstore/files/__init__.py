@@ -6,6 +6,10 @@ into a ``FilePart`` and commits it only once the validator has accepted them: th
 then appears whole under its location, atomically and durably, or not at all. A
 location is what ``UploadCompleted.path`` records (``files/<upload_id>/<filename>``).
 
+With materialization ``none`` there is no final file: ``UploadCompleted.path`` is then
+``manifest:<manifest digest>`` (``manifest_location``), which names no place of the
+files port, and readers stream the bytes from the chunks (``is_materialized``).
+
 ``FileCopies`` is a capability a files port may announce (a field of the ``Store``):
 parts filled by kernel copies (``copy_file_range``) from where blobs lie in local files
 (``chunkstore.blobs.BlobLocations``), instead of bytes passing through Python.
@@ -20,6 +24,9 @@ import msgspec
 
 from chunkstore.blobs import BlobLocation
 
+#: How ``UploadCompleted.path`` starts for a file that was not materialized.
+MANIFEST_PREFIX = "manifest:"
+
 
 def location_of(upload_id: str, filename: str) -> str:
     """Where an upload's final file lives, as ``UploadCompleted.path`` records it."""
@@ -30,6 +37,16 @@ def upload_of(location: str) -> str:
     """The upload id a location belongs to ("" for one outside any upload's place)."""
     parts = location.split("/")
     return parts[1] if len(parts) > 2 and parts[0] == "files" else ""
+
+
+def manifest_location(manifest_digest: str) -> str:
+    """What ``UploadCompleted.path`` records for a file left as its manifest."""
+    return f"{MANIFEST_PREFIX}{manifest_digest}"
+
+
+def is_materialized(location: str) -> bool:
+    """Whether a recorded location is a final file of the files port (not a manifest)."""
+    return not location.startswith(MANIFEST_PREFIX)
 
 
 class FileEntry(msgspec.Struct, frozen=True):
