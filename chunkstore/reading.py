@@ -3,11 +3,15 @@
 The materialized file is derived data (invariant 5): when it is there with the size the
 manifest states, bytes come from it; when it is gone, or was never made (materialization
 ``none``), they come from the chunks, in the manifest's order, each chunk re-hashed
-against its name as it streams by.
+against its name as it streams by. A range starts at the chunk holding its first byte,
+found by bisecting the chunks' cumulative offsets: nothing before it is read.
 """
 
 from __future__ import annotations
 
+import array
+import bisect
+import itertools
 from collections.abc import Iterator
 
 import blake3
@@ -118,15 +122,17 @@ def chunks_range(
     """The range out of the chunks. Each chunk the range touches is read whole and
     re-hashed, so damage ends the stream with ``CorruptBlob`` instead of passing on
     silently; at most one read piece is in memory."""
-    offset = 0
-    for digest, size in chunks:
-        chunk_start, chunk_end = offset, offset + size - 1
-        offset += size
-        if chunk_end < start:
-            continue
+    # ends[i]: the offset just past chunk i (8 bytes a chunk); the first chunk whose end
+    # is past ``start`` holds it (chunks of no bytes end where they start: skipped).
+    ends = array.array("q", itertools.accumulate(size for _, size in chunks))
+    first = bisect.bisect_right(ends, start)
+    for index in range(first, len(chunks)):
+        digest, size = chunks[index]
+        chunk_start = ends[index] - size
         if chunk_start > end:
             return
-        yield from _chunk_slice(blobs, digest, size, start - chunk_start, end - chunk_start)
+        if size:
+            yield from _chunk_slice(blobs, digest, size, start - chunk_start, end - chunk_start)
 
 
 def _chunk_slice(

@@ -16,11 +16,12 @@ import httpx
 import pytest
 
 from chunkstore.application import UploadService
+from chunkstore.blobs.memory import MemoryBlobStore
 from chunkstore.commands import InitRequest
 from chunkstore.config import Settings
 from chunkstore.events import UploadCompleted
 from chunkstore.files.local import LocalFiles
-from chunkstore.reading import read_range, stored_file
+from chunkstore.reading import chunks_range, read_range, stored_file
 from chunkstore.testing import MakeServer, Server
 from tests.helpers import (
     FakeClock,
@@ -278,3 +279,22 @@ def _complete_quietly(url: str, token: str, upload_id: str) -> None:
             client.post("/api/v1/upload/complete", json={"upload_id": upload_id})
     except httpx.HTTPError:
         pass
+
+
+# -- ranges out of the chunks ----------------------------------------------------------------
+
+
+def test_a_range_reads_only_the_chunks_it_touches_whatever_their_sizes() -> None:
+    blobs = MemoryBlobStore()
+    sizes = [3, 0, 5, 1, 0, 0, 7, 2]
+    pieces = [os.urandom(size) for size in sizes]
+    chunks = [(blobs.put(piece).digest, len(piece)) for piece in pieces]
+    data = b"".join(pieces)
+    # Gone chunks before and after the range: reading them would fail.
+    blobs.delete(chunks[0][0])
+    blobs.delete(chunks[-1][0])
+
+    for start in range(3, 16):  # bytes 3 to 15: past the first chunk, before the last
+        for end in range(start, 16):
+            read = b"".join(chunks_range(blobs, chunks, start, end))
+            assert read == data[start : end + 1], (start, end)
