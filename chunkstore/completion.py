@@ -18,7 +18,7 @@ import contextlib
 from typing import TYPE_CHECKING, NoReturn
 
 from chunkstore import commands
-from chunkstore.blobs import BlobLocations
+from chunkstore.blobs import BlobLocation, BlobLocations
 from chunkstore.bounds import MAX_FAILURE_DETAIL, shorten
 from chunkstore.errors import ConcurrencyConflict, CorruptBlob, UploadNotActive, ValidationFailed
 from chunkstore.events import KnownEvent, ManifestWritten, UploadCompleted
@@ -31,6 +31,10 @@ from chunkstore.views import Completion, completion_of
 
 if TYPE_CHECKING:
     from chunkstore.application import UploadService
+
+#: Chunks whose places one index look-up finds (a look-up each measured 130 us of the
+#: 6 s a 1 GiB completion of 64 KiB chunks took: 2 s of it).
+LOCATE_BATCH = 1024
 
 
 class Completer:
@@ -116,8 +120,13 @@ class Completer:
         if store.file_copies is not None and store.blob_locations is not None:
             copying = store.file_copies.copying_writer(state.upload_id, state.filename)
             try:
-                for digest, size in chunks:
-                    self._copy_chunk(copying, store.blob_locations, digest, size)
+                for start in range(0, len(chunks), LOCATE_BATCH):
+                    batch = chunks[start : start + LOCATE_BATCH]
+                    found = store.blob_locations.locate_many([digest for digest, _ in batch])
+                    for digest, size in batch:
+                        self._copy_chunk(
+                            copying, store.blob_locations, digest, size, found.get(digest)
+                        )
                 with copying.open_written() as written:
                     return verify_file(written, chunks, HEAD_BYTES), copying
             except BaseException:
@@ -131,10 +140,16 @@ class Completer:
             raise
 
     def _copy_chunk(
-        self, part: CopyingFilePart, locations: BlobLocations, digest: str, size: int
+        self,
+        part: CopyingFilePart,
+        locations: BlobLocations,
+        digest: str,
+        size: int,
+        where: BlobLocation | None,
     ) -> None:
         for attempt in range(2):
-            where = locations.locate(digest)
+            if where is None or attempt:
+                where = locations.locate(digest)
             if where is None:  # absent, or not stored plain: through the blob port
                 with self.app.store.blobs.open(digest) as blob:
                     while piece := blob.read(READ_SIZE):
