@@ -10,6 +10,7 @@ against its name while computing the whole-file hashes and writing the bytes out
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import BinaryIO, Protocol, cast
@@ -17,7 +18,7 @@ from typing import BinaryIO, Protocol, cast
 import blake3
 import msgspec
 
-from chunkstore.blobs import BlobStore
+from chunkstore.blobs import BlobLocation, BlobLocations, BlobStore
 from chunkstore.errors import CorruptBlob
 
 READ_SIZE = 1024 * 1024
@@ -67,10 +68,17 @@ def assemble(
     chunks: Sequence[tuple[str, int]],
     out: Sink | None = None,
     head_size: int = 0,
+    locations: BlobLocations | None = None,
 ) -> Assembled:
     """Read the chunks once, in order, into ``out`` (if given), verifying each against
-    its digest; the result keeps the first ``head_size`` bytes."""
-    return _verify(_ChunkReader(blobs, chunks), chunks, out, head_size)
+    its digest; the result keeps the first ``head_size`` bytes. With ``locations`` the
+    chunks are read with ``pread`` straight from where they lie, their places looked up
+    ``LOCATE_BATCH`` at a time (otherwise each ``blobs.open`` looks one up)."""
+    reader = _ChunkReader(blobs, chunks, locations)
+    try:
+        return _verify(reader, chunks, out, head_size)
+    finally:
+        reader.close()
 
 
 def verify_file(
@@ -125,6 +133,9 @@ def _verify(
     return Assembled(size, whole_blake3.hexdigest(), whole_sha256.hexdigest(), bytes(head))
 
 
+#: Chunks whose places one index look-up finds (a look-up each measured 130 us of the
+#: 6 s a 1 GiB completion of 64 KiB chunks took: 2 s of it).
+LOCATE_BATCH = 1024
 #: Bytes one read of the verification pass asks for (two such buffers are in memory).
 READ_BUFFER = 4 * 1024 * 1024
 
@@ -184,13 +195,31 @@ class _ChunkReader:
     """The chunks' bytes in order, as one readable stream; a blob with more or fewer
     bytes than the chunk list says raises ``CorruptBlob``."""
 
-    def __init__(self, blobs: BlobStore, chunks: Sequence[tuple[str, int]]) -> None:
+    def __init__(
+        self,
+        blobs: BlobStore,
+        chunks: Sequence[tuple[str, int]],
+        locations: BlobLocations | None = None,
+    ) -> None:
         self._blobs = blobs
-        self._chunks = iter(chunks)
-        self._blob: BinaryIO | None = None
+        self._chunks = chunks
+        self._next = 0
+        self._locations = locations
+        self._located: dict[str, BlobLocation] = {}
+        #: The file the last located chunk was read from, and its descriptor.
+        self._source: tuple[str, int] | None = None
+        self._blob: BinaryIO | _Payload | None = None
         self._digest = ""
         self._size = 0
         self._left = 0
+
+    def close(self) -> None:
+        if self._blob is not None:
+            self._blob.close()
+            self._blob = None
+        if self._source is not None:
+            os.close(self._source[1])
+            self._source = None
 
     def readinto(self, buffer: memoryview) -> int:
         filled = 0
@@ -220,13 +249,31 @@ class _ChunkReader:
         return filled
 
     def _open_next(self) -> bool:
-        found = next(self._chunks, None)
-        if found is None:
+        if self._next == len(self._chunks):
             return False
-        self._digest, self._size = found
+        if self._locations is not None and self._next % LOCATE_BATCH == 0:
+            batch = self._chunks[self._next : self._next + LOCATE_BATCH]
+            self._located = self._locations.locate_many([digest for digest, _ in batch])
+        self._digest, self._size = self._chunks[self._next]
+        self._next += 1
         self._left = self._size
-        self._blob = self._blobs.open(self._digest)
+        self._blob = self._payload(self._located.get(self._digest))
+        if self._blob is None:  # not located, or its file gone (a repack): the port
+            self._blob = self._blobs.open(self._digest)
         return True
+
+    def _payload(self, where: BlobLocation | None) -> _Payload | None:
+        if where is None:
+            return None
+        if self._source is None or self._source[0] != where.path:
+            if self._source is not None:
+                os.close(self._source[1])
+                self._source = None
+            try:
+                self._source = (where.path, os.open(where.path, os.O_RDONLY | os.O_CLOEXEC))
+            except FileNotFoundError:
+                return None
+        return _Payload(self._source[1], where.offset, where.length)
 
     def _close_checked(self) -> None:
         assert self._blob is not None
@@ -238,6 +285,38 @@ class _ChunkReader:
                 f"blob {self._digest} has more bytes than the {self._size} the manifest says",
                 digest=self._digest,
             )
+
+
+class _Payload:
+    """``length`` bytes at ``offset`` of an open file, read with ``pread``."""
+
+    def __init__(self, fd: int, offset: int, length: int) -> None:
+        self._fd = fd
+        self._offset = offset
+        self._left = length
+
+    def readinto(self, buffer: memoryview) -> int:
+        if self._left <= 0:
+            return 0
+        got = os.preadv(self._fd, [buffer[: self._left]], self._offset)
+        self._offset += got
+        self._left -= got
+        return got
+
+    def read(self, size: int) -> bytes:
+        data = os.pread(self._fd, min(size, self._left), self._offset) if self._left > 0 else b""
+        self._offset += len(data)
+        self._left -= len(data)
+        return data
+
+    def close(self) -> None:
+        """Nothing to release: the descriptor is the reader's."""
+
+    def __enter__(self) -> _Payload:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class _Exactly:

@@ -19,6 +19,7 @@ from chunkstore.application import UploadService
 from chunkstore.blobs.memory import MemoryBlobStore
 from chunkstore.commands import InitRequest
 from chunkstore.config import Settings
+from chunkstore.errors import ValidationFailed
 from chunkstore.events import UploadCompleted
 from chunkstore.files.local import LocalFiles
 from chunkstore.reading import chunks_range, read_range, stored_file
@@ -27,6 +28,7 @@ from tests.helpers import (
     FakeClock,
     assert_problem,
     blake3_hex,
+    blob_place,
     complete,
     damage_blob,
     init_upload,
@@ -92,9 +94,10 @@ def test_copy_makes_a_byte_identical_file_with_kernel_copies(data_dir: Path) -> 
     assert (completion.sha256, completion.blake3) == (sha256_hex(data), blake3_hex(data))
 
 
-def test_copy_checks_the_copied_bytes_and_publishes_nothing_damaged(data_dir: Path) -> None:
+@pytest.mark.parametrize("mode", ["copy", "none"])
+def test_a_damaged_chunk_fails_completion_and_publishes_nothing(data_dir: Path, mode: str) -> None:
     data = os.urandom(1 * MiB)
-    service = open_service(data_dir, "copy")
+    service = open_service(data_dir, mode)
     try:
         upload_id = upload(service, data, 64 * KiB)
         damage_blob(data_dir, blake3_hex(data[128 * KiB : 192 * KiB]), 10)
@@ -107,6 +110,24 @@ def test_copy_checks_the_copied_bytes_and_publishes_nothing_damaged(data_dir: Pa
         service.close()
     assert final_files(data_dir) == []
     assert list((data_dir / "tmp" / "files").iterdir()) == []
+
+
+@pytest.mark.parametrize("mode", ["copy", "none"])
+def test_a_pack_cut_short_fails_completion(data_dir: Path, mode: str) -> None:
+    data = os.urandom(1 * MiB)
+    service = open_service(data_dir, mode)
+    try:
+        upload_id = upload(service, data, 64 * KiB)
+        last = blob_place(data_dir, blake3_hex(data[-64 * KiB :]))
+        os.truncate(last.path, last.offset + 1000)
+
+        with pytest.raises(ValidationFailed) as failed:
+            service.complete_upload(OWNER, upload_id)
+
+        assert failed.value.extensions["reason"] == "corrupt-chunk"
+    finally:
+        service.close()
+    assert final_files(data_dir) == []
 
 
 # -- none: the manifest is the file --------------------------------------------------------
