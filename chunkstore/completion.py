@@ -15,7 +15,8 @@ published.
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, NoReturn
+import threading
+from typing import TYPE_CHECKING, BinaryIO, NoReturn, cast
 
 from chunkstore import commands
 from chunkstore.blobs import BlobLocation, BlobLocations
@@ -116,15 +117,7 @@ class Completer:
         if store.file_copies is not None and store.blob_locations is not None:
             copying = store.file_copies.copying_writer(state.upload_id, state.filename)
             try:
-                for start in range(0, len(chunks), LOCATE_BATCH):
-                    batch = chunks[start : start + LOCATE_BATCH]
-                    found = store.blob_locations.locate_many([digest for digest, _ in batch])
-                    for digest, size in batch:
-                        self._copy_chunk(
-                            copying, store.blob_locations, digest, size, found.get(digest)
-                        )
-                with copying.open_written() as written:
-                    return verify_file(written, chunks, HEAD_BYTES), copying
+                return self._copy_and_verify(copying, store.blob_locations, chunks), copying
             except BaseException:
                 copying.abort()
                 raise
@@ -134,6 +127,50 @@ class Completer:
         except BaseException:
             part.abort()
             raise
+
+    def _copy_and_verify(
+        self, part: CopyingFilePart, locations: BlobLocations, chunks: list[tuple[str, int]]
+    ) -> Assembled:
+        """Kernel-copy the chunks into ``part`` in a thread while this one reads back and
+        checks what has been copied so far: the copy and the hashing overlap (on a 2-core
+        VM, copying first and then reading back took 4.2 s for 1 GiB of 64 KiB chunks
+        where streaming the bytes through Python took 3.2 s)."""
+        progress = _CopyProgress()
+        with part.open_written() as written:
+            copier = threading.Thread(
+                target=self._copy_all,
+                args=(part, locations, chunks, progress),
+                name="completion-copy",
+                daemon=True,
+            )
+            copier.start()
+            try:
+                source = cast(BinaryIO, _CopiedSoFar(written, progress))
+                return verify_file(source, chunks, HEAD_BYTES)
+            finally:
+                progress.finish(cancelled=True)
+                copier.join()
+
+    def _copy_all(
+        self,
+        part: CopyingFilePart,
+        locations: BlobLocations,
+        chunks: list[tuple[str, int]],
+        progress: _CopyProgress,
+    ) -> None:
+        try:
+            for start in range(0, len(chunks), LOCATE_BATCH):
+                batch = chunks[start : start + LOCATE_BATCH]
+                found = locations.locate_many([digest for digest, _ in batch])
+                for digest, size in batch:
+                    if progress.cancelled:
+                        return
+                    self._copy_chunk(part, locations, digest, size, found.get(digest))
+                    progress.advance(size)
+        except BaseException as error:
+            progress.fail(error)
+        else:
+            progress.finish()
 
     def _copy_chunk(
         self,
@@ -188,3 +225,58 @@ class Completer:
                 f"upload {state.upload_id} changed during completion (now {current.status})",
                 status=current.status,
             ) from None
+
+
+class _CopyProgress:
+    """How many bytes of the part the copying thread has written, shared with the
+    reader that checks them."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self.copied = 0
+        self.done = False
+        self.cancelled = False
+        self.error: BaseException | None = None
+
+    def advance(self, size: int) -> None:
+        with self._changed:
+            self.copied += size
+            self._changed.notify_all()
+
+    def finish(self, cancelled: bool = False) -> None:
+        with self._changed:
+            self.done = True
+            self.cancelled = self.cancelled or cancelled
+            self._changed.notify_all()
+
+    def fail(self, error: BaseException) -> None:
+        with self._changed:
+            self.error = error
+            self.done = True
+            self._changed.notify_all()
+
+    def wait_beyond(self, position: int) -> int:
+        """Bytes copied past ``position`` (0 once the copy is done); raises what stopped
+        the copy."""
+        with self._changed:
+            self._changed.wait_for(lambda: self.copied > position or self.done)
+            if self.error is not None:
+                raise self.error
+            return self.copied - position
+
+
+class _CopiedSoFar:
+    """The part read back, never past what the copying thread has written."""
+
+    def __init__(self, source: BinaryIO, progress: _CopyProgress) -> None:
+        self._source = source
+        self._progress = progress
+        self._position = 0
+
+    def readinto(self, buffer: memoryview) -> int:
+        ready = self._progress.wait_beyond(self._position)
+        if ready <= 0:
+            return 0
+        got = self._source.readinto(buffer[: min(len(buffer), ready)])  # type: ignore[attr-defined]
+        self._position += got
+        return int(got)
