@@ -95,9 +95,10 @@ def _verify(
     source: Readable, chunks: Sequence[tuple[str, int]], out: Sink | None, head_size: int
 ) -> Assembled:
     """One sequential pass over ``source`` in ``READ_BUFFER`` reads into two buffers
-    used in turn: this thread reads and BLAKE3-hashes each chunk's part of a buffer
-    while the pool computes the whole file's SHA-256 and BLAKE3 (and writes ``out``)
-    over the buffer before. Nothing else is held, whatever the file's size."""
+    used in turn: while the pool computes the whole file's SHA-256 and BLAKE3 (and
+    writes ``out``) over one buffer, this thread BLAKE3-hashes each chunk's part of it
+    and then reads the next buffer into the other. Nothing else is held, whatever the
+    file's size."""
     whole_blake3 = blake3.blake3()
     whole_sha256 = hashlib.sha256()
     checker = _ChunkChecker(chunks)
