@@ -22,6 +22,7 @@ from chunkstore.completion import Completer
 from chunkstore.config import Settings
 from chunkstore.errors import ChunkSwept, ConcurrencyConflict, InvalidRequest
 from chunkstore.events import ChunkStored, KnownEvent
+from chunkstore.files import is_materialized
 from chunkstore.intake import Intake
 from chunkstore.projections import project
 from chunkstore.session import SessionState, replay
@@ -251,7 +252,7 @@ class UploadService:
             state = self.decide_and_append(
                 owner, upload_id, lambda state: commands.decide_delete(state, reason)
             )
-            if file_path is not None:
+            if file_path is not None and is_materialized(file_path):
                 self.store.files.remove(file_path)
         return state
 

@@ -52,6 +52,7 @@ from chunkstore.events import (
     UploadInitiated,
     event_type,
 )
+from chunkstore.files import is_materialized
 from chunkstore.gc import confirm_orphan, orphan_candidates
 from chunkstore.manifest import Manifest, assemble
 from chunkstore.projections import session_row
@@ -522,8 +523,9 @@ def _total_bytes(service: UploadService, store: _Store) -> int:
     for digest in service.store.blobs.digests():
         total += service.store.blobs.size(digest) or 0
     for state in store.states.values():
-        if state.status == Status.COMPLETED and state.manifest is not None:
-            total += state.manifest.size
+        completed = state.status == Status.COMPLETED and state.manifest is not None
+        if completed and is_materialized(state.file_path or ""):
+            total += state.manifest.size  # type: ignore[union-attr]
     return total
 
 
@@ -565,7 +567,7 @@ def audit(service: UploadService, progress: ProgressCallback | None = None) -> A
         if manifest is None:
             chunks = state.stored_items()
             findings.extend(check_chunks(upload_id, chunks, sizes, spare))
-        if state.status == Status.COMPLETED:
+        if state.status == Status.COMPLETED and is_materialized(state.file_path or ""):
             findings.extend(check_file(service, state, summary, progress, total_bytes))
     findings.extend(check_orphan_files(service, store))
     summary.seconds = round(time.perf_counter() - started, 3)
@@ -692,7 +694,7 @@ def _chunk_sources(store: _Store, bad_files: set[str]) -> dict[str, tuple[str, i
     for upload_id, state in store.states.items():
         if state.status != Status.COMPLETED or upload_id in bad_files or state.manifest is None:
             continue
-        if state.file_path is None:
+        if state.file_path is None or not is_materialized(state.file_path):
             continue
         if state.received_count != state.total_chunks:
             continue

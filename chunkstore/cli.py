@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from chunkstore.config import Settings
+from chunkstore.config import MATERIALIZE_MODES, Settings
 
 MiB = 1024 * 1024
 
@@ -64,6 +64,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 # when it exits: memory:// is for the library in one process (tests).
                 raise SystemExit("chunkstore serve: memory:// stores are for use in-process")
             os.environ[name] = value
+    if args.materialize:
+        os.environ["CHUNKSTORE_MATERIALIZE"] = args.materialize
     if args.workers > 1 and "CHUNKSTORE_TEMP_GRACE" not in os.environ:
         os.environ["CHUNKSTORE_TEMP_GRACE"] = "3600"
     if args.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
@@ -76,7 +78,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = Settings.from_env()  # fail fast on a bad setting, before the server starts
     prepare_data_dir(settings)
     print(
-        f"chunkstore serving http://{args.host}:{args.port} (data: {data_dir})",
+        f"chunkstore serving http://{args.host}:{args.port} (data: {data_dir},"
+        f" materialize: {settings.materialize})",
         file=sys.stderr,
         flush=True,
     )
@@ -593,6 +596,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000)
     _add_store_options(serve)
     serve.add_argument("--workers", type=int, default=1, help="server processes")
+    serve.add_argument(
+        "--materialize",
+        choices=MATERIALIZE_MODES,
+        help="what completion makes: copy (a final file) or none (the manifest is the file);"
+        " default $CHUNKSTORE_MATERIALIZE or copy",
+    )
     serve.set_defaults(func=cmd_serve)
 
     bench = commands.add_parser(

@@ -16,6 +16,9 @@ TiB = 1024 * GiB
 #: own; above 4 GiB a repack (which rewrites a whole pack) would take too long.
 MIN_PACK_SIZE = 64 * KiB
 MAX_PACK_SIZE = 4 * GiB
+#: What completion leaves of a file (``materialize``): ``copy`` a final file on disk,
+#: ``none`` only the manifest (the file is read from its chunks).
+MATERIALIZE_MODES = ("copy", "none")
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
@@ -105,6 +108,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     #: gc rewrites a sealed pack once this share of its bytes is dead (records whose
     #: blobs were swept): above 0, at most 1.
     repack_dead: float = 0.2
+    #: What completion materializes: ``copy``, a final file on disk beside the chunks
+    #: (every completed byte stored twice, unless the filesystem shares the extents);
+    #: ``none``, nothing: the manifest is the file and reads stream from the chunks.
+    materialize: str = "copy"
 
     @property
     def database_path(self) -> Path:
@@ -158,6 +165,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         for field, name in (("db_url", "CHUNKSTORE_DB"), ("blobs_url", "CHUNKSTORE_BLOBS")):
             if env.get(name):
                 changes[field] = env[name].strip()
+        if env.get("CHUNKSTORE_MATERIALIZE"):
+            changes["materialize"] = env["CHUNKSTORE_MATERIALIZE"].strip().lower()
         if env.get("CHUNKSTORE_CORS_ORIGINS"):
             changes["cors_origins"] = _split(env["CHUNKSTORE_CORS_ORIGINS"])
         settings = msgspec.structs.replace(base, **changes)
@@ -169,6 +178,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             )
         if not (0 < settings.repack_dead <= 1):
             raise ValueError("CHUNKSTORE_REPACK_DEAD must be above 0 and at most 1")
+        if settings.materialize not in MATERIALIZE_MODES:
+            raise ValueError("CHUNKSTORE_MATERIALIZE must be copy or none")
         return settings
 
 

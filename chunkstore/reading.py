@@ -1,12 +1,17 @@
 """Reading a completed upload's bytes: whole or a byte range, never all in memory.
 
 The materialized file is derived data (invariant 5): when it is there with the size the
-manifest states, bytes come from it; when it is gone, they come from the chunks, in the
-manifest's order, each chunk re-hashed against its name as it streams by.
+manifest states, bytes come from it; when it is gone, or was never made (materialization
+``none``), they come from the chunks, in the manifest's order, each chunk re-hashed
+against its name as it streams by. A range starts at the chunk holding its first byte,
+found by bisecting the chunks' cumulative offsets: nothing before it is read.
 """
 
 from __future__ import annotations
 
+import array
+import bisect
+import itertools
 from collections.abc import Iterator
 
 import blake3
@@ -14,7 +19,7 @@ import msgspec
 
 from chunkstore.blobs import BlobStore
 from chunkstore.errors import CorruptBlob, UploadNotActive, UploadNotFound
-from chunkstore.files import FileSink
+from chunkstore.files import FileSink, is_materialized
 from chunkstore.manifest import Manifest
 from chunkstore.session import SessionState, Status
 
@@ -71,7 +76,9 @@ def stored_file(state: SessionState, files: FileSink) -> StoredFile:
             f"upload {state.upload_id} is {state.status}; only a completed upload has a file",
             status=state.status,
         )
-    present = files.size(state.file_path) == state.manifest.size
+    present = (
+        is_materialized(state.file_path) and files.size(state.file_path) == state.manifest.size
+    )
     return StoredFile(
         upload_id=state.upload_id,
         filename=state.filename,
@@ -115,15 +122,17 @@ def chunks_range(
     """The range out of the chunks. Each chunk the range touches is read whole and
     re-hashed, so damage ends the stream with ``CorruptBlob`` instead of passing on
     silently; at most one read piece is in memory."""
-    offset = 0
-    for digest, size in chunks:
-        chunk_start, chunk_end = offset, offset + size - 1
-        offset += size
-        if chunk_end < start:
-            continue
+    # ends[i]: the offset just past chunk i (8 bytes a chunk); the first chunk whose end
+    # is past ``start`` holds it (chunks of no bytes end where they start: skipped).
+    ends = array.array("q", itertools.accumulate(size for _, size in chunks))
+    first = bisect.bisect_right(ends, start)
+    for index in range(first, len(chunks)):
+        digest, size = chunks[index]
+        chunk_start = ends[index] - size
         if chunk_start > end:
             return
-        yield from _chunk_slice(blobs, digest, size, start - chunk_start, end - chunk_start)
+        if size:
+            yield from _chunk_slice(blobs, digest, size, start - chunk_start, end - chunk_start)
 
 
 def _chunk_slice(

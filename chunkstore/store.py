@@ -37,7 +37,7 @@ from chunkstore.blobs import (
 from chunkstore.blobs.packindex import PackIndex
 from chunkstore.config import Settings
 from chunkstore.eventlog import EventLog, SessionIndex, SweepGuard
-from chunkstore.files import FileSink
+from chunkstore.files import FileCopies, FileSink
 from chunkstore.locks import Locker
 from chunkstore.tails import TailStore
 from chunkstore.tokens import TokenStore
@@ -66,6 +66,8 @@ class Store:
     blob_locations: BlobLocations | None = None
     #: Moving blobs of the one-file-per-chunk layout into packs (``chunkstore repack``).
     blob_migration: BlobMigration | None = None
+    #: Final files filled by kernel copies from ``blob_locations`` (with it only).
+    file_copies: FileCopies | None = None
     #: The packs and their index under the blob port (repacking, auditing packs).
     packs: PackedBlobs | None = None
     #: What was chosen, for the start-up log line: port -> backend.
@@ -81,6 +83,7 @@ class Store:
             "blob_evidence": self.blob_evidence,
             "blob_locations": self.blob_locations,
             "blob_migration": self.blob_migration,
+            "file_copies": self.file_copies,
             "packs": self.packs,
         }
         found = [name for name, value in named.items() if value is not None]
@@ -132,6 +135,7 @@ class _Storage:
     described: str
     blob_locations: BlobLocations | None = None
     blob_migration: BlobMigration | None = None
+    file_copies: FileCopies | None = None
     packs: PackedBlobs | None = None
     closers: tuple[Callable[[], None], ...] = ()
 
@@ -188,6 +192,7 @@ def _open_storage(url: str, pack_index: PackIndex, settings: Settings) -> _Stora
             temp_files=(pack_blobs, local_files),
             blob_locations=pack_blobs,
             blob_migration=pack_blobs,
+            file_copies=local_files,
             packs=pack_blobs,
             closers=(pack_blobs.close,),
             described=f"packs in local directory {root}",
@@ -230,6 +235,7 @@ def open_store(settings: Settings) -> Store:
         temp_files=storage.temp_files,
         blob_locations=storage.blob_locations,
         blob_migration=storage.blob_migration,
+        file_copies=storage.file_copies,
         packs=storage.packs,
         closers=storage.closers,
         backends={

@@ -49,6 +49,8 @@ class BatchReceipt(Progress, frozen=True, kw_only=True):
 class Completion(msgspec.Struct, frozen=True, kw_only=True):
     upload_id: str
     status: str
+    #: ``files/<upload_id>/<name>``, or ``manifest:<digest>`` when no file was made
+    #: (materialization ``none``).
     file_path: str
     size: int
     sha256: str

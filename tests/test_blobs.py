@@ -302,6 +302,14 @@ class TestPackBlobStore(BlobStoreContract, BlobAgeingContract, BlobEvidenceContr
         assert location.offset == 2 * HEADER_SIZE + len(b"before")
         assert blobs.locate("d" * 64) is None
 
+    def test_locate_many_finds_what_locate_finds_in_one_look_up(self, blobs: PackBlobStore) -> None:
+        digests = [blobs.put(os.urandom(100 + n)).digest for n in range(5)]
+        absent = "d" * 64
+
+        found = blobs.locate_many([*digests, absent])
+
+        assert found == {digest: blobs.locate(digest) for digest in digests}
+
     def test_deleting_a_blob_drops_its_row_and_leaves_its_bytes_for_a_repack(
         self, blobs: PackBlobStore
     ) -> None:

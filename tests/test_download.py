@@ -1,9 +1,13 @@
-"""GET /api/v1/files/{upload_id}: a completed upload's bytes, whole or one range."""
+"""GET /api/v1/files/{upload_id}: a completed upload's bytes, whole or one range.
+
+Every test runs against a server of each materialization: ``copy`` (a final file) and
+``none`` (the bytes come from the chunks through the manifest)."""
 
 from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -28,6 +32,27 @@ from tests.helpers import (
 
 KiB = 1024
 FILES = "/api/v1/files"
+
+
+@pytest.fixture(scope="module", params=["copy", "none"])
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    """One server per materialization, shared by this module's tests."""
+    mode = request.param
+    env = {"CHUNKSTORE_MATERIALIZE": mode}
+    instance = Server(tmp_path_factory.mktemp(f"download-{mode}") / "data", env).start()
+    yield instance
+    instance.stop()
+
+
+def materialized(server: Server) -> bool:
+    return server.env["CHUNKSTORE_MATERIALIZE"] == "copy"
+
+
+def drop_final_file(server: Server, upload_id: str) -> None:
+    """Remove an upload's final file (there is none without materialization)."""
+    shutil.rmtree(server.data_dir / "files" / upload_id, ignore_errors=not materialized(server))
 
 
 def completed_upload(client: httpx.Client, data: bytes, chunk_size: int = 4 * KiB) -> str:
@@ -179,7 +204,7 @@ def test_without_the_final_file_bytes_come_from_the_chunks(
 ) -> None:
     data = os.urandom(9 * KiB + 7)
     upload_id = completed_upload(client, data, chunk_size=2 * KiB)
-    shutil.rmtree(server.data_dir / "files" / upload_id)
+    drop_final_file(server, upload_id)
 
     whole = client.get(f"{FILES}/{upload_id}")
     middle = client.get(f"{FILES}/{upload_id}", headers={"Range": "bytes=2047-6144"})
@@ -218,7 +243,7 @@ def damaged_download(server: Server, client: httpx.Client, data: bytes, damaged:
     """A completed upload in 2 KiB chunks whose final file is gone and whose chunk
     ``damaged`` has one byte flipped on disk; returns its download URL."""
     upload_id = completed_upload(client, data, chunk_size=2 * KiB)
-    shutil.rmtree(server.data_dir / "files" / upload_id)
+    drop_final_file(server, upload_id)
     damage_blob(server.data_dir, blake3_hex(split(data, 2 * KiB)[damaged]), 1000)
     return f"{FILES}/{upload_id}"
 
@@ -262,8 +287,8 @@ def test_deleting_a_completed_upload_removes_its_file_and_answers_204(
     server: Server, client: httpx.Client, upload: tuple[str, bytes]
 ) -> None:
     upload_id, _ = upload
-    final = server.data_dir / status_of(client, upload_id)["file_path"]
-    assert final.exists()
+    final = server.data_dir / "files" / upload_id / "file.bin"
+    assert final.exists() == materialized(server)
 
     response = client.delete(f"{FILES}/{upload_id}")
 

@@ -5,13 +5,20 @@ sweep of parts a crash left (its ``TempFiles`` capability)."""
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
+from chunkstore.blobs import BlobLocation
 from chunkstore.files.local import LocalFiles
 from chunkstore.files.memory import MemoryFiles
-from tests.contracts.files import FileSinkContract, materialize, read_file
+from tests.contracts.files import (
+    FileCopiesContract,
+    FileSinkContract,
+    materialize,
+    read_file,
+)
 
 
 class TestMemoryFiles(FileSinkContract):
@@ -27,9 +34,45 @@ class TestMemoryFiles(FileSinkContract):
         assert files.quarantined[where] == b"damaged, say"
 
 
-class TestLocalFiles(FileSinkContract):
+class TestLocalFiles(FileSinkContract, FileCopiesContract):
     def make_files(self, tmp_path: Path) -> LocalFiles:
         return LocalFiles(tmp_path / "data")
+
+    def make_copies(self, tmp_path: Path) -> LocalFiles:
+        return LocalFiles(tmp_path / "data")
+
+    def test_copies_go_through_the_kernel_on_one_filesystem(
+        self, files: LocalFiles, tmp_path: Path
+    ) -> None:
+        source = tmp_path / "data" / "source.pack"
+        data = os.urandom(2 * 1024 * 1024)
+        source.write_bytes(data)
+        part = files.copying_writer("u1", "a.bin")
+
+        part.copy_from(BlobLocation(str(source), 0, len(data)))
+        location = part.commit()
+
+        assert read_file(files, location) == data
+        assert (files.copied_by_kernel, files.copied_by_fallback) == (len(data), 0)
+        assert files.kernel_copy
+
+    @pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="needs a tmpfs at /dev/shm")
+    def test_a_copy_across_filesystems_falls_back_to_writes_once(self, files: LocalFiles) -> None:
+        data = os.urandom(3 * 1024 * 1024 + 5)
+        with tempfile.NamedTemporaryFile(dir="/dev/shm") as source:
+            source.write(data)
+            source.flush()
+            first = files.copying_writer("u1", "a.bin")
+            first.copy_from(BlobLocation(source.name, 0, len(data)))
+            first_location = first.commit()
+            second = files.copying_writer("u2", "b.bin")
+            second.copy_from(BlobLocation(source.name, 5, 1000))
+            second_location = second.commit()
+
+        assert read_file(files, first_location) == data
+        assert read_file(files, second_location) == data[5:1005]
+        assert not files.kernel_copy
+        assert (files.copied_by_kernel, files.copied_by_fallback) == (0, len(data) + 1000)
 
     def test_a_final_file_lives_at_its_location_under_the_root(self, files: LocalFiles) -> None:
         location = materialize(files, "u1", "a.bin", b"bytes")

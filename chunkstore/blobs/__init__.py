@@ -138,6 +138,11 @@ class BlobLocations(Protocol):
         straight from a file; None if it is absent or not stored plain."""
         ...
 
+    def locate_many(self, digests: Sequence[str]) -> dict[str, BlobLocation]:
+        """``locate`` for many blobs in one look-up; those absent or not stored plain
+        are left out."""
+        ...
+
 
 class MigrationReport(msgspec.Struct, kw_only=True):
     #: Loose blobs now in packs whose files were removed, and their bytes.

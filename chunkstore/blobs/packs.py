@@ -735,6 +735,23 @@ class PackBlobStore:
                 return BlobLocation(str(self.loose.path_for(digest)), 0, size)
         return None
 
+    def locate_many(self, digests: Sequence[str]) -> dict[str, BlobLocation]:
+        paths: dict[str, str] = {}  # a file's chunks mostly share a few packs
+        found = {
+            digest: BlobLocation(
+                paths.get(row.pack) or paths.setdefault(row.pack, str(self.pack_path(row.pack))),
+                row.payload_offset,
+                row.length,
+            )
+            for digest, row in self.index.lookup_many(digests).items()
+            if not row.flags
+        }
+        if self.loose is not None:
+            for digest in digests:
+                if digest not in found and (where := self.locate(digest)) is not None:
+                    found[digest] = where
+        return found
+
     def put(self, data: bytes) -> BlobRef:
         writer = self.writer()
         writer.write(data)

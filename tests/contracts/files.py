@@ -6,10 +6,13 @@ import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 
-from chunkstore.files import FileSink, location_of, upload_of
+from chunkstore.blobs import BlobLocation
+from chunkstore.errors import CorruptBlob
+from chunkstore.files import FileCopies, FileSink, location_of, upload_of
 from tests.contracts.concurrency import THREADS, run_together
 
 MiB = 1024 * 1024
@@ -238,3 +241,64 @@ class FileSinkContract:
 
         assert seen <= set(versions)
         assert read_file(files, location) in versions
+
+
+class FileCopiesContract:
+    """``FileCopies``: a part filled by copies of byte ranges of local files (where
+    blobs lie), read back before it is committed."""
+
+    def make_copies(self, tmp_path: Path) -> FileCopies:
+        raise NotImplementedError
+
+    @pytest.fixture
+    def copies(self, tmp_path: Path) -> Iterator[FileCopies]:
+        yield self.make_copies(tmp_path)
+
+    def test_copies_and_writes_land_in_order(self, copies: FileCopies, tmp_path: Path) -> None:
+        source = tmp_path / "source.pack"
+        data = os.urandom(3 * MiB + 17)
+        source.write_bytes(data)
+        part = copies.copying_writer("u1", "a.bin")
+
+        part.copy_from(BlobLocation(str(source), 100, MiB))
+        part.write(b"between")
+        part.copy_from(BlobLocation(str(source), 2 * MiB, MiB + 17))
+        with part.open_written() as written:
+            read_back = written.read()
+        location = part.commit()
+
+        expected = data[100 : 100 + MiB] + b"between" + data[2 * MiB :]
+        assert read_back == expected
+        assert read_file(cast(FileSink, copies), location) == expected
+
+    def test_a_missing_source_is_file_not_found(self, copies: FileCopies, tmp_path: Path) -> None:
+        part = copies.copying_writer("u1", "a.bin")
+
+        with pytest.raises(FileNotFoundError):
+            part.copy_from(BlobLocation(str(tmp_path / "gone.pack"), 0, 10))
+        part.abort()
+
+    def test_a_source_shorter_than_the_range_is_corrupt(
+        self, copies: FileCopies, tmp_path: Path
+    ) -> None:
+        source = tmp_path / "short.pack"
+        source.write_bytes(b"x" * 100)
+        part = copies.copying_writer("u1", "a.bin")
+
+        with pytest.raises(CorruptBlob):
+            part.copy_from(BlobLocation(str(source), 50, 100))
+        part.abort()
+
+    def test_an_aborted_copying_part_leaves_no_trace(
+        self, copies: FileCopies, tmp_path: Path
+    ) -> None:
+        source = tmp_path / "source.pack"
+        source.write_bytes(b"y" * 1000)
+        part = copies.copying_writer("u1", "a.bin")
+        part.copy_from(BlobLocation(str(source), 0, 1000))
+
+        part.abort()
+
+        sink = cast(FileSink, copies)
+        assert sink.parts() == {}
+        assert sink.size(location_of("u1", "a.bin")) is None
