@@ -23,6 +23,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, NamedTuple, Protocol
 
+import blake3
 import msgspec
 
 if TYPE_CHECKING:
@@ -43,6 +44,35 @@ class BlobRef(msgspec.Struct, frozen=True):
     size: int
     #: False when the store already held these bytes (nothing new was written).
     created: bool = True
+
+
+class HashingWriter:
+    """What every blob writer shares: the size of the bytes written and their BLAKE3
+    digest, hashed as they pass unless the caller already verified them
+    (``verified_digest``: then that is the digest, and nothing is hashed again)."""
+
+    __slots__ = ("_hasher", "_size", "_verified")
+
+    def __init__(self, verified_digest: str | None = None) -> None:
+        self._verified = verified_digest
+        self._hasher = None if verified_digest else blake3.blake3()
+        self._size = 0
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    def _count(self, data: bytes | memoryview) -> None:
+        """Hash (unless verified) and count ``data``, written by the subclass."""
+        if self._hasher is not None:
+            self._hasher.update(data)
+        self._size += len(data)
+
+    def digest(self) -> str:
+        if self._hasher is None:
+            assert self._verified is not None
+            return self._verified
+        return self._hasher.hexdigest()
 
 
 class BlobWriter(Protocol):

@@ -21,7 +21,7 @@ from typing import BinaryIO
 
 import blake3
 
-from chunkstore.blobs import BlobRef, BlobWriter, is_digest, put_stream
+from chunkstore.blobs import BlobRef, BlobWriter, HashingWriter, is_digest, put_stream
 from chunkstore.durable import fsync_directory, make_durable_dirs, write_all
 from chunkstore.errors import CorruptBlob, full_disk_guard
 
@@ -33,7 +33,7 @@ TEMP_SPREAD = 16
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 
 
-class FileBlobWriter:
+class FileBlobWriter(HashingWriter):
     """Bytes on their way to becoming a blob: a temp file written through a raw fd.
     Plain strings and os calls throughout: a batch writes thousands of these a second,
     and pathlib and buffered files cost more there than the system calls."""
@@ -41,10 +41,8 @@ class FileBlobWriter:
     def __init__(self, store: FileBlobStore, verified_digest: str | None = None) -> None:
         """``verified_digest``: the caller already hashed these exact bytes, so the
         writer need not hash them again."""
+        super().__init__(verified_digest)
         self._store = store
-        self._verified = verified_digest
-        self._hasher = None if verified_digest else blake3.blake3()
-        self._size = 0
         self._path = store.temp_path()
         if verified_digest is not None:
             # The name is known up front: make its directory now, in the writing
@@ -53,23 +51,11 @@ class FileBlobWriter:
         self._fd: int | None = os.open(self._path, _CREATE_FLAGS, 0o644)
         self._write = functools.partial(os.write, self._fd)
 
-    @property
-    def size(self) -> int:
-        return self._size
-
     def write(self, data: bytes | memoryview) -> None:
         assert self._fd is not None, "writer already finished"
-        if self._hasher is not None:
-            self._hasher.update(data)
         with full_disk_guard("a chunk"):
             write_all(self._write, data)
-        self._size += len(data)
-
-    def digest(self) -> str:
-        if self._hasher is None:
-            assert self._verified is not None
-            return self._verified
-        return self._hasher.hexdigest()
+        self._count(data)
 
     @property
     def path(self) -> str:

@@ -8,37 +8,23 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import BinaryIO
 
-import blake3
-
-from chunkstore.blobs import BlobRef, BlobWriter, is_digest
+from chunkstore.blobs import BlobRef, BlobWriter, HashingWriter, is_digest
 from chunkstore.errors import CorruptBlob
 
 
-class MemoryBlobWriter:
+class MemoryBlobWriter(HashingWriter):
+    __slots__ = ("_keep", "_pieces", "aborted")
+
     def __init__(self, verified_digest: str | None = None, keep: bool = True) -> None:
-        self._verified = verified_digest
-        self._hasher = None if verified_digest else blake3.blake3()
+        super().__init__(verified_digest)
         self._keep = keep
         self._pieces: list[bytes] = []
-        self._size = 0
         self.aborted = False
 
-    @property
-    def size(self) -> int:
-        return self._size
-
     def write(self, data: bytes | memoryview) -> None:
-        if self._hasher is not None:
-            self._hasher.update(data)
+        self._count(data)
         if self._keep:
             self._pieces.append(bytes(data))
-        self._size += len(data)
-
-    def digest(self) -> str:
-        if self._hasher is None:
-            assert self._verified is not None
-            return self._verified
-        return self._hasher.hexdigest()
 
     def data(self) -> bytes:
         return b"".join(self._pieces)

@@ -52,6 +52,7 @@ from chunkstore.blobs import (
     BlobRef,
     BlobWriter,
     Chunk,
+    HashingWriter,
     MigrationReport,
     is_digest,
 )
@@ -95,39 +96,25 @@ _OPEN_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 # -- writers -------------------------------------------------------------------------------
 
 
-class PackWriter:
+class PackWriter(HashingWriter):
     """A blob on its way into a pack: the pieces it was given, hashed as they pass
     (unless the caller already did). Nothing reaches the disk before ``commit_many``;
     the caller must not change a piece's bytes until then."""
 
-    __slots__ = ("_hasher", "_pieces", "_size", "_verified")
+    __slots__ = ("_pieces",)
 
     def __init__(self, verified_digest: str | None = None) -> None:
-        self._verified = verified_digest
-        self._hasher = None if verified_digest else blake3.blake3()
+        super().__init__(verified_digest)
         self._pieces: list[bytes | memoryview] = []
-        self._size = 0
-
-    @property
-    def size(self) -> int:
-        return self._size
 
     @property
     def pieces(self) -> list[bytes | memoryview]:
         return self._pieces
 
     def write(self, data: bytes | memoryview) -> None:
-        if self._hasher is not None:
-            self._hasher.update(data)
+        self._count(data)
         if len(data):
             self._pieces.append(data)
-        self._size += len(data)
-
-    def digest(self) -> str:
-        if self._hasher is None:
-            assert self._verified is not None
-            return self._verified
-        return self._hasher.hexdigest()
 
     def abort(self) -> None:
         self._pieces = []
@@ -449,31 +436,29 @@ class PackBlobStore:
         """Append, sync and index ``chunks`` (digests trusted, none known to the index);
         per chunk, whether its row was inserted (another writer of the same digest may
         have won meanwhile: then its record is dead bytes a repack drops)."""
-        appended, packs = self._append(chunks)
-        try:
-            self._sync(appended, packs)
-            inserted = self._index_commits.add(appended.rows, appended.committed, synced_index)
-            for pack in packs:
-                with pack.cond:
-                    pack.committed = max(pack.committed, appended.committed[pack.name])
-            return inserted
-        finally:
-            for pack in packs:
-                self._release(pack)
+        return self._append_durably(chunks, True, synced_index)[1]
 
     def append_durably(self, chunks: Sequence[Chunk]) -> Appended:
         """Append ``chunks`` and make them durable, but add no rows: a repack then
         switches the rows with ``PackIndex.move``. The packs' committed lengths are
         raised (no rows) before the packs are let go: a pack sealed meanwhile is cut to
         its committed length, which would otherwise take these records with it."""
+        return self._append_durably(chunks, False, True)[0]
+
+    def _append_durably(
+        self, chunks: Sequence[Chunk], with_rows: bool, synced: bool
+    ) -> tuple[Appended, list[bool]]:
+        """Append and sync ``chunks``, then commit the packs' new committed lengths,
+        with the chunks' rows if ``with_rows``; per row, whether it was inserted."""
         appended, packs = self._append(chunks)
         try:
             self._sync(appended, packs)
-            self._index_commits.add([], appended.committed, synced=True)
+            rows = appended.rows if with_rows else []
+            inserted = self._index_commits.add(rows, appended.committed, synced)
             for pack in packs:
                 with pack.cond:
                     pack.committed = max(pack.committed, appended.committed[pack.name])
-            return appended
+            return appended, inserted
         finally:
             for pack in packs:
                 self._release(pack)
