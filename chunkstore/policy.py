@@ -192,8 +192,8 @@ def extension_skeleton(name: str) -> str:
 
 
 def format_characters(name: str) -> list[str]:
-    """The distinct format characters (category Cf) in ``name`` as "U+XXXX", at most
-    ``_NAMED_CHARACTERS`` of them."""
+    """The distinct format characters (category Cf) in ``name``, each written as "U+"
+    and its hex code point, at most ``_NAMED_CHARACTERS`` of them."""
     found = dict.fromkeys(
         f"U+{ord(char):04X}" for char in name if unicodedata.category(char) == "Cf"
     )

@@ -9,6 +9,7 @@ owner before they lock it, so an id that does not exist never gets any lock stat
 
 from __future__ import annotations
 
+import abc
 import contextlib
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
@@ -40,11 +41,11 @@ class Locker(Protocol):
         ...
 
 
-class HoldsByAcquiring:
+class HoldsByAcquiring(abc.ABC):
     """``hold`` for a backend that implements ``acquire``."""
 
-    def acquire(self, upload_id: str, wait: float = 0.0) -> HeldLock:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def acquire(self, upload_id: str, wait: float = 0.0) -> HeldLock: ...
 
     @contextlib.contextmanager
     def hold(self, upload_id: str, wait: float = 0.0) -> Iterator[HeldLock]:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import abc
 import os
 import time
 from collections.abc import Iterator
@@ -28,10 +29,10 @@ def read_blob(blobs: BlobStore, digest: str) -> bytes:
         return blob.read()
 
 
-class BlobContract:
+class BlobContract(abc.ABC):
+    @abc.abstractmethod
     def make_blobs(self, tmp_path: Path) -> BlobBackend:
         """A new, empty blob store of the backend under test."""
-        raise NotImplementedError
 
     @pytest.fixture
     def blobs(self, tmp_path: Path) -> Iterator[BlobBackend]:

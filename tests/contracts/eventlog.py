@@ -7,6 +7,7 @@ the protocols it implements, ``SweepGuardContract`` only if it offers that capab
 
 from __future__ import annotations
 
+import abc
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -102,10 +103,10 @@ def changes_after(state: SessionState, events: list[KnownEvent]) -> RowChanges:
     return project(replay(events, state), events)
 
 
-class LogContract:
+class LogContract(abc.ABC):
+    @abc.abstractmethod
     def make_log(self, tmp_path: Path) -> LogBackend:
         """A new, empty log of the backend under test."""
-        raise NotImplementedError
 
     @pytest.fixture
     def log(self, tmp_path: Path) -> Iterator[LogBackend]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import os
 import threading
 from collections.abc import Iterator
@@ -29,12 +30,12 @@ def materialize(files: FileSink, upload_id: str, filename: str, data: bytes) -> 
     return part.commit()
 
 
-class FileSinkContract:
+class FileSinkContract(abc.ABC):
     """A final file appears whole at its location, atomically, or not at all."""
 
+    @abc.abstractmethod
     def make_files(self, tmp_path: Path) -> FileSink:
         """A new, empty sink of the backend under test."""
-        raise NotImplementedError
 
     @pytest.fixture
     def files(self, tmp_path: Path) -> Iterator[FileSink]:
@@ -243,12 +244,13 @@ class FileSinkContract:
         assert read_file(files, location) in versions
 
 
-class FileCopiesContract:
+class FileCopiesContract(abc.ABC):
     """``FileCopies``: a part filled by copies of byte ranges of local files (where
     blobs lie), read back before it is committed."""
 
+    @abc.abstractmethod
     def make_copies(self, tmp_path: Path) -> FileCopies:
-        raise NotImplementedError
+        """A new files backend with kernel copies, of the backend under test."""
 
     @pytest.fixture
     def copies(self, tmp_path: Path) -> Iterator[FileCopies]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,13 +14,13 @@ from chunkstore.locks import HeldLock, Locker
 from tests.contracts.concurrency import THREADS, run_together
 
 
-class LockerContract:
+class LockerContract(abc.ABC):
     """Exclusive across threads (and, for a shared backend, processes), with a bounded
     wait; nothing outlives a release."""
 
+    @abc.abstractmethod
     def make_locks(self, tmp_path: Path) -> Locker:
         """A new locker of the backend under test, with no lock held."""
-        raise NotImplementedError
 
     @pytest.fixture
     def locks(self, tmp_path: Path) -> Iterator[Locker]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,10 +28,10 @@ def end_of(*rows: IndexRow) -> int:
     return max(r.offset + HEADER_SIZE + r.length for r in rows)
 
 
-class PackIndexContract:
+class PackIndexContract(abc.ABC):
+    @abc.abstractmethod
     def make_index(self, tmp_path: Path) -> PackIndex:
         """A new, empty pack index of the backend under test."""
-        raise NotImplementedError
 
     @pytest.fixture
     def index(self, tmp_path: Path) -> Iterator[PackIndex]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,13 +12,13 @@ from chunkstore.errors import ChunkstoreError
 from chunkstore.tails import TailStore
 
 
-class TailStoreContract:
+class TailStoreContract(abc.ABC):
     """A tail per (upload, base): written whole, extended after what was acknowledged,
     read only as far as it is there."""
 
+    @abc.abstractmethod
     def make_tails(self, tmp_path: Path) -> TailStore:
         """A new, empty tail store of the backend under test."""
-        raise NotImplementedError
 
     @pytest.fixture
     def tails(self, tmp_path: Path) -> Iterator[TailStore]:

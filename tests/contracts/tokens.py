@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,12 +13,12 @@ from chunkstore.tokens import TOKEN_PREFIX, TokenStore, new_token
 from tests.contracts.concurrency import THREADS, run_together
 
 
-class TokenStoreContract:
+class TokenStoreContract(abc.ABC):
     """A token names its owner until it is revoked; a name is 1-128 printable characters."""
 
+    @abc.abstractmethod
     def make_tokens(self, tmp_path: Path) -> TokenStore:
         """A new token store of the backend under test, holding no token."""
-        raise NotImplementedError
 
     @pytest.fixture
     def tokens(self, tmp_path: Path) -> Iterator[TokenStore]:
