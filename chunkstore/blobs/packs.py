@@ -193,9 +193,12 @@ class _IndexCommits:
         self.index = index
         self.stats = stats
         self.group: GroupCommit[_IndexJob, list[bool]] = GroupCommit(self._commit)
+        # Callers come from several threads: an unlocked += may lose a count.
+        self._counting = threading.Lock()
 
     def add(self, rows: list[IndexRow], committed: dict[str, int], synced: bool) -> list[bool]:
-        self.stats.index_requests += 1
+        with self._counting:
+            self.stats.index_requests += 1
         return self.group.submit(_IndexJob(rows, committed, synced))
 
     def _commit(self, batch: list[_IndexJob]) -> list[list[bool] | BaseException]:
