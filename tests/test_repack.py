@@ -339,6 +339,26 @@ GC_IN_SMALL_STEPS = """
 """
 
 
+#: A repack in small batches that says when it has copied one and pauses after each, so
+#: that a kill lands in the middle of a repack however fast the machine is.
+REPACK_IN_PACED_STEPS = """
+    import sys
+    import time
+    import chunkstore.repack
+    import chunkstore.blobs.packs as packs
+    from chunkstore.cli import main
+    chunkstore.repack.REPACK_BATCH_BYTES = 4096
+    append_durably = packs.PackBlobStore.append_durably
+    def paced(self, chunks):
+        appended = append_durably(self, chunks)
+        print("copied", flush=True)
+        time.sleep(0.02)
+        return appended
+    packs.PackBlobStore.append_durably = paced
+    sys.exit(main(sys.argv[1:]))
+"""
+
+
 def start_python(script: str, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(script), *args],
@@ -364,7 +384,7 @@ def test_repacks_killed_at_many_instants_lose_nothing(tmp_path: Path) -> None:
     live: dict[str, bytes] = {}
     killed_midway = 0
     rounds = random.Random(12)
-    for round_number in range(12):
+    for _ in range(12):
         service = open_service(data_dir)
         upload(service, os.urandom(30 * KiB), "cancel")
         kept = os.urandom(30 * KiB)
@@ -373,12 +393,17 @@ def test_repacks_killed_at_many_instants_lose_nothing(tmp_path: Path) -> None:
         service.close()
         gc(data_dir, "--repack-dead", "1")  # sweep: leaves packs half dead
         runner = start_python(
-            GC_IN_SMALL_STEPS, "repack", "--data", str(data_dir), "--dead", "0.01"
+            REPACK_IN_PACED_STEPS, "repack", "--data", str(data_dir), "--dead", "0.01"
         )
-        time.sleep(rounds.uniform(0.3, 1.5) if round_number else 1.0)
+        # Once the first batch is copied, kill at a random instant of what follows:
+        # another copy, the switch of the rows, the removal of the old pack.
+        assert runner.stdout is not None
+        if runner.stdout.readline():
+            time.sleep(rounds.uniform(0.0, 0.3))
         killed_midway += kill_9(runner)
         assert_reads_back(data_dir, live)  # start-up after the crash, then every read
 
+    print(f"\nrepacks killed midway: {killed_midway} of 12")
     assert killed_midway >= 3, "the repacks finished before they could be killed"
     gc(data_dir, "--repack-dead", "0.01")  # finishes what the killed runs left retired
     service = open_service(data_dir)
