@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import threading
 from collections.abc import AsyncIterable, Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -20,7 +21,7 @@ import msgspec
 
 from chunkstore import commands
 from chunkstore.batch import FrameReader
-from chunkstore.blobs import BlobWriter
+from chunkstore.blobs import BlobStaging, BlobWriter
 from chunkstore.bounds import MAX_LISTED_INDEXES
 from chunkstore.errors import (
     ChecksumMismatch,
@@ -63,6 +64,26 @@ class Recorded(NamedTuple):
     events: list[ChunkStored]
 
 
+#: Verified bytes of a batch that wait in memory before they are handed to the blob
+#: store while the rest of the body arrives (4 connections of ~8 MiB batches held up to
+#: ~100 MiB of bodies when each waited for its request's end).
+STAGE_BYTES = 1024 * 1024
+
+
+@dataclass(eq=False)
+class Staged:
+    """What one request has handed to the blob store's staging so far."""
+
+    staging: BlobStaging
+    #: (index, digest, size) of the chunks staged, in order.
+    chunks: list[tuple[int, str, int]] = field(default_factory=list)
+    #: Serializes a stage in a worker thread with giving up from the event loop's side.
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    abandoned: bool = False
+    #: A stage failed: the request cannot be committed.
+    broken: bool = False
+
+
 @dataclass(frozen=True, slots=True)
 class Frame:
     index: int
@@ -75,9 +96,9 @@ class Frame:
 class BatchParser(FrameReader):
     """Cuts a batch body into frames as pieces arrive, hashing and verifying each one.
 
-    It only hashes (BLAKE3 runs at GB/s); writing the blobs happens later in a worker
-    thread, so the event loop spends no time on per-chunk storage. The frames of one
-    request stay in memory until then, which ``max_batch_size`` bounds.
+    It only hashes (BLAKE3 runs at GB/s); writing the blobs happens in a worker thread,
+    so the event loop spends no time on per-chunk storage. Verified frames wait in
+    ``completed`` until they are taken (``take_completed``), every ``STAGE_BYTES``.
     """
 
     def __init__(self, state: SessionState, limit: int, clock: Callable[[], datetime]) -> None:
@@ -87,6 +108,8 @@ class BatchParser(FrameReader):
         self.clock = clock
         self.received = 0
         self.completed: list[Frame] = []
+        #: Bytes of the frames in ``completed``.
+        self.waiting = 0
         self._index = -1
         self._size = 0
         self._hasher = blake3.blake3()
@@ -111,6 +134,13 @@ class BatchParser(FrameReader):
         digest = self._hasher.hexdigest()
         commands.check_chunk_bytes(self.state, self._index, digest, self._size)
         self.completed.append(Frame(self._index, digest, self._size, self._pieces))
+        self.waiting += self._size
+        self._pieces = []
+
+    def take_completed(self) -> list[Frame]:
+        """The verified frames not taken yet (their pieces go with them)."""
+        frames, self.completed, self.waiting = self.completed, [], 0
+        return frames
 
 
 class ChunkIntake:
@@ -149,6 +179,43 @@ class ChunkIntake:
                     algorithm=self.checksum.algorithm,
                 )
         return digest
+
+
+class _Stager:
+    """Hands a batch's verified frames to the staging in a worker thread, one hand-over
+    at a time, while the event loop goes on reading the body."""
+
+    def __init__(self, intake: Intake, staged: Staged) -> None:
+        self.intake = intake
+        self.staged = staged
+        self._pending: asyncio.Future[None] | None = None
+
+    async def hand_over(self, frames: list[Frame]) -> None:
+        await self.settle()
+        self._pending = asyncio.ensure_future(
+            asyncio.to_thread(self.intake.stage_frames, self.staged, frames)
+        )
+
+    async def settle(self) -> None:
+        """Wait for the hand-over under way; raises what stopped it."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            await pending
+
+    def abandon(self) -> None:
+        """Give up the staging without waiting (the request failed or was cancelled): a
+        worker thread does it once any stage under way is done."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.add_done_callback(_retrieved)
+        loop = asyncio.get_running_loop()
+        loop.run_in_executor(None, self.intake.abandon, self.staged)
+
+
+def _retrieved(future: asyncio.Future[None]) -> None:
+    """Mark a failed hand-over's exception as seen (the request raised its own)."""
+    if not future.cancelled():
+        future.exception()
 
 
 class Intake:
@@ -224,10 +291,12 @@ class Intake:
     ) -> BatchReceipt:
         """Store a batch body: frames of (u32 index, u32 length, bytes), big-endian.
 
-        Each frame is verified (size, and digest in manifest mode) as it completes. All
-        events of the request are appended in one transaction. If the body breaks off
-        or a frame is bad, the whole frames before it are still recorded, then the
-        error is raised.
+        Each frame is verified (size, and digest in manifest mode) as it completes, and
+        the verified frames go to the blob store's staging every ``STAGE_BYTES`` while
+        the rest of the body arrives, so the request's bytes do not wait in memory for
+        its end. All events of the request are appended in one transaction, after its
+        blobs are durable. If the body breaks off or a frame is bad, the whole frames
+        before it are still recorded, then the error is raised.
         """
         limit = self.app.settings.max_batch_size
         if content_length is not None and content_length > limit:
@@ -235,14 +304,16 @@ class Intake:
         state = await asyncio.to_thread(self.app.get, owner, upload_id)
         commands.check_takes_chunks(state, self.app.clock())
         parser = BatchParser(state, limit, self.app.clock)
-        failure: ChunkstoreError | None = None
+        stager = _Stager(self, Staged(self.app.store.blob_staging()))
         try:
-            async for piece in body:
-                parser.feed(piece)
-            parser.finish()
-        except ChunkstoreError as error:
-            failure = error
-        recorded = await asyncio.to_thread(self.record_frames, owner, upload_id, parser.completed)
+            failure = await self._receive_frames(parser, body, stager)
+            await stager.settle()
+            recorded = await asyncio.to_thread(
+                self.record_frames, owner, upload_id, parser.take_completed(), stager.staged
+            )
+        except BaseException:
+            stager.abandon()
+            raise
         if failure is not None:
             raise failure
         stored = [event.index for event in recorded.events]
@@ -252,10 +323,68 @@ class Intake:
             stored_count=len(stored),
         )
 
-    def record_frames(self, owner: str, upload_id: str, frames: Sequence[Frame]) -> Recorded:
-        """Hand verified frames to blob writers, then record them (``record_arrivals``).
-        A writer keeps the frame's views (no copy, no disk): the bytes reach the disk
-        together when the writers are committed."""
+    @staticmethod
+    async def _receive_frames(
+        parser: BatchParser, body: AsyncIterable[bytes], stager: _Stager
+    ) -> ChunkstoreError | None:
+        """Read the body into ``parser``, handing verified frames to ``stager`` as they
+        add up. A bad frame or a broken body ends it and is returned (the frames before
+        it are kept); a failure to store is raised."""
+        pieces = aiter(body)
+        while True:
+            try:
+                piece = await anext(pieces)
+                parser.feed(piece)
+            except StopAsyncIteration:
+                break
+            except ChunkstoreError as error:
+                return error
+            if parser.waiting >= STAGE_BYTES:
+                await stager.hand_over(parser.take_completed())
+        try:
+            parser.finish()
+        except ChunkstoreError as error:
+            return error
+        return None
+
+    def stage_frames(self, staged: Staged, frames: Sequence[Frame]) -> None:
+        """Hand verified frames' bytes to the staging (in a worker thread)."""
+        with staged.lock:
+            if staged.abandoned:
+                return
+            writers = self._frame_writers(frames)
+            try:
+                staged.staging.add(writers)
+            except BaseException:
+                staged.broken = True
+                raise
+            staged.chunks.extend((frame.index, frame.digest, frame.size) for frame in frames)
+
+    def abandon(self, staged: Staged) -> None:
+        """Give up what was staged (after a stage under way, if any, is done)."""
+        with staged.lock:
+            staged.abandoned = True
+            staged.staging.abort()
+
+    def _frame_writers(self, frames: Sequence[Frame]) -> list[BlobWriter]:
+        writers: list[BlobWriter] = []
+        try:
+            for frame in frames:
+                writer = self.app.store.blobs.writer(frame.digest, verified=True)
+                writers.append(writer)
+                for piece in frame.pieces:
+                    writer.write(piece)
+        except BaseException:
+            for writer in writers:
+                writer.abort()
+            raise
+        return writers
+
+    def record_frames(
+        self, owner: str, upload_id: str, frames: Sequence[Frame], staged: Staged | None = None
+    ) -> Recorded:
+        """Hand verified frames to blob writers, then record them with what ``staged``
+        holds already (``record_arrivals``)."""
         arrivals: list[tuple[int, ChunkIntake]] = []
         try:
             for frame in frames:
@@ -267,33 +396,63 @@ class Intake:
             for _, intake in arrivals:
                 intake.writer.abort()
             raise
-        return self.record_arrivals(owner, upload_id, arrivals)
+        return self.record_arrivals(owner, upload_id, arrivals, staged)
 
     def record_arrivals(
-        self, owner: str, upload_id: str, arrivals: Sequence[tuple[int, ChunkIntake]]
+        self,
+        owner: str,
+        upload_id: str,
+        arrivals: Sequence[tuple[int, ChunkIntake]],
+        staged: Staged | None = None,
     ) -> Recorded:
-        """Make verified chunks durable, then append their events in one transaction.
+        """Make verified chunks (and those ``staged`` holds) durable, then append their
+        events in one transaction.
 
-        Decided once before any blob is committed, so a refused request stores no byte;
-        the events are appended only after the blobs are durable, so an acknowledged
-        chunk is never lost.
+        Decided once before anything more is staged or committed, so a refused request
+        makes no blob visible (bytes staged before are dead, for a repack to drop); the
+        events are appended only after the blobs are durable, so an acknowledged chunk
+        is never lost.
         """
+        staged = staged or Staged(self.app.store.blob_staging())
+        # Held throughout: a request given up meanwhile (``abandon``) waits for this.
+        with staged.lock:
+            return self._record(owner, upload_id, arrivals, staged)
+
+    def _record(
+        self,
+        owner: str,
+        upload_id: str,
+        arrivals: Sequence[tuple[int, ChunkIntake]],
+        staged: Staged,
+    ) -> Recorded:
         writers = [intake.writer for _, intake in arrivals]
         try:
-            candidates = [(i, intake.writer.digest(), intake.writer.size) for i, intake in arrivals]
+            if staged.broken or staged.abandoned:
+                raise RuntimeError("a stage of this request failed or it was given up")
+            candidates = staged.chunks + [
+                (i, intake.writer.digest(), intake.writer.size) for i, intake in arrivals
+            ]
             state = self.app.get(owner, upload_id)
-            if arrivals:
+            if candidates:
                 commands.decide_chunks(state, candidates, self.app.clock())
         except BaseException:
             for writer in writers:
                 writer.abort()
+            staged.staging.abort()
             raise
-        if not arrivals:
+        if not candidates:
+            staged.staging.abort()
             return Recorded(state, [], [])
+        try:
+            staged.staging.add(writers)
+        except BaseException:
+            staged.staging.abort()
+            raise
         # The events follow in a synced transaction before the answer (see BlobStore).
-        refs = self.app.store.blobs.commit_many(writers, recorded_after=True)
+        refs = staged.staging.commit(recorded_after=True)
         chunks = [
-            (index, ref.digest, ref.size) for (index, _), ref in zip(arrivals, refs, strict=True)
+            (index, ref.digest, ref.size)
+            for (index, _, _), ref in zip(candidates, refs, strict=True)
         ]
         appended: list[KnownEvent] = []
 

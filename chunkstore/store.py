@@ -30,8 +30,11 @@ from chunkstore.blobs import (
     BlobEvidence,
     BlobLocations,
     BlobMigration,
+    BlobStaging,
     BlobStore,
+    HeldStaging,
     PackedBlobs,
+    StagedBlobs,
     TempFiles,
 )
 from chunkstore.blobs.packindex import PackIndex
@@ -70,6 +73,8 @@ class Store:
     file_copies: FileCopies | None = None
     #: The packs and their index under the blob port (repacking, auditing packs).
     packs: PackedBlobs | None = None
+    #: Blobs written as a request's chunks complete, not held until its end.
+    staged_blobs: StagedBlobs | None = None
     #: What was chosen, for the start-up log line: port -> backend.
     backends: dict[str, str] = field(default_factory=dict)
     #: Releases what the backends hold besides the log and tokens (open packs).
@@ -85,9 +90,16 @@ class Store:
             "blob_migration": self.blob_migration,
             "file_copies": self.file_copies,
             "packs": self.packs,
+            "staged_blobs": self.staged_blobs,
         }
         found = [name for name, value in named.items() if value is not None]
         return found + (["temp_files"] if self.temp_files else [])
+
+    def blob_staging(self) -> BlobStaging:
+        """Where a request's blobs go as they complete (``BlobStaging``)."""
+        if self.staged_blobs is not None:
+            return self.staged_blobs.staging()
+        return HeldStaging(self.blobs)
 
     def close(self) -> None:
         # The blobs first: sealing the active pack writes to the database.
@@ -137,6 +149,7 @@ class _Storage:
     blob_migration: BlobMigration | None = None
     file_copies: FileCopies | None = None
     packs: PackedBlobs | None = None
+    staged_blobs: StagedBlobs | None = None
     closers: tuple[Callable[[], None], ...] = ()
 
 
@@ -194,6 +207,7 @@ def _open_storage(url: str, pack_index: PackIndex, settings: Settings) -> _Stora
             blob_migration=pack_blobs,
             file_copies=local_files,
             packs=pack_blobs,
+            staged_blobs=pack_blobs,
             closers=(pack_blobs.close,),
             described=f"packs in local directory {root}",
         )
@@ -237,6 +251,7 @@ def open_store(settings: Settings) -> Store:
         blob_migration=storage.blob_migration,
         file_copies=storage.file_copies,
         packs=storage.packs,
+        staged_blobs=storage.staged_blobs,
         closers=storage.closers,
         backends={
             "log, projections, tokens": database.described,

@@ -1,4 +1,5 @@
-"""POST /api/v1/upload/{id}/batch: its size limit, and what a body cut off midway keeps."""
+"""POST /api/v1/upload/{id}/batch: its size limit, what a body cut off midway keeps, and
+frames that reach the packs before the body ends."""
 
 from __future__ import annotations
 
@@ -16,12 +17,19 @@ from tests.helpers import (
     UPLOAD,
     access_log_entry,
     assert_problem,
+    cancel,
+    complete,
     frame,
     init_manifest,
     is_stored,
+    pack_files,
+    read_answer_and_close,
     recorded_events,
     send_frames,
+    start_request,
     status_of,
+    stored_copy,
+    wait_for,
 )
 
 KiB = 1024
@@ -116,3 +124,116 @@ def test_a_batch_cut_off_inside_its_third_frame_keeps_the_first_two(
     assert stored_indexes(server, upload_id) == [0, 1]
     assert is_stored(server.data_dir, pieces[1])
     assert not is_stored(server.data_dir, pieces[2])
+
+
+# -- frames reach the packs while the body is still arriving -------------------------------
+
+MiB = 1024 * KiB
+
+
+def open_batch(server: Server, client: httpx.Client, upload_id: str, length: int) -> socket.socket:
+    """A batch request whose body (``length`` bytes) the caller sends as it likes."""
+    head = (
+        f"POST {UPLOAD}/{upload_id}/batch HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Authorization: {client.headers['Authorization']}\r\n"
+        f"Content-Type: {BATCH_MEDIA_TYPE}\r\nContent-Length: {length}\r\n"
+        "Connection: close\r\n\r\n"
+    )
+    return start_request(server.port, head)
+
+
+def packed_bytes(server: Server) -> int:
+    return sum(path.stat().st_size for path in pack_files(server.data_dir))
+
+
+def wait_until_packed(server: Server, before: int, wanted: int) -> None:
+    """Wait until ``wanted`` more bytes than ``before`` are in the packs."""
+    wait_for(lambda: packed_bytes(server) >= before + wanted, "the first frames in a pack")
+
+
+def test_a_batch_body_reaches_the_packs_while_it_is_still_arriving(
+    server: Server, client: httpx.Client
+) -> None:
+    # Verified frames go to the packs every MiB or so: a request's bytes do not wait in
+    # the server's memory for its end. They are acknowledged only with the answer.
+    pieces = [os.urandom(512 * KiB) for _ in range(8)]
+    upload_id = init_manifest(client, pieces)
+    frames = [frame(index, piece) for index, piece in enumerate(pieces)]
+    before = packed_bytes(server)
+    sock = open_batch(server, client, upload_id, sum(len(f) for f in frames))
+    try:
+        sock.sendall(b"".join(frames[:6]))
+
+        wait_until_packed(server, before, 2 * MiB)
+        assert status_of(client, upload_id)["received_chunks"] == []
+
+        sock.sendall(b"".join(frames[6:]))
+        answer = read_answer_and_close(sock)
+    finally:
+        sock.close()
+
+    assert answer.status == 200, answer.body
+    assert answer.json()["stored_count"] == 8
+    assert status_of(client, upload_id)["received_chunks"] == list(range(8))
+    assert all(stored_copy(server.data_dir, piece) == piece for piece in pieces)
+    assert complete(client, upload_id).status_code == 200
+    downloaded = client.get(f"/api/v1/files/{upload_id}")
+    assert downloaded.content == b"".join(pieces)
+
+
+def test_a_batch_cut_off_after_frames_were_packed_keeps_every_whole_frame(
+    server: Server, client: httpx.Client
+) -> None:
+    pieces = [os.urandom(512 * KiB) for _ in range(8)]
+    upload_id = init_manifest(client, pieces)
+    frames = [frame(index, piece) for index, piece in enumerate(pieces)]
+    request_id = f"cut-{uuid.uuid4().hex}"
+    head = (
+        f"POST {UPLOAD}/{upload_id}/batch HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Authorization: {client.headers['Authorization']}\r\n"
+        f"Content-Type: {BATCH_MEDIA_TYPE}\r\nContent-Length: {sum(len(f) for f in frames)}\r\n"
+        f"X-Request-ID: {request_id}\r\n\r\n"
+    )
+    before = packed_bytes(server)
+    with start_request(server.port, head) as sock:
+        sock.sendall(b"".join(frames[:5]))
+        wait_until_packed(server, before, 2 * MiB)
+        sock.sendall(frames[5][: 100 * KiB])  # then the client goes away inside frame 5
+
+    access_log_entry(server.log, request_id)
+
+    assert status_of(client, upload_id)["received_chunks"] == [0, 1, 2, 3, 4]
+    assert stored_indexes(server, upload_id) == [0, 1, 2, 3, 4]
+    assert all(stored_copy(server.data_dir, piece) == piece for piece in pieces[:5])
+    assert not is_stored(server.data_dir, pieces[5])
+
+    response = send_frames(client, upload_id, b"".join(frames[5:]))
+    assert response.status_code == 200, response.text
+    assert complete(client, upload_id).status_code == 200
+    assert client.get(f"/api/v1/files/{upload_id}").content == b"".join(pieces)
+
+
+def test_a_batch_whose_upload_was_cancelled_midway_records_nothing(
+    server: Server, client: httpx.Client
+) -> None:
+    # Frames already in a pack when the upload is cancelled stay dead bytes there: no
+    # event names them and the index does not point at them.
+    pieces = [os.urandom(512 * KiB) for _ in range(8)]
+    upload_id = init_manifest(client, pieces)
+    frames = [frame(index, piece) for index, piece in enumerate(pieces)]
+    before = packed_bytes(server)
+    sock = open_batch(server, client, upload_id, sum(len(f) for f in frames))
+    try:
+        sock.sendall(b"".join(frames[:6]))
+        wait_until_packed(server, before, 2 * MiB)
+        assert cancel(client, upload_id).status_code == 200
+
+        sock.sendall(b"".join(frames[6:]))
+        answer = read_answer_and_close(sock)
+    finally:
+        sock.close()
+
+    assert answer.status == 409, answer.body
+    assert answer.headers["content-type"].startswith("application/problem+json")
+    assert stored_indexes(server, upload_id) == []
+    assert not any(is_stored(server.data_dir, piece) for piece in pieces)

@@ -134,6 +134,52 @@ class BlobStore(Protocol):
         ...
 
 
+class BlobStaging(Protocol):
+    """One request's blobs on their way in: handed over as they complete (``add``),
+    then made durable and visible together (``commit``), or given up (``abort``)."""
+
+    def add(self, writers: Sequence[BlobWriter]) -> None:
+        """Take these finished writers' bytes (the writers are spent afterwards)."""
+        ...
+
+    def commit(self, recorded_after: bool = False) -> list[BlobRef]:
+        """Every added blob durable and visible; their refs in the order added
+        (``recorded_after`` as in ``BlobStore.commit_many``)."""
+        ...
+
+    def abort(self) -> None:
+        """Nothing added becomes visible."""
+        ...
+
+
+class StagedBlobs(Protocol):
+    def staging(self) -> BlobStaging:
+        """A staging that stores bytes as they are added, so they need not wait in the
+        caller's memory until the commit."""
+        ...
+
+
+class HeldStaging:
+    """Staging for a store without ``StagedBlobs``: the writers (and the bytes they
+    keep) wait until ``commit`` hands them all to ``commit_many``."""
+
+    def __init__(self, blobs: BlobStore) -> None:
+        self._blobs = blobs
+        self._writers: list[BlobWriter] = []
+
+    def add(self, writers: Sequence[BlobWriter]) -> None:
+        self._writers.extend(writers)
+
+    def commit(self, recorded_after: bool = False) -> list[BlobRef]:
+        writers, self._writers = self._writers, []
+        return self._blobs.commit_many(writers, recorded_after)
+
+    def abort(self) -> None:
+        writers, self._writers = self._writers, []
+        for writer in writers:
+            writer.abort()
+
+
 class BlobAgeing(Protocol):
     def mtime(self, digest: str) -> float | None:
         """When the blob was written (seconds since the epoch); None if it is absent."""

@@ -15,7 +15,8 @@ everything written so far, a caller whose bytes that covered returns without a s
 its own); then records the rows and the pack's new committed length in one index
 transaction, which concurrent callers share too. Only then does it return, and only then
 does the caller append the session's events. Writing a digest the index has stores
-nothing.
+nothing. A request can also hand its blobs over as they complete (``PackStaging``): they
+are appended then, and synced and indexed together at its commit, the same way.
 
 Several processes may share a data directory: each appends only to packs it created and
 holds an exclusive ``flock`` on each of them until it is sealed. At start-up
@@ -223,6 +224,85 @@ class _IndexJob(NamedTuple):
     synced: bool
 
 
+class _Appending:
+    """Records one caller appended and has not committed yet: their rows, each pack's
+    end after them, and the packs they are in (each with a use of the caller's)."""
+
+    __slots__ = ("rows", "ends", "used")
+
+    def __init__(self) -> None:
+        self.rows: list[IndexRow] = []
+        self.ends: dict[str, int] = {}
+        self.used: dict[str, _WritablePack] = {}
+
+
+class PackStaging:
+    """One request's blobs written to packs as they are handed over (``add``), made
+    durable and indexed together by ``commit``: a request's bytes need not wait in
+    memory for its end (a 4-connection content-defined upload held up to ~100 MiB of
+    batch bodies that way). Until ``commit`` the records are only bytes past what the
+    index points at: ``abort`` (or a crash) leaves them dead, for a repack or the
+    start-up cut to drop. A digest the index has, or that an earlier ``add`` carried,
+    is not written again."""
+
+    def __init__(self, store: PackBlobStore) -> None:
+        self._store = store
+        self._appending = _Appending()
+        #: Per writer handed over: (digest, size, its row's position in the appended
+        #: rows, or None for a blob stored already or earlier in this request).
+        self._blobs: list[tuple[str, int, int | None]] = []
+        self._seen: set[str] = set()
+
+    def add(self, writers: Sequence[BlobWriter]) -> None:
+        store = self._store
+        fresh: dict[str, PackWriter] = {}
+        for writer in writers:
+            assert isinstance(writer, PackWriter), "a writer of another store"
+            digest = writer.digest()
+            if digest not in self._seen and digest not in fresh:
+                fresh[digest] = writer
+        known = store.index.lookup_many(fresh) if fresh else {}
+        now = store.clock()
+        chunks: list[Chunk] = []
+        row = len(self._appending.rows)
+        try:
+            for writer in writers:
+                digest = writer.digest()
+                stored = digest in known or (store.loose is not None and store.loose.exists(digest))
+                if fresh.get(digest) is writer and not stored:
+                    chunks.append(Chunk(digest, writer.size, writer.pieces, now))
+                    self._blobs.append((digest, writer.size, row))
+                    row += 1
+                else:  # stored already, or earlier in this request
+                    self._blobs.append((digest, writer.size, None))
+            self._seen.update(fresh)
+            if chunks:
+                store._append(chunks, self._appending)
+        finally:
+            for writer in writers:
+                writer.abort()  # drops the pieces
+
+    def commit(self, recorded_after: bool = False) -> list[BlobRef]:
+        """Make every added blob durable and indexed; their refs, in the order added.
+        With ``recorded_after``, see ``BlobStore.commit_many``."""
+        store = self._store
+        try:
+            inserted: list[bool] = []
+            if self._appending.rows:
+                _, inserted = store._make_durable(self._appending, True, not recorded_after)
+        finally:
+            store._let_go(self._appending)
+        store.stats.commits += 1
+        return [
+            BlobRef(digest, size, created=row is not None and inserted[row])
+            for digest, size, row in self._blobs
+        ]
+
+    def abort(self) -> None:
+        """Give up: nothing added is indexed (its records are dead bytes)."""
+        self._store._let_go(self._appending)
+
+
 # -- the read side -------------------------------------------------------------------------
 
 
@@ -403,37 +483,18 @@ class PackBlobStore:
         not be called inside a write transaction of the index's database. With
         ``recorded_after`` the index rows' transaction is not synced on its own: the
         caller's synced event transaction, right after, covers it (``BlobStore``)."""
-        refs: list[BlobRef | None] = [None] * len(writers)
-        first: dict[str, int] = {}
-        for position, writer in enumerate(writers):
-            assert isinstance(writer, PackWriter), "a writer of another store"
-            digest = writer.digest()
-            if digest in first:
-                refs[position] = BlobRef(digest, writer.size, created=False)
-            else:
-                first[digest] = position
-        known = self.index.lookup_many(first) if first else {}
-        new: list[tuple[int, Chunk]] = []
-        now = self.clock()
-        for digest, position in first.items():
-            writer = writers[position]
-            assert isinstance(writer, PackWriter)
-            if digest in known or (self.loose is not None and self.loose.exists(digest)):
-                refs[position] = BlobRef(digest, writer.size, created=False)
-            else:
-                new.append((position, Chunk(digest, writer.size, writer.pieces, now)))
+        staging = self.staging()
         try:
-            if new:
-                inserted = self.store_chunks(
-                    [chunk for _, chunk in new], synced_index=not recorded_after
-                )
-                for (position, chunk), created in zip(new, inserted, strict=True):
-                    refs[position] = BlobRef(chunk.digest, chunk.size, created=created)
-        finally:
-            for writer in writers:
-                writer.abort()  # drops the pieces
-        self.stats.commits += 1
-        return [ref for ref in refs if ref is not None]
+            staging.add(writers)
+        except BaseException:
+            staging.abort()
+            raise
+        return staging.commit(recorded_after)
+
+    def staging(self) -> PackStaging:
+        """Writers' bytes appended as they are handed over, made durable and indexed
+        together by ``commit`` (``BlobStaging``)."""
+        return PackStaging(self)
 
     def store_chunks(self, chunks: Sequence[Chunk], synced_index: bool = True) -> list[bool]:
         """Append, sync and index ``chunks`` (digests trusted, none known to the index);
@@ -453,71 +514,77 @@ class PackBlobStore:
     ) -> tuple[Appended, list[bool]]:
         """Append and sync ``chunks``, then commit the packs' new committed lengths,
         with the chunks' rows if ``with_rows``; per row, whether it was inserted."""
-        appended, packs = self._append(chunks)
+        appending = _Appending()
         try:
-            self._sync(appended, packs)
-            rows = appended.rows if with_rows else []
-            inserted = self._index_commits.add(rows, appended.committed, synced)
-            for pack in packs:
-                with pack.cond:
-                    pack.committed = max(pack.committed, appended.committed[pack.name])
-            return appended, inserted
+            self._append(chunks, appending)
+            return self._make_durable(appending, with_rows, synced)
         finally:
-            for pack in packs:
-                self._release(pack)
+            self._let_go(appending)
 
-    def _append(self, chunks: Sequence[Chunk]) -> tuple[Appended, list[_WritablePack]]:
+    def _make_durable(
+        self, appending: _Appending, with_rows: bool, synced: bool
+    ) -> tuple[Appended, list[bool]]:
+        """Sync what ``appending`` wrote, then commit the packs' new committed lengths
+        (with its rows if ``with_rows``); per row, whether it was inserted."""
+        appended = Appended(appending.rows, appending.ends)
+        self._sync(appended, list(appending.used.values()))
+        rows = appended.rows if with_rows else []
+        inserted = self._index_commits.add(rows, appended.committed, synced)
+        for pack in appending.used.values():
+            with pack.cond:
+                pack.committed = max(pack.committed, appended.committed[pack.name])
+        return appended, inserted
+
+    def _let_go(self, appending: _Appending) -> None:
+        """Give back the packs ``appending`` used (the last user seals a retired one)."""
+        used, appending.used = list(appending.used.values()), {}
+        for pack in used:
+            self._release(pack)
+
+    def _append(self, chunks: Sequence[Chunk], appending: _Appending) -> None:
         """Write the records (under the append lock), rolling over to a new pack where
-        the target size says so; the packs written to come back with a use each, which
-        the caller releases."""
-        rows: list[IndexRow] = []
-        ends: dict[str, int] = {}
-        used: dict[str, _WritablePack] = {}
+        the target size says so; each pack written to is added to ``appending`` with a
+        use, which the caller gives back (``_let_go``) once the records are committed
+        or abandoned."""
         with self._append_lock:
             if self._closed:
                 raise RuntimeError("the pack store is closed")
-            try:
-                pack: _WritablePack | None = None
-                buffers: list[bytes | memoryview] = []
-                position = 0
-                for chunk in chunks:
-                    record = HEADER_SIZE + chunk.size
-                    if pack is None or self._full(position, record):
-                        if pack is not None:
-                            self._write(pack, buffers, position)
-                            buffers = []
-                            self._retire(pack)
-                        pack = self._active_pack(record)
-                        position = pack.end
-                        if pack.name not in used:
-                            used[pack.name] = pack
-                            pack.users += 1
-                    buffers.append(encode_header(chunk.digest, chunk.size))
-                    buffers.extend(chunk.pieces)
-                    rows.append(
-                        IndexRow(
-                            chunk.digest,
-                            pack.name,
-                            position,
-                            chunk.size,
-                            chunk.size,
-                            0,
-                            chunk.created_at,
-                        )
-                    )
-                    position += record
-                    ends[pack.name] = position
-                if pack is not None:
-                    self._write(pack, buffers, position)
-                    if position >= self.pack_size:
+            pack: _WritablePack | None = None
+            buffers: list[bytes | memoryview] = []
+            position = 0
+            for chunk in chunks:
+                record = HEADER_SIZE + chunk.size
+                if pack is None or self._full(position, record):
+                    if pack is not None:
+                        self._write(pack, buffers, position)
+                        buffers = []
                         self._retire(pack)
-            except BaseException:
-                for pack in used.values():
-                    self._release(pack)
-                raise
+                    pack = self._active_pack(record)
+                    position = pack.end
+                    if pack.name not in appending.used:
+                        appending.used[pack.name] = pack
+                        pack.users += 1
+                buffers.append(encode_header(chunk.digest, chunk.size))
+                buffers.extend(chunk.pieces)
+                appending.rows.append(
+                    IndexRow(
+                        chunk.digest,
+                        pack.name,
+                        position,
+                        chunk.size,
+                        chunk.size,
+                        0,
+                        chunk.created_at,
+                    )
+                )
+                position += record
+                appending.ends[pack.name] = position
+            if pack is not None:
+                self._write(pack, buffers, position)
+                if position >= self.pack_size:
+                    self._retire(pack)
             self.stats.records += len(chunks)
             self.stats.bytes += sum(chunk.size for chunk in chunks)
-        return Appended(rows, ends), list(used.values())
 
     def _full(self, end: int, record: int) -> bool:
         """Whether a pack ``end`` bytes long takes no record of ``record`` bytes more: it
