@@ -12,7 +12,7 @@ from chunkstore.blobs.packindex import UnknownPack
 from chunkstore.blobs.packindex.memory import MemoryPackIndex
 from chunkstore.blobs.packindex.sqlite import SQLitePackIndex
 from chunkstore.eventlog.sqlite import SQLiteLog
-from chunkstore.sqlitedb import Database
+from chunkstore.sqlitedb import IN_BATCH, Database, in_batches, in_list
 from tests.contracts.packindex import PackIndexContract, digest_of, row
 
 
@@ -37,6 +37,19 @@ class TestSQLitePackIndex(PackIndexContract):
         assert reopened.lookup(digest_of(1)) == row(1)
         info = reopened.pack("p1")
         assert info is not None and (info.committed, info.sealed) == (1148, True)
+
+    def test_lookups_of_any_number_of_digests_find_exactly_the_stored_ones(
+        self, tmp_path: Path
+    ) -> None:
+        index = SQLitePackIndex(Database(tmp_path / "db.sqlite3"))
+        index.register("p1", 1.0)
+        index.add([row(n) for n in range(0, 1200, 3)], {"p1": 1200 * 1148})
+
+        for count in (1, 2, 3, 7, 255, 511, 512, 513, 1100):
+            asked = [digest_of(n) for n in range(count)]
+            found = index.lookup_many(asked)
+            assert set(found) == {digest_of(n) for n in range(0, count, 3)}
+            assert all(found[d] == row(n) for n in range(0, count, 3) for d in [digest_of(n)])
 
     def test_it_shares_the_event_logs_database_file(self, tmp_path: Path) -> None:
         log = SQLiteLog(tmp_path / "chunkstore.sqlite3")
@@ -110,3 +123,23 @@ class TestSQLitePackIndex(PackIndexContract):
             index.add([row(1)], {"unknown": 1148}, synced=False)
         assert index.db.connection().execute("PRAGMA synchronous").fetchone() == (2,)
         assert index.lookup(digest_of(1)) is None
+
+
+def test_in_lists_take_a_handful_of_statement_texts_whatever_their_length() -> None:
+    # Every distinct text is a prepared statement in each connection's cache.
+    texts = {
+        in_list(batch) for n in range(1, 1600) for batch in in_batches([str(i) for i in range(n)])
+    }
+
+    assert len(texts) == IN_BATCH.bit_length()
+
+
+def test_in_batches_pad_with_values_of_their_own_and_lose_none() -> None:
+    for n in (1, 2, 3, 500, 512, 513, 1500):
+        values = [f"d{i}" for i in range(n)]
+        batches = list(in_batches(values))
+
+        assert all(
+            len(batch) <= IN_BATCH and len(batch) & (len(batch) - 1) == 0 for batch in batches
+        )
+        assert [v for batch in batches for v in dict.fromkeys(batch)] == values

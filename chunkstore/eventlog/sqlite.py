@@ -36,10 +36,9 @@ from chunkstore.projections import (
     iso,
     parse_iso,
 )
-from chunkstore.sqlitedb import Database
+from chunkstore.sqlitedb import Database, in_batches, in_list
 
 _READ_BATCH = 2000
-_IN_BATCH = 500
 _OPEN = f"status IN ({', '.join('?' for _ in OPEN_STATUS_VALUES)}) AND expires_at > ?"
 _HELD = f"status IN ({', '.join('?' for _ in HELD_STATUS_VALUES)})"
 # An upsert, not INSERT OR REPLACE: replacing deletes and re-inserts the row, which
@@ -271,11 +270,9 @@ class SQLiteLog:
         wanted = list(dict.fromkeys(digests))
         found: set[str] = set()
         conn = self.db.connection()
-        for start in range(0, len(wanted), _IN_BATCH):
-            batch = wanted[start : start + _IN_BATCH]
+        for batch in in_batches(wanted):
             rows = conn.execute(
-                "SELECT digest FROM owner_chunks WHERE owner = ?"
-                f" AND digest IN ({', '.join('?' for _ in batch)})",
+                f"SELECT digest FROM owner_chunks WHERE owner = ? AND digest IN {in_list(batch)}",
                 (owner, *batch),
             )
             found.update(digest for (digest,) in rows)

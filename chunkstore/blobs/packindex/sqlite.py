@@ -12,10 +12,9 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 from chunkstore.blobs.packfile import HEADER_SIZE
 from chunkstore.blobs.packindex import IndexRow, PackInfo, UnknownPack
-from chunkstore.sqlitedb import Database
+from chunkstore.sqlitedb import Database, in_batches, in_list
 
 _PAGE = 2000
-_IN_BATCH = 500
 _ROW = "digest, pack, offset, length, size, flags, created_at"
 _SCHEMA = (
     """
@@ -70,12 +69,8 @@ class SQLitePackIndex:
         wanted = list(dict.fromkeys(digests))
         found: dict[str, IndexRow] = {}
         conn = self.db.connection()
-        for start in range(0, len(wanted), _IN_BATCH):
-            batch = wanted[start : start + _IN_BATCH]
-            rows = conn.execute(
-                f"SELECT {_ROW} FROM blobs WHERE digest IN ({', '.join('?' * len(batch))})",
-                batch,
-            )
+        for batch in in_batches(wanted):
+            rows = conn.execute(f"SELECT {_ROW} FROM blobs WHERE digest IN {in_list(batch)}", batch)
             for row in rows:
                 found[row[0]] = IndexRow(*row)
         return found
