@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator
 from datetime import datetime, timedelta
 
 import msgspec
@@ -195,18 +195,6 @@ def _discard_leftovers(service: UploadService, upload_ids: Iterable[str]) -> Non
     for upload_id in upload_ids:
         service.store.files.discard_parts(upload_id)
         service.store.tails.discard(upload_id)
-
-
-def orphan_candidates(
-    service: UploadService, states: Mapping[str, SessionState]
-) -> list[FileEntry]:
-    """Final files that no completed upload in ``states`` owns."""
-    owned = {
-        state.file_path
-        for state in states.values()
-        if state.status == Status.COMPLETED and state.file_path is not None
-    }
-    return unowned_files(service, owned)
 
 
 def unowned_files(service: UploadService, owned: Collection[str]) -> list[FileEntry]:
