@@ -35,6 +35,7 @@ from chunkstore.blobs import Chunk, PackedBlobs
 from chunkstore.blobs.packfile import HEADER_SIZE, Record, decode_header
 from chunkstore.blobs.packindex import IndexRow, PackInfo, merge_committed
 from chunkstore.durable import fsync_directory
+from chunkstore.pacing import Pace, no_pause
 
 MiB = 1024 * 1024
 #: Bytes of live records copied per ``append_durably`` (one fdatasync each): the most a
@@ -81,8 +82,11 @@ def repack_plan(
     ]
 
 
-def repack(packed: PackedBlobs, threshold: float, dry_run: bool = False) -> RepackReport:
-    """One repack run over every pack (see the module's docstring)."""
+def repack(
+    packed: PackedBlobs, threshold: float, dry_run: bool = False, pace: Pace = no_pause
+) -> RepackReport:
+    """One repack run over every pack (see the module's docstring); ``pace`` is called
+    between packs and batches (``chunkstore.pacing``)."""
     if not 0.0 < threshold <= 1.0:
         raise ValueError("the dead share that triggers a repack must be above 0 and at most 1")
     report = RepackReport()
@@ -92,11 +96,14 @@ def repack(packed: PackedBlobs, threshold: float, dry_run: bool = False) -> Repa
             report.packs_repacked += 1
             report.bytes_reclaimed += max(info.committed - live.get(info.name, 0), 0)
             continue
-        repack_pack(packed, info, report)
+        repack_pack(packed, info, report, pace)
+        pace()
     return report
 
 
-def repack_pack(packed: PackedBlobs, info: PackInfo, report: RepackReport) -> None:
+def repack_pack(
+    packed: PackedBlobs, info: PackInfo, report: RepackReport, pace: Pace = no_pause
+) -> None:
     """Copy ``info``'s live records into this process's active pack, switch the rows,
     remove the old pack."""
     rows = list(packed.index.rows_in(info.name))  # bounded by one pack's records
@@ -120,6 +127,7 @@ def repack_pack(packed: PackedBlobs, info: PackInfo, report: RepackReport) -> No
             report.records_copied += len(batch)
             report.bytes_copied += sum(HEADER_SIZE + chunk.size for chunk in batch)
             report.bytes_reclaimed -= sum(HEADER_SIZE + chunk.size for chunk in batch)
+            pace()
     finally:
         os.close(fd)
     if moved or not info.retired:
