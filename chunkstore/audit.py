@@ -26,6 +26,7 @@ nowhere else stays reported.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Collection, Container, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -37,7 +38,7 @@ import msgspec
 
 from chunkstore.application import UploadService
 from chunkstore.chunktable import pack
-from chunkstore.errors import ConcurrencyConflict, CorruptBlob
+from chunkstore.errors import ConcurrencyConflict, CorruptBlob, UploadLocked
 from chunkstore.eventlog import EventLog, RecordedEvent
 from chunkstore.events import (
     ChunkStored,
@@ -58,6 +59,7 @@ from chunkstore.gc import confirm_orphan, unowned_files
 from chunkstore.manifest import Manifest, assemble
 from chunkstore.projections import OwnerChunk, SessionRow, session_row
 from chunkstore.reading import load_manifest
+from chunkstore.repack import PACKS_LOCK
 from chunkstore.session import FINAL_STATUSES, SessionState, Status, replay, replay_visiting
 
 READ_SIZE = 1024 * 1024
@@ -827,7 +829,27 @@ def _chunk_sources(
 
 
 def repair(service: UploadService, report: AuditReport) -> list[str]:
-    """Fix what the findings allow; returns one line per action taken or refused."""
+    """Fix what the findings allow; returns one line per action taken or refused.
+
+    On a pack store the whole repair holds the store's packs lock (``PACKS_LOCK``), as a
+    repack does while it moves a pack: a row is never pointed at a record of a pack a
+    repack is moving away, nor a pack rewritten by both. A repack that holds it longer
+    than ``lock_wait`` makes the repair refuse, changing nothing."""
+    with contextlib.ExitStack() as held:
+        if service.store.packs is not None:
+            wait = service.settings.lock_wait
+            try:
+                held.enter_context(service.store.locks.hold(PACKS_LOCK, wait))
+            except UploadLocked:
+                raise UploadLocked(
+                    f"a repack is moving packs (it holds the store's {PACKS_LOCK!r} lock);"
+                    f" the repair waited {wait:g} s and changed nothing: run it again"
+                    " once the repack is done"
+                ) from None
+        return _repair(service, report)
+
+
+def _repair(service: UploadService, report: AuditReport) -> list[str]:
     actions: list[str] = []
     aside = quarantine_name()
     rebuild_projections(service)

@@ -77,6 +77,8 @@ class GcReport(msgspec.Struct, kw_only=True):
     bytes_reclaimed: int = 0
     #: Live records a repack found damaged: left in place for audit.
     records_damaged: int = 0
+    #: Packs left for the next run: ``audit --repair`` held the packs lock.
+    packs_busy: int = 0
     seconds: float = 0.0
     #: Upload ids expired and digests swept (or that would be, with ``dry_run``).
     expired: list[str] = msgspec.field(default_factory=list)
@@ -343,11 +345,12 @@ def _pack_loose_and_repack(
         report.loose_migrated = store.blob_migration.migrate_loose().moved
     if store.packs is None:
         return
-    repacked = repack(store.packs, threshold, dry_run, pace)
+    repacked = repack(store.packs, threshold, dry_run, pace, store.locks)
     report.packs_repacked = repacked.packs_repacked
     report.packs_removed = repacked.packs_removed
     report.bytes_reclaimed = repacked.bytes_reclaimed
     report.records_damaged = repacked.records_damaged
+    report.packs_busy = repacked.packs_busy
 
 
 def _candidates(

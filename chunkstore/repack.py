@@ -18,8 +18,12 @@ record up before the move and opens the pack after its removal looks again and f
 the new place (``PackBlobStore.open``); one that already had the pack open keeps reading it
 (an unlinked file's bytes stay until its last descriptor closes).
 
-No lock is held while bytes are copied: appends of uploads interleave with the copy
-batch by batch, and the switch is one transaction of the database.
+No lock is held against uploads while bytes are copied: appends interleave with the
+copy batch by batch, and the switch is one transaction of the database. Each pack is
+moved under the store's ``packs`` lock (``PACKS_LOCK``), which ``audit --repair`` holds
+for its whole run, as it points index rows into packs and rewrites damaged ones: a
+repair never points a row at a record of a pack a repack is moving away. A pack whose
+lock is busy is left for the next run (``packs_busy``).
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ from chunkstore.blobs import Chunk, PackedBlobs
 from chunkstore.blobs.packfile import HEADER_SIZE, Record, decode_header
 from chunkstore.blobs.packindex import IndexRow, PackInfo, merge_committed
 from chunkstore.durable import fsync_directory
+from chunkstore.errors import UploadLocked
+from chunkstore.locks import Locker
 from chunkstore.pacing import Pace, no_pause
 
 MiB = 1024 * 1024
@@ -43,6 +49,8 @@ MiB = 1024 * 1024
 REPACK_BATCH_BYTES = 8 * MiB
 #: The dead share at which a pack is repacked, unless told otherwise.
 DEFAULT_DEAD_SHARE = 0.2
+#: The lock a repack holds while it moves a pack, and a repair while it touches packs.
+PACKS_LOCK = "packs"
 
 
 class RepackReport(msgspec.Struct, kw_only=True):
@@ -57,6 +65,8 @@ class RepackReport(msgspec.Struct, kw_only=True):
     bytes_reclaimed: int = 0
     #: Live records that did not hash to their digests: not copied, their packs kept.
     records_damaged: int = 0
+    #: Packs left for the next run: a repair held the packs lock.
+    packs_busy: int = 0
     damaged: list[str] = msgspec.field(default_factory=list)
 
 
@@ -83,10 +93,16 @@ def repack_plan(
 
 
 def repack(
-    packed: PackedBlobs, threshold: float, dry_run: bool = False, pace: Pace = no_pause
+    packed: PackedBlobs,
+    threshold: float,
+    dry_run: bool = False,
+    pace: Pace = no_pause,
+    locks: Locker | None = None,
+    wait: float = 0.0,
 ) -> RepackReport:
     """One repack run over every pack (see the module's docstring); ``pace`` is called
-    between packs and batches (``chunkstore.pacing``)."""
+    between packs and batches (``chunkstore.pacing``). Each pack is moved holding
+    ``PACKS_LOCK`` in ``locks``, waited for up to ``wait`` seconds."""
     if not 0.0 < threshold <= 1.0:
         raise ValueError("the dead share that triggers a repack must be above 0 and at most 1")
     report = RepackReport()
@@ -96,7 +112,14 @@ def repack(
             report.packs_repacked += 1
             report.bytes_reclaimed += max(info.committed - live.get(info.name, 0), 0)
             continue
-        repack_pack(packed, info, report, pace)
+        with contextlib.ExitStack() as held:
+            if locks is not None:
+                try:
+                    held.enter_context(locks.hold(PACKS_LOCK, wait))
+                except UploadLocked:
+                    report.packs_busy += 1
+                    continue
+            repack_pack(packed, info, report, pace)
         pace()
     return report
 

@@ -32,7 +32,7 @@ from chunkstore.blobs.packfile import HEADER_SIZE
 from chunkstore.commands import InitRequest
 from chunkstore.config import Settings
 from chunkstore.errors import ChunkSwept
-from chunkstore.repack import repack
+from chunkstore.repack import PACKS_LOCK, repack
 from tests.helpers import FakeClock, blake3_hex, blob_place, pack_files, split, stored_objects
 from tests.test_audit import run_cli
 
@@ -169,6 +169,27 @@ def test_a_pack_with_nothing_live_is_removed_without_copying(tmp_path: Path) -> 
     assert pack_files(data_dir) == [] and answer["bytes_reclaimed"] == before == 62 * RECORD
     assert stored_objects(data_dir) == set()
     audit_clean(data_dir)
+
+
+def test_a_pack_is_left_for_the_next_run_while_a_repair_holds_the_packs(
+    tmp_path: Path,
+) -> None:
+    data_dir = tmp_path / "data"
+    service = open_service(data_dir)
+    upload(service, os.urandom(62 * KiB), "cancel")  # fills one pack and starts the next
+    service.close()
+    service = open_service(data_dir)
+    try:
+        # As ``audit --repair`` holds it for its whole run.
+        with service.store.locks.hold(PACKS_LOCK):
+            busy = gc(data_dir)
+    finally:
+        service.close()
+
+    assert (busy["packs_busy"], busy["packs_removed"], busy["packs_repacked"]) == (2, 0, 0)
+    assert len(pack_files(data_dir)) == 2
+    assert gc(data_dir)["packs_removed"] == 2  # the lock is free again
+    assert pack_files(data_dir) == []
 
 
 def test_a_repack_that_fills_more_than_one_new_pack_keeps_every_record(tmp_path: Path) -> None:
