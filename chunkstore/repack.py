@@ -12,11 +12,12 @@ threshold (``CHUNKSTORE_REPACK_DEAD``, 0.2) is rewritten:
 3. the old pack's file is unlinked, the packs directory fsynced, the pack forgotten.
 
 Killed at any point, nothing is lost: before the move the old rows are untouched and
-the copies are dead bytes; after it, the old pack is only retired, and the next run
-removes retired packs' files (``repack_plan`` picks them). A reader that looked a
-record up before the move and opens the pack after its removal looks again and finds
-the new place (``PackBlobStore.open``); one that already had the pack open keeps reading it
-(an unlinked file's bytes stay until its last descriptor closes).
+the copies are dead bytes; after it, the old pack is only retired, and the next start-up
+of a store (``PackBlobStore.recover``) or the next run removes retired packs' files
+(``repack_plan`` picks them). A reader that looked a record up before the move and opens
+the pack after its removal looks again and finds the new place (``PackBlobStore.open``);
+one that already had the pack open keeps reading it (an unlinked file's bytes stay until
+its last descriptor closes).
 
 No lock is held against uploads while bytes are copied: appends interleave with the
 copy batch by batch, and the switch is one transaction of the database. Each pack is

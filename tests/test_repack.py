@@ -436,6 +436,53 @@ def test_repacks_killed_at_many_instants_lose_nothing(tmp_path: Path) -> None:
     audit_clean(data_dir)
 
 
+DIE_AS_THE_OLD_PACK_IS_REMOVED = """
+    import os
+    import signal
+    import sys
+    import chunkstore.repack
+    from chunkstore.cli import main
+    def die(*args):
+        os.kill(os.getpid(), signal.SIGKILL)
+    chunkstore.repack._remove_pack = die
+    sys.exit(main(sys.argv[1:]))
+"""
+
+
+def retired_packs(data_dir: Path) -> set[str]:
+    """Packs the index marks retired, read straight from the database (opening a store
+    would recover them)."""
+    with sqlite3.connect(data_dir / "chunkstore.sqlite3") as conn:
+        return {name for (name,) in conn.execute("SELECT name FROM packs WHERE retired")}
+
+
+def test_a_pack_a_killed_repack_left_retired_is_removed_at_start_up(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    service = open_service(data_dir)
+    upload(service, os.urandom(30 * KiB), "cancel")
+    kept = os.urandom(30 * KiB)
+    upload(service, kept)
+    service.close()
+    gc(data_dir, "--repack-dead", "1")  # sweep: leaves the pack half dead
+    # Killed after the rows moved to the copies, as the old pack was to be removed.
+    runner = start_python(
+        DIE_AS_THE_OLD_PACK_IS_REMOVED, "repack", "--data", str(data_dir), "--dead", "0.01"
+    )
+    runner.communicate(timeout=120)
+    assert runner.returncode == -signal.SIGKILL
+    (retired,) = retired_packs(data_dir)
+    old_pack = data_dir / "packs" / f"{retired}.pack"
+    assert old_pack.exists()
+
+    service = open_service(data_dir)  # a new process's start-up: nothing has it open
+    service.close()
+
+    assert not old_pack.exists()
+    assert retired_packs(data_dir) == set()
+    assert_reads_back(data_dir, chunks_of(kept))
+    audit_clean(data_dir)
+
+
 # -- loose blobs -----------------------------------------------------------------------------
 
 
