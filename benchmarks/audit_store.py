@@ -26,7 +26,7 @@ from pathlib import Path
 import blake3
 
 from chunkstore.application import UploadService
-from chunkstore.audit import replay_store
+from chunkstore.audit import replay_streams
 from chunkstore.commands import InitRequest
 from chunkstore.config import Settings
 from chunkstore.errors import ValidationFailed
@@ -84,8 +84,12 @@ def time_replay(data_dir: Path) -> tuple[int, int, float]:
     service = UploadService.open(Settings(data_dir=data_dir))
     try:
         started = time.perf_counter()
-        store = replay_store(service)
-        return len(store.states), store.events, time.perf_counter() - started
+        log = service.store.log
+        streams = events = 0
+        for recorded, _ in replay_streams(log, log.last_position()):
+            streams += 1
+            events += len(recorded)
+        return streams, events, time.perf_counter() - started
     finally:
         service.close()
 

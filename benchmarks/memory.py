@@ -1,6 +1,6 @@
 """Memory that should not grow with the upload, and gc over a store of many uploads.
 
-Three measurements, each optional:
+Measurements, each optional:
 
 - ``server``: the server worker's peak RSS (VmHWM) for one upload of fresh random bytes
   per size, with ``chunkstore upload`` (content-defined chunks, ~64 KiB, sent in
@@ -18,9 +18,10 @@ Three measurements, each optional:
   status requests to a server while its background gc runs, against the same server
   with gc off.
 
-    python -m benchmarks.memory [--only server,fold,status,gc] [--sizes-mib 256,1024,4096]
-        [--fold-chunks 1000000] [--status-chunks 1000000] [--gc-uploads 10000]
-        [--gc-data DIR] [--latency]
+    python -m benchmarks.memory [--only server,fold,status,gc,audit]
+        [--sizes-mib 256,1024,4096] [--fold-chunks 1000000] [--status-chunks 1000000]
+        [--gc-uploads 10000] [--gc-data DIR] [--latency] [--audit-uploads 1000,10000]
+        [--audit-data DIR]
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc as python_gc
+import json
 import os
 import random
 import statistics
@@ -366,6 +368,40 @@ def gc_run(data_dir: Path, uploads: int) -> None:
     )
 
 
+def audit_peak(data_dir: Path) -> tuple[float, int, int]:
+    """(seconds, peak RSS in KiB, findings) of one ``chunkstore audit --json`` process."""
+    started = time.perf_counter()
+    child = subprocess.Popen(
+        [sys.executable, "-m", "chunkstore.cli", "audit", "--data", str(data_dir), "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    assert child.stdout is not None
+    answer = json.loads(child.stdout.read())
+    # wait4 rather than wait: the child's own peak RSS (ru_maxrss, KiB on Linux).
+    _, _, usage = os.wait4(child.pid, 0)
+    child.returncode = 0
+    return time.perf_counter() - started, usage.ru_maxrss, len(answer["findings"])
+
+
+def audit_run(base: Path, counts: list[int]) -> None:
+    """Peak RSS of ``chunkstore audit`` over stores of ``counts`` small uploads each."""
+    print("chunkstore audit, a fresh process per run, median of 3:")
+    for uploads in counts:
+        data_dir = base.with_name(f"{base.name}-{uploads}")
+        if not (data_dir / "chunkstore.sqlite3").exists():
+            print(f"building a store of {uploads} uploads in {data_dir}", file=sys.stderr)
+            build_store(data_dir, uploads)
+        runs = [audit_peak(data_dir) for _ in range(3)]
+        seconds = statistics.median(run[0] for run in runs)
+        peak = statistics.median(run[1] for run in runs)
+        print(
+            f"  {uploads:>7,} uploads: peak RSS {peak / 1024:6.1f} MiB, {seconds:5.2f} s,"
+            f" {runs[0][2]} findings",
+            flush=True,
+        )
+
+
 def latency(data_dir: Path, seconds: float = 20.0) -> None:
     """Status requests' latency to a server while its background gc runs, against the
     same server with gc off."""
@@ -406,7 +442,7 @@ def _share(ordered: list[float], share: float) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default="server,fold,status,gc")
+    parser.add_argument("--only", default="server,fold,status,gc,audit")
     parser.add_argument("--sizes-mib", default="256,1024,4096")
     parser.add_argument("--parallel", type=int, default=4)
     parser.add_argument("--fold-chunks", type=int, default=1_000_000)
@@ -416,6 +452,8 @@ def main() -> None:
     parser.add_argument("--gc-uploads", type=int, default=10_000)
     parser.add_argument("--gc-data", default="/tmp/chunkstore-gc-bench")
     parser.add_argument("--latency", action="store_true")
+    parser.add_argument("--audit-uploads", default="1000,10000")
+    parser.add_argument("--audit-data", default="/tmp/chunkstore-audit-bench")
     parser.add_argument("--gc-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.gc_child:
@@ -433,6 +471,9 @@ def main() -> None:
         gc_run(Path(args.gc_data).resolve(), args.gc_uploads)
         if args.latency:
             latency(Path(args.gc_data).resolve())
+    if "audit" in only:
+        counts = [int(count) for count in args.audit_uploads.split(",")]
+        audit_run(Path(args.audit_data).resolve(), counts)
     if "server" in only:
         server_peaks([int(size) for size in args.sizes_mib.split(",")], args.parallel)
 

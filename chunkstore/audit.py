@@ -26,9 +26,9 @@ nowhere else stays reported.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections import defaultdict
-from collections.abc import Callable, Container, Iterable, Iterator
+from collections.abc import Callable, Collection, Container, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -37,7 +37,9 @@ import blake3
 import msgspec
 
 from chunkstore.application import UploadService
-from chunkstore.errors import ConcurrencyConflict, CorruptBlob
+from chunkstore.chunktable import pack
+from chunkstore.errors import ConcurrencyConflict, CorruptBlob, UploadLocked
+from chunkstore.eventlog import EventLog, RecordedEvent
 from chunkstore.events import (
     ChunkStored,
     Event,
@@ -53,11 +55,12 @@ from chunkstore.events import (
     event_type,
 )
 from chunkstore.files import is_materialized
-from chunkstore.gc import confirm_orphan, orphan_candidates
+from chunkstore.gc import confirm_orphan, unowned_files
 from chunkstore.manifest import Manifest, assemble
-from chunkstore.projections import session_row
+from chunkstore.projections import OwnerChunk, SessionRow, session_row
 from chunkstore.reading import load_manifest
-from chunkstore.session import FINAL_STATUSES, SessionState, Status, replay, replay_steps
+from chunkstore.repack import PACKS_LOCK
+from chunkstore.session import FINAL_STATUSES, SessionState, Status, replay, replay_visiting
 
 READ_SIZE = 1024 * 1024
 #: Blobs per task handed to a hashing thread, threads, and tasks queued at once.
@@ -125,13 +128,31 @@ class AuditReport(msgspec.Struct, kw_only=True):
         return not self.findings
 
 
-class _Store(msgspec.Struct, kw_only=True):
-    """Everything the events say, read once."""
+class Survey(msgspec.Struct, kw_only=True):
+    """What the later checks need of the events, taken one stream at a time (a few
+    dozen bytes per upload, where holding every session's folded state cost 3-4 KiB)."""
 
-    states: dict[str, SessionState]
-    owner_chunks: set[tuple[str, str, int]]
+    #: The log's position the audit reads up to: later events are the next audit's.
     position: int
-    events: int
+    streams: int = 0
+    events: int = 0
+    #: Upload ids of the sessions whose chunks, manifest and file must all be there, in
+    #: id order: each one's state is folded again from its stream when it is checked.
+    live: list[str] = msgspec.field(default_factory=list)
+    #: Final files of completed uploads (every other file under ``files/`` is an orphan).
+    owned_files: set[str] = msgspec.field(default_factory=set)
+    #: Bytes of the final files the audit will re-hash (for the progress bar).
+    file_bytes: int = 0
+
+    def take(self, state: SessionState, events: int) -> None:
+        self.streams += 1
+        self.events += events
+        if state.status in LIVE_STATUSES:
+            self.live.append(state.upload_id)
+        if state.status == Status.COMPLETED and state.file_path is not None:
+            self.owned_files.add(state.file_path)
+            if state.manifest is not None and is_materialized(state.file_path):
+                self.file_bytes += state.manifest.size
 
 
 # -- a stream's own rules -------------------------------------------------------------
@@ -150,16 +171,27 @@ def stream_findings(stream_id: str, events: Iterable[Event]) -> list[Finding]:
     """Every event of one stream that breaks the rules its session set for itself,
     whatever wrote it: the checks the commands make before appending, made again on
     what was appended. Pure. Events of types this version does not know are skipped."""
+    return checked_replay(stream_id, events)[0]
+
+
+def checked_replay(stream_id: str, events: Iterable[Event]) -> tuple[list[Finding], SessionState]:
+    """``stream_findings`` and the stream's folded state, in one fold."""
     findings = []
-    for number, (state, event) in enumerate(replay_steps(events), start=1):
+    number = 0
+
+    def check(state: SessionState, event: Event) -> None:
+        nonlocal number
+        number += 1
         if isinstance(event, UnknownEvent):
-            continue
+            return
         broken = _broken_rule(state, event)
         if broken is not None:
             kind, why = broken
             where = f"event {number} ({event_type(event)})"
             findings.append(Finding(kind, stream_id, f"{where}: {why}"))
-    return findings
+
+    state = replay_visiting(events, check, SessionState.empty(stream_id))
+    return findings, state
 
 
 def _broken_rule(state: SessionState, event: Event) -> tuple[str, str] | None:
@@ -246,73 +278,153 @@ def _missing(state: SessionState) -> bool:
 # -- reading the events ---------------------------------------------------------------
 
 
-def replay_store(service: UploadService, findings: list[Finding] | None = None) -> _Store:
-    """Fold every stream from the log, in global order; version gaps are findings."""
-    position = service.store.log.last_position()
-    streams: dict[str, list[Event]] = defaultdict(list)
-    count = 0
-    for recorded in service.store.log.read_all():
-        if recorded.position > position:
-            break
-        stream = streams[recorded.stream_id]
-        if findings is not None and recorded.version != len(stream) + 1:
-            findings.append(
-                Finding(
-                    "stream-gap",
-                    recorded.stream_id,
-                    f"version {recorded.version} follows version {len(stream)}",
-                )
-            )
-        stream.append(recorded.event)
-        count += 1
-    if findings is not None:
-        for stream_id, events in streams.items():
-            findings.extend(stream_findings(stream_id, events))
-    states = {
-        stream_id: replay(events, SessionState.empty(stream_id))
-        for stream_id, events in streams.items()
-    }
-    owner_chunks = {
-        (states[stream_id].owner, event.digest, event.size)
-        for stream_id, events in streams.items()
-        for event in events
-        if isinstance(event, ChunkStored)
-    }
-    return _Store(states=states, owner_chunks=owner_chunks, position=position, events=count)
+def replay_streams(
+    log: EventLog, position: int
+) -> Iterator[tuple[list[RecordedEvent], SessionState]]:
+    """Each stream's events up to ``position`` and its folded state, one at a time."""
+    for recorded in log.read_streams(position):
+        stream_id = recorded[0].stream_id
+        yield recorded, replay((item.event for item in recorded), SessionState.empty(stream_id))
+
+
+def load_state(log: EventLog, upload_id: str, position: int | None = None) -> SessionState:
+    """One session folded from its own stream (up to ``position``, if given)."""
+    events = (
+        item.event for item in log.read(upload_id) if position is None or item.position <= position
+    )
+    return replay(events, SessionState.empty(upload_id))
+
+
+def survey_streams(service: UploadService) -> tuple[Survey, list[Finding]]:
+    """Every stream of the log read, checked and folded one at a time: version gaps,
+    each stream's own rules, and the projections against the events. Findings come in
+    the order a fold of the whole log in position order gave them."""
+    log, index = service.store.log, service.store.index
+    survey = Survey(position=log.last_position())
+    gaps: list[tuple[int, Finding]] = []
+    broken: list[tuple[int, list[Finding]]] = []
+    projections = _ProjectionCheck(index.session_rows())
+    owner_chunks = _OwnerChunks()
+    for recorded in log.read_streams(survey.position):
+        stream_id = recorded[0].stream_id
+        gaps.extend(_gaps(recorded))
+        found, state = checked_replay(stream_id, (item.event for item in recorded))
+        if found:
+            broken.append((min(item.position for item in recorded), found))
+        projections.check(state)
+        owner_chunks.add(state.owner, (item.event for item in recorded))
+        survey.take(state, len(recorded))
+    findings = [finding for _, finding in sorted(gaps, key=lambda gap: gap[0])]
+    for _, found in sorted(broken, key=lambda item: item[0]):
+        findings.extend(found)
+    findings.extend(projections.finish())
+    findings.extend(owner_chunks.check(index.owner_chunk_rows()))
+    return survey, findings
+
+
+def _gaps(recorded: list[RecordedEvent]) -> Iterator[tuple[int, Finding]]:
+    """(position, finding) for each event whose version does not follow the last one."""
+    for number, item in enumerate(recorded, start=1):
+        if item.version != number:
+            detail = f"version {item.version} follows version {number - 1}"
+            yield item.position, Finding("stream-gap", item.stream_id, detail)
 
 
 # -- checks ---------------------------------------------------------------------------
 
 
-def check_projections(service: UploadService, store: _Store) -> list[Finding]:
-    """The ``sessions`` rows and ``owner_chunks`` rows against the events."""
-    findings = []
-    rows = {row["upload_id"]: row for row in service.store.index.session_rows()}
-    for upload_id, state in sorted(store.states.items()):
-        expected = session_row(state)
-        actual = rows.pop(upload_id, None)
+class _ProjectionCheck:
+    """The ``sessions`` rows against the events: the rows (in upload id order) merged
+    with the streams (in the same order) as they come."""
+
+    def __init__(self, rows: Iterator[SessionRow]) -> None:
+        self._rows = rows
+        self._row = next(rows, None)
+        self.findings: list[Finding] = []
+        self._orphans: list[str] = []
+
+    def _skip_to(self, upload_id: str | None) -> SessionRow | None:
+        """Rows before ``upload_id`` (all, for None) are orphans; its own row, if any."""
+        while self._row is not None and (upload_id is None or self._row["upload_id"] < upload_id):
+            self._orphans.append(self._row["upload_id"])
+            self._row = next(self._rows, None)
+        if self._row is None or self._row["upload_id"] != upload_id:
+            return None
+        row, self._row = self._row, next(self._rows, None)
+        return row
+
+    def check(self, state: SessionState) -> None:
+        upload_id = state.upload_id
+        actual = self._skip_to(upload_id)
         if actual is None:
-            findings.append(Finding("projection-missing", upload_id, "no sessions row"))
-            continue
+            self.findings.append(Finding("projection-missing", upload_id, "no sessions row"))
+            return
         differences = [
             f"{column}: row {actual[column]!r}, events {value!r}"
-            for column, value in expected.items()
+            for column, value in session_row(state).items()
             if actual.get(column) != value
         ]
         if differences:
-            findings.append(Finding("projection-mismatch", upload_id, "; ".join(differences)))
-    for upload_id in sorted(rows):
-        findings.append(Finding("projection-orphan", upload_id, "sessions row without events"))
-    actual_chunks = set(service.store.index.owner_chunk_rows())
-    for owner, digest, size in sorted(store.owner_chunks - actual_chunks):
-        findings.append(
+            self.findings.append(Finding("projection-mismatch", upload_id, "; ".join(differences)))
+
+    def finish(self) -> list[Finding]:
+        self._skip_to(None)
+        orphans = [
+            Finding("projection-orphan", upload_id, "sessions row without events")
+            for upload_id in self._orphans
+        ]
+        return [*self.findings, *orphans]
+
+
+class _OwnerChunks:
+    """The ``owner_chunks`` rows the events call for, each held as a short bytes key
+    (owner number, raw digest, size: ~75 bytes where a tuple of strings took ~250)."""
+
+    def __init__(self) -> None:
+        self._owners: dict[str, int] = {}
+        self._keys: set[bytes] = set()
+
+    def _key(self, owner: int, digest: str, size: int) -> bytes:
+        raw = pack(digest)
+        head = owner.to_bytes(4, "big")
+        if raw is not None:
+            return head + b"\x00" + raw + str(size).encode()
+        return head + b"\x01" + digest.encode() + b"\x00" + str(size).encode()
+
+    def _chunk(self, key: bytes) -> OwnerChunk:
+        owner = list(self._owners)[int.from_bytes(key[:4], "big")]
+        if key[4] == 0:
+            return owner, key[5:37].hex(), int(key[37:])
+        digest, _, size = key[5:].rpartition(b"\x00")
+        return owner, digest.decode(), int(size)
+
+    def add(self, owner: str, events: Iterable[Event]) -> None:
+        number = self._owners.setdefault(owner, len(self._owners))
+        for event in events:
+            if isinstance(event, ChunkStored):
+                self._keys.add(self._key(number, event.digest, event.size))
+
+    def check(self, rows: Iterable[OwnerChunk]) -> list[Finding]:
+        """Findings for rows the events do not call for, and the other way round. Used
+        up: the keys found are dropped as the rows go by."""
+        extra = []
+        for owner, digest, size in rows:
+            number = self._owners.get(owner)
+            key = None if number is None else self._key(number, digest, size)
+            if key is not None and key in self._keys:
+                self._keys.discard(key)
+            else:
+                extra.append((owner, digest, size))
+        missing = sorted(self._chunk(key) for key in self._keys)
+        findings = [
             Finding("owner-chunks-missing", digest, f"owner {owner!r} stored it ({size} bytes)")
-        )
-    for owner, digest, size in sorted(actual_chunks - store.owner_chunks):
-        findings.append(
+            for owner, digest, size in missing
+        ]
+        findings.extend(
             Finding("owner-chunks-extra", digest, f"owner {owner!r} ({size} bytes) per no event")
+            for owner, digest, size in sorted(extra)
         )
-    return findings
+        return findings
 
 
 def _hash_blob(service: UploadService, digest: str) -> tuple[int, str]:
@@ -506,26 +618,22 @@ def check_file(
     return []
 
 
-def check_orphan_files(service: UploadService, store: _Store) -> list[Finding]:
+def check_orphan_files(service: UploadService, owned: Collection[str]) -> list[Finding]:
     """Files under ``files/`` that no completed upload owns (a cancelled upload's file, a
     deleted upload's file that outlived its deletion, a stray)."""
     findings = []
-    for entry in orphan_candidates(service, store.states):
+    for entry in unowned_files(service, owned):
         why = confirm_orphan(service, entry.location)
         if why is not None:
             findings.append(Finding("file-orphan", entry.location, why))
     return findings
 
 
-def _total_bytes(service: UploadService, store: _Store) -> int:
+def _total_bytes(service: UploadService, survey: Survey) -> int:
     """Bytes the audit will read (for the progress bar): blobs plus final files."""
-    total = 0
+    total = survey.file_bytes
     for digest in service.store.blobs.digests():
         total += service.store.blobs.size(digest) or 0
-    for state in store.states.values():
-        completed = state.status == Status.COMPLETED and state.manifest is not None
-        if completed and is_materialized(state.file_path or ""):
-            total += state.manifest.size  # type: ignore[union-attr]
     return total
 
 
@@ -534,11 +642,9 @@ def audit(service: UploadService, progress: ProgressCallback | None = None) -> A
     from chunkstore.packaudit import BlobSizes, check_packs  # it builds on this module
 
     started = time.perf_counter()
-    findings: list[Finding] = []
-    store = replay_store(service, findings)
-    summary = Summary(streams=len(store.states), events=store.events)
-    findings.extend(check_projections(service, store))
-    total_bytes = _total_bytes(service, store) if progress is not None else 0
+    survey, findings = survey_streams(service)
+    summary = Summary(streams=survey.streams, events=survey.events)
+    total_bytes = _total_bytes(service, survey) if progress is not None else 0
     sizes: Sizes
     spare: dict[str, tuple[str, int, int, int]] = {}
     packs = service.store.packs
@@ -553,9 +659,9 @@ def audit(service: UploadService, progress: ProgressCallback | None = None) -> A
             digest: (place.pack, place.offset, place.length, place.size)
             for digest, place in checked.spare.items()
         }
-    for upload_id, state in sorted(store.states.items()):
-        if state.status not in LIVE_STATUSES:
-            continue  # an ended session's chunks are gc's to sweep once it is old enough
+    for upload_id in survey.live:
+        # Folded again, one at a time, rather than held from the survey.
+        state = load_state(service.store.log, upload_id, survey.position)
         if packs is not None:
             assert isinstance(sizes, BlobSizes)
             sizes.prefetch(digest for _, digest, _ in state.stored_items())
@@ -569,7 +675,7 @@ def audit(service: UploadService, progress: ProgressCallback | None = None) -> A
             findings.extend(check_chunks(upload_id, chunks, sizes, spare))
         if state.status == Status.COMPLETED and is_materialized(state.file_path or ""):
             findings.extend(check_file(service, state, summary, progress, total_bytes))
-    findings.extend(check_orphan_files(service, store))
+    findings.extend(check_orphan_files(service, survey.owned_files))
     summary.seconds = round(time.perf_counter() - started, 3)
     wanted = {_blob_of(finding) for finding in findings if finding.kind in _RELOCATABLE}
     relocations = {digest: spare[digest] for digest in sorted(wanted) if digest in spare}
@@ -601,16 +707,26 @@ def quarantine_name() -> str:
 
 def rebuild_projections(service: UploadService) -> None:
     """Rebuild ``sessions`` and ``owner_chunks`` from the events, retrying if appends
-    land meanwhile (the rows must reflect the log as of the moment they replace)."""
+    land meanwhile (the rows must reflect the log as of the moment they replace). The
+    rows are made one stream at a time as the backend stores them."""
+    log = service.store.log
     for _ in range(_REBUILD_ATTEMPTS):
-        store = replay_store(service)
-        rows = [session_row(state) for _, state in sorted(store.states.items())]
+        position = log.last_position()
+        rows = (session_row(state) for _, state in replay_streams(log, position))
         try:
-            service.store.index.rebuild(rows, sorted(store.owner_chunks), store.position)
+            service.store.index.rebuild(rows, _owner_chunk_rows(log, position), position)
             return
         except ConcurrencyConflict:
             continue
     raise ConcurrencyConflict("the log kept moving; run the repair again when it is quieter")
+
+
+def _owner_chunk_rows(log: EventLog, position: int) -> Iterator[OwnerChunk]:
+    """(owner, digest, size) of every chunk stored, as the events say (repeats too)."""
+    for recorded, state in replay_streams(log, position):
+        for item in recorded:
+            if isinstance(item.event, ChunkStored):
+                yield state.owner, item.event.digest, item.event.size
 
 
 def restore_manifest(service: UploadService, state: SessionState, aside: str = "") -> bool:
@@ -688,30 +804,56 @@ def rematerialize(service: UploadService, state: SessionState, aside: str) -> st
         part.abort()
 
 
-def _chunk_sources(store: _Store, bad_files: set[str]) -> dict[str, tuple[str, int, int]]:
-    """digest -> (intact final file, offset, size) for every chunk of a good file."""
+def _chunk_sources(
+    service: UploadService, bad_files: set[str], wanted: set[str]
+) -> dict[str, tuple[str, int, int]]:
+    """digest -> (intact final file, offset, size) for each ``wanted`` chunk that a good
+    file holds (the streams read one at a time; only the wanted digests are kept)."""
     sources: dict[str, tuple[str, int, int]] = {}
-    for upload_id, state in store.states.items():
-        if state.status != Status.COMPLETED or upload_id in bad_files or state.manifest is None:
+    if not wanted:
+        return sources
+    log = service.store.log
+    for _, state in replay_streams(log, log.last_position()):
+        if state.status != Status.COMPLETED or state.upload_id in bad_files:
             continue
-        if state.file_path is None or not is_materialized(state.file_path):
+        if state.manifest is None or state.file_path is None:
             continue
-        if state.received_count != state.total_chunks:
+        if not is_materialized(state.file_path) or state.received_count != state.total_chunks:
             continue
         offset = 0
-        for digest, size in state.ordered_chunks():
-            sources.setdefault(digest, (state.file_path, offset, size))
+        for digest, size in state.iter_ordered():
+            if digest in wanted:
+                sources.setdefault(digest, (state.file_path, offset, size))
             offset += size
     return sources
 
 
 def repair(service: UploadService, report: AuditReport) -> list[str]:
-    """Fix what the findings allow; returns one line per action taken or refused."""
+    """Fix what the findings allow; returns one line per action taken or refused.
+
+    On a pack store the whole repair holds the store's packs lock (``PACKS_LOCK``), as a
+    repack does while it moves a pack: a row is never pointed at a record of a pack a
+    repack is moving away, nor a pack rewritten by both. A repack that holds it longer
+    than ``lock_wait`` makes the repair refuse, changing nothing."""
+    with contextlib.ExitStack() as held:
+        if service.store.packs is not None:
+            wait = service.settings.lock_wait
+            try:
+                held.enter_context(service.store.locks.hold(PACKS_LOCK, wait))
+            except UploadLocked:
+                raise UploadLocked(
+                    f"a repack is moving packs (it holds the store's {PACKS_LOCK!r} lock);"
+                    f" the repair waited {wait:g} s and changed nothing: run it again"
+                    " once the repack is done"
+                ) from None
+        return _repair(service, report)
+
+
+def _repair(service: UploadService, report: AuditReport) -> list[str]:
     actions: list[str] = []
     aside = quarantine_name()
     rebuild_projections(service)
     actions.append("rebuilt the sessions and owner_chunks projections from the events")
-    store = replay_store(service)
     file_kinds = {"file-missing", "file-size-mismatch", "file-corrupt"}
     bad_files = {f.subject for f in report.findings if f.kind in file_kinds}
     bad_blobs = {f.subject for f in report.findings if f.kind in _DAMAGED_BLOB_KINDS}
@@ -728,7 +870,7 @@ def repair(service: UploadService, report: AuditReport) -> list[str]:
         )
         bad_blobs -= relocated
         missing -= relocated
-    sources = _chunk_sources(store, bad_files)
+    sources = _chunk_sources(service, bad_files, bad_blobs | missing)
     for digest in sorted(bad_blobs | missing):
         source = sources.get(digest)
         if source is not None and restore_chunk(service, digest, *source, aside):
@@ -737,7 +879,7 @@ def repair(service: UploadService, report: AuditReport) -> list[str]:
             actions.append(f"cannot restore blob {digest}: its bytes exist nowhere else")
     for finding in report.findings:
         if finding.kind == "manifest-missing":
-            state = store.states[finding.subject]
+            state = load_state(service.store.log, finding.subject)
             done = restore_manifest(service, state, aside)
             actions.append(
                 f"{'restored' if done else 'cannot restore'} the manifest of {finding.subject}"
@@ -747,7 +889,7 @@ def repair(service: UploadService, report: AuditReport) -> list[str]:
 
         tidy_damaged_packs(packs, report.findings, actions)
     for upload_id in sorted(bad_files):
-        why = rematerialize(service, store.states[upload_id], aside)
+        why = rematerialize(service, load_state(service.store.log, upload_id), aside)
         if why is None:
             actions.append(f"re-materialized the final file of {upload_id}")
         else:

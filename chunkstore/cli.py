@@ -458,7 +458,11 @@ def cmd_repack(args: argparse.Namespace) -> int:
             if store.blob_migration is not None
             else MigrationReport()
         )
-        repacked = RepackReport() if args.loose else repack(store.packs, threshold)
+        repacked = (
+            RepackReport()
+            if args.loose
+            else repack(store.packs, threshold, locks=store.locks, wait=service.settings.lock_wait)
+        )
     finally:
         service.close()
     seconds = round(time.perf_counter() - started, 3)

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator
 from datetime import datetime, timedelta
 
 import msgspec
@@ -40,6 +40,7 @@ from chunkstore.blobs import BlobAgeing, BlobStore
 from chunkstore.errors import CorruptBlob, UploadLocked
 from chunkstore.eventlog import SweepGuard
 from chunkstore.files import FileEntry, upload_of
+from chunkstore.pacing import Pace, no_pause
 from chunkstore.reading import load_manifest
 from chunkstore.repack import repack
 from chunkstore.session import FINAL_STATUSES, SessionState, Status, replay
@@ -76,6 +77,8 @@ class GcReport(msgspec.Struct, kw_only=True):
     bytes_reclaimed: int = 0
     #: Live records a repack found damaged: left in place for audit.
     records_damaged: int = 0
+    #: Packs left for the next run: ``audit --repair`` held the packs lock.
+    packs_busy: int = 0
     seconds: float = 0.0
     #: Upload ids expired and digests swept (or that would be, with ``dry_run``).
     expired: list[str] = msgspec.field(default_factory=list)
@@ -102,8 +105,10 @@ class References:
         released_before: datetime,
         ending_now: frozenset[str] = frozenset(),
         ended_at: datetime | None = None,
+        pace: Pace = no_pause,
     ) -> None:
         self.service = service
+        self.pace = pace
         self.released_before = released_before
         #: Sessions a dry run would expire: counted as ended at ``ended_at``.
         self.ending_now = ending_now
@@ -121,8 +126,10 @@ class References:
         for recorded in self.service.store.log.read_all(self.position):
             touched[recorded.stream_id] = None
             self.position = recorded.position
+            self.pace()
         for stream_id in touched:
             self._take(stream_id)
+            self.pace()
 
     def _take(self, stream_id: str) -> None:
         """Fold one session from its stream (it may hold events past ``position``; they
@@ -168,10 +175,11 @@ class References:
             )
 
 
-def expirable(service: UploadService, now: datetime) -> list[str]:
+def expirable(service: UploadService, now: datetime, pace: Pace = no_pause) -> list[str]:
     """Sessions still open in the log but past their TTL."""
     found = []
     for row in service.store.index.session_rows():
+        pace()
         if row["status"] in (Status.ACTIVE, Status.ASSEMBLING):
             state = service.load(row["upload_id"])
             if state.status in (Status.ACTIVE, Status.ASSEMBLING) and state.is_expired(now):
@@ -195,18 +203,6 @@ def _discard_leftovers(service: UploadService, upload_ids: Iterable[str]) -> Non
     for upload_id in upload_ids:
         service.store.files.discard_parts(upload_id)
         service.store.tails.discard(upload_id)
-
-
-def orphan_candidates(
-    service: UploadService, states: Mapping[str, SessionState]
-) -> list[FileEntry]:
-    """Final files that no completed upload in ``states`` owns."""
-    owned = {
-        state.file_path
-        for state in states.values()
-        if state.status == Status.COMPLETED and state.file_path is not None
-    }
-    return unowned_files(service, owned)
 
 
 def unowned_files(service: UploadService, owned: Collection[str]) -> list[FileEntry]:
@@ -244,8 +240,10 @@ def _remove_orphans(
     wall_now: float,
     dry_run: bool,
     report: GcReport,
+    pace: Pace = no_pause,
 ) -> None:
     for entry in unowned_files(service, owned):
+        pace()
         # A completion writes its file before it records it: spare young ones.
         if wall_now - entry.mtime < grace:
             continue
@@ -273,15 +271,18 @@ def collect(
     dry_run: bool = False,
     wall_clock: Callable[[], float] = time.time,
     repack_dead: float | None = None,
+    pace: Pace = no_pause,
 ) -> GcReport:
-    """One gc run. ``hours``, ``grace`` and ``repack_dead`` default to the settings."""
+    """One gc run. ``hours``, ``grace`` and ``repack_dead`` default to the settings.
+    ``pace`` is called between small steps (``chunkstore.pacing``): a server's
+    background gc rests there so that requests get the GIL."""
     started = time.perf_counter()
     hours = service.settings.gc_hours if hours is None else hours
     grace = service.settings.gc_grace if grace is None else grace
     repack_dead = service.settings.repack_dead if repack_dead is None else repack_dead
     report = GcReport(dry_run=dry_run, hours=hours, grace=grace)
     now = service.clock()
-    expiring = expirable(service, now)
+    expiring = expirable(service, now, pace)
     if not dry_run:
         expiring = [upload_id for upload_id in expiring if _expire(service, upload_id)]
     report.expired = expiring
@@ -291,6 +292,7 @@ def collect(
         released_before=now - timedelta(hours=hours),
         ending_now=frozenset(expiring) if dry_run else frozenset(),
         ended_at=now,
+        pace=pace,
     )
     references.catch_up()
     found = leftovers(service, references.ended | set(expiring))
@@ -298,10 +300,11 @@ def collect(
     if not dry_run:
         _discard_leftovers(service, found)
     report.sessions_released = len(references.released)
-    _remove_orphans(service, set(references.files.values()), grace, wall_clock(), dry_run, report)
+    owned = set(references.files.values())
+    _remove_orphans(service, owned, grace, wall_clock(), dry_run, report, pace)
     report.lock_files_removed = service.store.locks.sweep(dry_run=dry_run)
     _sweep_unreferenced(service, references, grace, dry_run, wall_clock, report)
-    _pack_loose_and_repack(service, repack_dead, dry_run, report)
+    _pack_loose_and_repack(service, repack_dead, dry_run, report, pace)
     report.seconds = round(time.perf_counter() - started, 3)
     return report
 
@@ -321,6 +324,7 @@ def _sweep_unreferenced(
         return
     candidates = _candidates(blobs, ageing, references, grace, wall_clock(), report)
     for batch in _batches(candidates, SWEEP_BATCH):
+        references.pace()
         if dry_run:
             for digest in batch:
                 report.blobs_swept += 1
@@ -331,7 +335,7 @@ def _sweep_unreferenced(
 
 
 def _pack_loose_and_repack(
-    service: UploadService, threshold: float, dry_run: bool, report: GcReport
+    service: UploadService, threshold: float, dry_run: bool, report: GcReport, pace: Pace
 ) -> None:
     """Move loose blobs (the one-file-per-chunk layout) into packs, then give back the
     space swept blobs left in packs (``chunkstore.repack``). Neither holds the log's
@@ -341,11 +345,12 @@ def _pack_loose_and_repack(
         report.loose_migrated = store.blob_migration.migrate_loose().moved
     if store.packs is None:
         return
-    repacked = repack(store.packs, threshold, dry_run)
+    repacked = repack(store.packs, threshold, dry_run, pace, store.locks)
     report.packs_repacked = repacked.packs_repacked
     report.packs_removed = repacked.packs_removed
     report.bytes_reclaimed = repacked.bytes_reclaimed
     report.records_damaged = repacked.records_damaged
+    report.packs_busy = repacked.packs_busy
 
 
 def _candidates(
@@ -358,6 +363,7 @@ def _candidates(
 ) -> list[str]:
     candidates = []
     for digest in blobs.digests():
+        references.pace()
         report.blobs_examined += 1
         if digest in references.digests:
             report.blobs_referenced += 1

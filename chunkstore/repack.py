@@ -12,14 +12,19 @@ threshold (``CHUNKSTORE_REPACK_DEAD``, 0.2) is rewritten:
 3. the old pack's file is unlinked, the packs directory fsynced, the pack forgotten.
 
 Killed at any point, nothing is lost: before the move the old rows are untouched and
-the copies are dead bytes; after it, the old pack is only retired, and the next run
-removes retired packs' files (``repack_plan`` picks them). A reader that looked a
-record up before the move and opens the pack after its removal looks again and finds
-the new place (``PackBlobStore.open``); one that already had the pack open keeps reading it
-(an unlinked file's bytes stay until its last descriptor closes).
+the copies are dead bytes; after it, the old pack is only retired, and the next start-up
+of a store (``PackBlobStore.recover``) or the next run removes retired packs' files
+(``repack_plan`` picks them). A reader that looked a record up before the move and opens
+the pack after its removal looks again and finds the new place (``PackBlobStore.open``);
+one that already had the pack open keeps reading it (an unlinked file's bytes stay until
+its last descriptor closes).
 
-No lock is held while bytes are copied: appends of uploads interleave with the copy
-batch by batch, and the switch is one transaction of the database.
+No lock is held against uploads while bytes are copied: appends interleave with the
+copy batch by batch, and the switch is one transaction of the database. Each pack is
+moved under the store's ``packs`` lock (``PACKS_LOCK``), which ``audit --repair`` holds
+for its whole run, as it points index rows into packs and rewrites damaged ones: a
+repair never points a row at a record of a pack a repack is moving away. A pack whose
+lock is busy is left for the next run (``packs_busy``).
 """
 
 from __future__ import annotations
@@ -35,6 +40,9 @@ from chunkstore.blobs import Chunk, PackedBlobs
 from chunkstore.blobs.packfile import HEADER_SIZE, Record, decode_header
 from chunkstore.blobs.packindex import IndexRow, PackInfo, merge_committed
 from chunkstore.durable import fsync_directory
+from chunkstore.errors import UploadLocked
+from chunkstore.locks import Locker
+from chunkstore.pacing import Pace, no_pause
 
 MiB = 1024 * 1024
 #: Bytes of live records copied per ``append_durably`` (one fdatasync each): the most a
@@ -42,6 +50,8 @@ MiB = 1024 * 1024
 REPACK_BATCH_BYTES = 8 * MiB
 #: The dead share at which a pack is repacked, unless told otherwise.
 DEFAULT_DEAD_SHARE = 0.2
+#: The lock a repack holds while it moves a pack, and a repair while it touches packs.
+PACKS_LOCK = "packs"
 
 
 class RepackReport(msgspec.Struct, kw_only=True):
@@ -56,6 +66,8 @@ class RepackReport(msgspec.Struct, kw_only=True):
     bytes_reclaimed: int = 0
     #: Live records that did not hash to their digests: not copied, their packs kept.
     records_damaged: int = 0
+    #: Packs left for the next run: a repair held the packs lock.
+    packs_busy: int = 0
     damaged: list[str] = msgspec.field(default_factory=list)
 
 
@@ -81,8 +93,17 @@ def repack_plan(
     ]
 
 
-def repack(packed: PackedBlobs, threshold: float, dry_run: bool = False) -> RepackReport:
-    """One repack run over every pack (see the module's docstring)."""
+def repack(
+    packed: PackedBlobs,
+    threshold: float,
+    dry_run: bool = False,
+    pace: Pace = no_pause,
+    locks: Locker | None = None,
+    wait: float = 0.0,
+) -> RepackReport:
+    """One repack run over every pack (see the module's docstring); ``pace`` is called
+    between packs and batches (``chunkstore.pacing``). Each pack is moved holding
+    ``PACKS_LOCK`` in ``locks``, waited for up to ``wait`` seconds."""
     if not 0.0 < threshold <= 1.0:
         raise ValueError("the dead share that triggers a repack must be above 0 and at most 1")
     report = RepackReport()
@@ -92,11 +113,21 @@ def repack(packed: PackedBlobs, threshold: float, dry_run: bool = False) -> Repa
             report.packs_repacked += 1
             report.bytes_reclaimed += max(info.committed - live.get(info.name, 0), 0)
             continue
-        repack_pack(packed, info, report)
+        with contextlib.ExitStack() as held:
+            if locks is not None:
+                try:
+                    held.enter_context(locks.hold(PACKS_LOCK, wait))
+                except UploadLocked:
+                    report.packs_busy += 1
+                    continue
+            repack_pack(packed, info, report, pace)
+        pace()
     return report
 
 
-def repack_pack(packed: PackedBlobs, info: PackInfo, report: RepackReport) -> None:
+def repack_pack(
+    packed: PackedBlobs, info: PackInfo, report: RepackReport, pace: Pace = no_pause
+) -> None:
     """Copy ``info``'s live records into this process's active pack, switch the rows,
     remove the old pack."""
     rows = list(packed.index.rows_in(info.name))  # bounded by one pack's records
@@ -120,6 +151,7 @@ def repack_pack(packed: PackedBlobs, info: PackInfo, report: RepackReport) -> No
             report.records_copied += len(batch)
             report.bytes_copied += sum(HEADER_SIZE + chunk.size for chunk in batch)
             report.bytes_reclaimed -= sum(HEADER_SIZE + chunk.size for chunk in batch)
+            pace()
     finally:
         os.close(fd)
     if moved or not info.retired:

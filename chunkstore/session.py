@@ -11,7 +11,7 @@ unchanged.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -400,6 +400,21 @@ def replay(events: Iterable[Event], state: SessionState | None = None) -> Sessio
 
 def apply(state: SessionState, event: Event) -> SessionState:
     return replay((event,), state)
+
+
+def replay_visiting(
+    events: Iterable[Event],
+    visit: Callable[[SessionState, Event], None],
+    state: SessionState | None = None,
+) -> SessionState:
+    """``replay``, showing ``visit`` each event with the state just before it: a check of
+    a stream's own rules and its fold in one pass. The states ``visit`` sees share the
+    fold's pages (as in ``replay_steps``): look at each, keep none."""
+    fold = _Fold(state if state is not None else SessionState.empty())
+    for event in events:
+        visit(fold.result(final=False), event)
+        fold.apply(event)
+    return fold.result()
 
 
 def replay_steps(events: Iterable[Event]) -> Iterator[tuple[SessionState, Event]]:

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from chunkstore.blobs.packfile import HEADER_SIZE
+from chunkstore.repack import PACKS_LOCK
 from tests.helpers import (
     blake3_hex,
     blob_place,
@@ -131,6 +134,35 @@ def test_a_deleted_index_row_is_named_and_put_back_pointing_at_its_record(
     assert answer["findings"] == [], answer
     assert blob_place(store.data_dir, digest) == place  # the same record, no copy
     assert any("pointed the index row" in line for line in answer["repairs"])  # type: ignore[union-attr]
+
+
+def test_a_repair_waits_for_the_packs_lock_a_repack_holds_then_refuses_changing_nothing(
+    store: Store,
+) -> None:
+    digest = chunk_digests(store.completed_data)[3]
+    sql(store, "DELETE FROM blobs WHERE digest = ?", digest)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHUNKSTORE_")}
+    service = open_service(store.data_dir)
+    try:
+        # As a repack (gc, or ``chunkstore repack``) holds it while it moves a pack.
+        with service.store.locks.hold(PACKS_LOCK):
+            refused = subprocess.run(
+                [sys.executable, "-m", "chunkstore.cli", "audit", "--repair"]
+                + ["--data", str(store.data_dir), "--json"],
+                capture_output=True,
+                text=True,
+                env={**env, "CHUNKSTORE_LOCK_WAIT": "0.5"},
+                timeout=120,
+            )
+    finally:
+        service.close()
+
+    assert refused.returncode == 2, refused.stderr
+    assert "a repack is moving packs" in refused.stderr
+    assert "changed nothing" in refused.stderr
+    code, answer = audit(store)
+    assert kinds(answer) == {("index-row-missing", store.completed)}
+    assert repair(store)["findings"] == []  # the lock is free: the repair goes ahead
 
 
 def test_a_row_pointing_at_the_wrong_offset_is_named_and_re_pointed(store: Store) -> None:

@@ -22,6 +22,7 @@ from chunkstore.errors import ChunkSwept
 from chunkstore.events import ChunkStored, UploadExpired
 from chunkstore.gc import References, collect
 from chunkstore.intake import Frame
+from chunkstore.pacing import Pacer
 from chunkstore.testing import MakeServer
 from tests.helpers import (
     FakeClock,
@@ -392,3 +393,36 @@ def test_gc_takes_the_sessions_one_at_a_time_not_all_their_states(tmp_path: Path
 
     assert references.digests == {digest for digest, _ in chunks}
     assert kept < 512 * 1024
+
+
+def test_gc_gives_way_between_sessions_and_blobs(store: Store) -> None:
+    """The server's background gc rests at these calls so that requests get the GIL
+    (``chunkstore.pacing``): there must be one between any two sessions or blobs."""
+    service = open_service(store.data_dir)
+    calls = 0
+
+    def pace() -> None:
+        nonlocal calls
+        calls += 1
+
+    try:
+        sessions = sum(service.store.index.count_sessions_by_status().values())
+        report = collect(service, pace=pace)
+    finally:
+        service.close()
+
+    assert sessions > 1
+    assert report.blobs_examined > 1
+    # Sessions are paced while the expired ones are looked for and again while their
+    # references are taken; blobs while they are examined.
+    assert calls >= 2 * sessions + report.blobs_examined
+
+
+def test_a_pacer_rests_once_its_slice_of_work_is_used_up() -> None:
+    resting, working = Pacer(work=0.0, rest=0.0), Pacer(work=3600.0, rest=3600.0)
+
+    for _ in range(3):
+        resting()
+        working()
+
+    assert (resting.rests, working.rests) == (3, 0)

@@ -32,7 +32,7 @@ from chunkstore.blobs.packfile import HEADER_SIZE
 from chunkstore.commands import InitRequest
 from chunkstore.config import Settings
 from chunkstore.errors import ChunkSwept
-from chunkstore.repack import repack
+from chunkstore.repack import PACKS_LOCK, repack
 from tests.helpers import FakeClock, blake3_hex, blob_place, pack_files, split, stored_objects
 from tests.test_audit import run_cli
 
@@ -169,6 +169,27 @@ def test_a_pack_with_nothing_live_is_removed_without_copying(tmp_path: Path) -> 
     assert pack_files(data_dir) == [] and answer["bytes_reclaimed"] == before == 62 * RECORD
     assert stored_objects(data_dir) == set()
     audit_clean(data_dir)
+
+
+def test_a_pack_is_left_for_the_next_run_while_a_repair_holds_the_packs(
+    tmp_path: Path,
+) -> None:
+    data_dir = tmp_path / "data"
+    service = open_service(data_dir)
+    upload(service, os.urandom(62 * KiB), "cancel")  # fills one pack and starts the next
+    service.close()
+    service = open_service(data_dir)
+    try:
+        # As ``audit --repair`` holds it for its whole run.
+        with service.store.locks.hold(PACKS_LOCK):
+            busy = gc(data_dir)
+    finally:
+        service.close()
+
+    assert (busy["packs_busy"], busy["packs_removed"], busy["packs_repacked"]) == (2, 0, 0)
+    assert len(pack_files(data_dir)) == 2
+    assert gc(data_dir)["packs_removed"] == 2  # the lock is free again
+    assert pack_files(data_dir) == []
 
 
 def test_a_repack_that_fills_more_than_one_new_pack_keeps_every_record(tmp_path: Path) -> None:
@@ -412,6 +433,53 @@ def test_repacks_killed_at_many_instants_lose_nothing(tmp_path: Path) -> None:
     assert not [info.name for info in packs.index.packs() if info.retired]
     service.close()
     assert_reads_back(data_dir, live)
+    audit_clean(data_dir)
+
+
+DIE_AS_THE_OLD_PACK_IS_REMOVED = """
+    import os
+    import signal
+    import sys
+    import chunkstore.repack
+    from chunkstore.cli import main
+    def die(*args):
+        os.kill(os.getpid(), signal.SIGKILL)
+    chunkstore.repack._remove_pack = die
+    sys.exit(main(sys.argv[1:]))
+"""
+
+
+def retired_packs(data_dir: Path) -> set[str]:
+    """Packs the index marks retired, read straight from the database (opening a store
+    would recover them)."""
+    with sqlite3.connect(data_dir / "chunkstore.sqlite3") as conn:
+        return {name for (name,) in conn.execute("SELECT name FROM packs WHERE retired")}
+
+
+def test_a_pack_a_killed_repack_left_retired_is_removed_at_start_up(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    service = open_service(data_dir)
+    upload(service, os.urandom(30 * KiB), "cancel")
+    kept = os.urandom(30 * KiB)
+    upload(service, kept)
+    service.close()
+    gc(data_dir, "--repack-dead", "1")  # sweep: leaves the pack half dead
+    # Killed after the rows moved to the copies, as the old pack was to be removed.
+    runner = start_python(
+        DIE_AS_THE_OLD_PACK_IS_REMOVED, "repack", "--data", str(data_dir), "--dead", "0.01"
+    )
+    runner.communicate(timeout=120)
+    assert runner.returncode == -signal.SIGKILL
+    (retired,) = retired_packs(data_dir)
+    old_pack = data_dir / "packs" / f"{retired}.pack"
+    assert old_pack.exists()
+
+    service = open_service(data_dir)  # a new process's start-up: nothing has it open
+    service.close()
+
+    assert not old_pack.exists()
+    assert retired_packs(data_dir) == set()
+    assert_reads_back(data_dir, chunks_of(kept))
     audit_clean(data_dir)
 
 

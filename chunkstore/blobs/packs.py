@@ -21,7 +21,8 @@ are appended then, and synced and indexed together at its commit, the same way.
 Several processes may share a data directory: each appends only to packs it created and
 holds an exclusive ``flock`` on each of them until it is sealed. At start-up
 (``recover``), every unsealed pack whose lock can be taken (its writer died) is
-truncated to its committed length (anything past it was never acknowledged) and sealed.
+truncated to its committed length (anything past it was never acknowledged) and sealed,
+and every retired pack no row points into (a repack died before removing it) is removed.
 
 Reading: ``open`` reads a record's payload with ``pread`` on a per-pack descriptor kept
 open; ``locate`` gives (path, offset, length) for kernel copies.
@@ -684,10 +685,14 @@ class PackBlobStore:
 
     def recover(self) -> list[str]:
         """Seal the unsealed packs whose writers died, truncating each to its committed
-        length first; the names of the packs recovered."""
+        length first, and remove the retired packs nothing points into; the names of the
+        packs recovered."""
         recovered = []
         for info in self.index.packs():
-            if info.sealed or info.retired:
+            if info.retired:
+                self._remove_retired(info.name)
+                continue
+            if info.sealed:
                 continue
             path = self.pack_path(info.name)
             try:
@@ -708,6 +713,23 @@ class PackBlobStore:
             finally:
                 os.close(fd)
         return recovered
+
+    def _remove_retired(self, name: str) -> None:
+        """A retired pack's file, once no row points into it: a repack moved its rows and
+        died before removing it (otherwise it would wait for the next gc). Safe at any
+        time, in a new process as in another one still reading: a reader that has the
+        file open keeps reading it (its bytes stay until the last descriptor closes), one
+        that opens it later finds it gone and looks the digest up again, at its new place.
+        A pack a row still points into (a damaged record a repack would not copy) stays,
+        for audit."""
+        if next(iter(self.index.rows_in(name)), None) is not None:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            self.pack_path(name).unlink()
+            log.info("pack %s: removed, retired by a repack that did not finish", name)
+        fsync_directory(self.packs_dir)
+        with contextlib.suppress(ValueError):
+            self.index.forget(name)  # or another process did
 
     def _recover(self, name: str, fd: int) -> None:
         info = self.index.pack(name)  # read again: its writer may have committed more

@@ -55,6 +55,13 @@ class EventLog(Protocol):
         """Every event of every stream after ``after_position``, in position order."""
         ...
 
+    def read_streams(self, up_to_position: int) -> Iterator[list[RecordedEvent]]:
+        """Every stream's events at positions up to ``up_to_position``, one stream at a
+        time (each in version order), streams in stream id order: a reader that checks
+        the whole log holds one stream, never the log. A stream with no event that old
+        is left out."""
+        ...
+
     def last_position(self) -> int:
         """The position of the newest event (0 for an empty log)."""
         ...
@@ -90,10 +97,13 @@ class SessionIndex(Protocol):
     def count_sessions_by_status(self) -> dict[str, int]: ...
 
     def rebuild(
-        self, rows: Sequence[SessionRow], chunks: Iterable[OwnerChunk], built_at_position: int
+        self, rows: Iterable[SessionRow], chunks: Iterable[OwnerChunk], built_at_position: int
     ) -> None:
         """Replace both projections with ones rebuilt from the events up to
-        ``built_at_position``, at once; ``ConcurrencyConflict`` if the log moved since."""
+        ``built_at_position``, at once; ``ConcurrencyConflict`` if the log moved since.
+        ``rows`` and ``chunks`` may be generators that read this log as they go (made
+        one stream at a time): they are consumed before the write lock is taken, and a
+        chunk given twice is stored once."""
         ...
 
 

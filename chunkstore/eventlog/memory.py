@@ -96,6 +96,14 @@ class MemoryLog:
             yield from batch
             position = batch[-1].position
 
+    def read_streams(self, up_to_position: int) -> Iterator[list[RecordedEvent]]:
+        with self._lock:
+            stream_ids = sorted(self._streams)
+        for stream_id in stream_ids:
+            stream = [r for r in self.read(stream_id) if r.position <= up_to_position]
+            if stream:
+                yield stream
+
     def last_position(self) -> int:
         with self._lock:
             return len(self._events)
@@ -139,8 +147,9 @@ class MemoryLog:
         return counts
 
     def rebuild(
-        self, rows: Sequence[SessionRow], chunks: Iterable[OwnerChunk], built_at_position: int
+        self, rows: Iterable[SessionRow], chunks: Iterable[OwnerChunk], built_at_position: int
     ) -> None:
+        rows, chunks = [dict(row) for row in rows], sorted(set(chunks))
         with self._lock:
             if len(self._events) != built_at_position:
                 raise ConcurrencyConflict(

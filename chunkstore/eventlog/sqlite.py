@@ -216,6 +216,30 @@ class SQLiteLog:
                 yield self._recorded(row)
             after_position = rows[-1][2]
 
+    def read_streams(self, up_to_position: int) -> Iterator[list[RecordedEvent]]:
+        # Pages in (stream_id, version) order, the primary key's: each page is a fresh
+        # statement, so no read stays open between pages.
+        conn = self.db.connection()
+        after: tuple[str, int] = ("", 0)
+        stream: list[RecordedEvent] = []
+        while True:
+            rows = conn.execute(
+                "SELECT stream_id, version, position, data, recorded_at FROM events"
+                " WHERE (stream_id, version) > (?, ?) AND position <= ?"
+                " ORDER BY stream_id, version LIMIT ?",
+                (*after, up_to_position, _READ_BATCH),
+            ).fetchall()
+            if not rows:
+                break
+            for row in rows:
+                if stream and stream[0].stream_id != row[0]:
+                    yield stream
+                    stream = []
+                stream.append(self._recorded(row))
+            after = (rows[-1][0], rows[-1][1])
+        if stream:
+            yield stream
+
     def last_position(self) -> int:
         (position,) = (
             self.db.connection().execute("SELECT COALESCE(MAX(position), 0) FROM events").fetchone()
@@ -290,22 +314,61 @@ class SQLiteLog:
         return {str(status): int(count) for status, count in rows}
 
     def rebuild(
-        self, rows: Sequence[SessionRow], chunks: Iterable[OwnerChunk], built_at_position: int
+        self, rows: Iterable[SessionRow], chunks: Iterable[OwnerChunk], built_at_position: int
     ) -> None:
-        """In one transaction, so a reader sees either the old projections or the new."""
-        with self.db.write() as conn:
-            (current,) = conn.execute("SELECT COALESCE(MAX(position), 0) FROM events").fetchone()
-            if current != built_at_position:
-                raise ConcurrencyConflict(
-                    f"the log moved from position {built_at_position} to {current}",
-                    expected=built_at_position,
-                    actual=current,
+        """The new rows are staged in temporary tables first (this connection's own, on
+        disk: no lock on the database, no memory growing with the rows), then swapped in
+        in one transaction, so a reader sees either the old projections or the new and
+        appends wait only for the swap."""
+        conn = self.db.connection()
+        columns = ", ".join(SESSION_COLUMNS)
+        conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS staged_sessions ({columns})")
+        conn.execute("CREATE TEMP TABLE IF NOT EXISTS staged_chunks (owner, digest, size)")
+        try:
+            marks = ", ".join("?" for _ in SESSION_COLUMNS)
+            self._stage(
+                conn,
+                f"INSERT INTO temp.staged_sessions VALUES ({marks})",
+                ([row[column] for column in SESSION_COLUMNS] for row in rows),
+            )
+            self._stage(conn, "INSERT INTO temp.staged_chunks VALUES (?, ?, ?)", chunks)
+            with self.db.write() as conn:
+                (current,) = conn.execute(
+                    "SELECT COALESCE(MAX(position), 0) FROM events"
+                ).fetchone()
+                if current != built_at_position:
+                    raise ConcurrencyConflict(
+                        f"the log moved from position {built_at_position} to {current}",
+                        expected=built_at_position,
+                        actual=current,
+                    )
+                conn.execute("DELETE FROM sessions")
+                conn.execute("DELETE FROM owner_chunks")
+                # The last row of an upload wins, and of a chunk given with two sizes the
+                # smaller, as when the rows were upserted in order.
+                conn.execute(
+                    f"INSERT OR REPLACE INTO sessions ({columns})"
+                    f" SELECT {columns} FROM temp.staged_sessions ORDER BY rowid"
                 )
-            conn.execute("DELETE FROM sessions")
-            conn.execute("DELETE FROM owner_chunks")
-            for row in rows:
-                conn.execute(_UPSERT, [row[column] for column in SESSION_COLUMNS])
-            conn.executemany(_ADD_OWNER_CHUNK, chunks)
+                conn.execute(
+                    "INSERT OR IGNORE INTO owner_chunks (owner, digest, size)"
+                    " SELECT owner, digest, size FROM temp.staged_chunks"
+                    " ORDER BY owner, digest, size"
+                )
+        finally:
+            conn.execute("DELETE FROM temp.staged_sessions")
+            conn.execute("DELETE FROM temp.staged_chunks")
+
+    @staticmethod
+    def _stage(conn: sqlite3.Connection, insert: str, values: Iterable[Sequence[Any]]) -> None:
+        """Insert in batches: the values may be made by reading this connection."""
+        batch: list[Sequence[Any]] = []
+        for value in values:
+            batch.append(value)
+            if len(batch) == _READ_BATCH:
+                conn.executemany(insert, batch)
+                batch = []
+        conn.executemany(insert, batch)
 
     # -- SweepGuard ----------------------------------------------------------------------
 

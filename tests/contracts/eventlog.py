@@ -277,6 +277,51 @@ class EventLogContract(LogContract):
         for seen in (999, 1000, 1001, 1999, 2000, 2001, 2500):
             assert [r.position for r in log.read_all(seen)] == list(range(seen + 1, 2502))
 
+    def test_read_streams_gives_each_stream_whole_in_stream_id_order(self, log: LogBackend) -> None:
+        append(log, "u2", [initiated("bob")])
+        append(log, "u1", [initiated()])
+        append(log, "u2", [ChunkStored(0, D0, 1000)])
+        append(log, "u3", [initiated("carol")])
+
+        streams = list(log.read_streams(log.last_position()))
+
+        assert [[(r.stream_id, r.version) for r in s] for s in streams] == [
+            [("u1", 1)],
+            [("u2", 1), ("u2", 2)],
+            [("u3", 1)],
+        ]
+        assert streams == [log.read(stream_id) for stream_id in ("u1", "u2", "u3")]
+
+    def test_read_streams_stops_at_the_position_given(self, log: LogBackend) -> None:
+        append(log, "u1", [initiated()])
+        append(log, "u2", [initiated("bob")])
+        seen = log.last_position()
+        append(log, "u1", [ChunkStored(0, D0, 1000)])
+        append(log, "u0", [initiated("carol")])
+
+        streams = list(log.read_streams(seen))
+
+        assert [[(r.stream_id, r.version) for r in s] for s in streams] == [
+            [("u1", 1)],
+            [("u2", 1)],
+        ]
+
+    def test_read_streams_pages_through_streams_longer_than_one_batch(
+        self, log: LogBackend
+    ) -> None:
+        for stream_id in ("a", "b"):
+            append(log, stream_id, [initiated()])
+            for start in range(0, 2500, 500):
+                chunks: list[KnownEvent] = [
+                    ChunkStored(i, f"{i:064x}", 1) for i in range(start, start + 500)
+                ]
+                append(log, stream_id, chunks)
+
+        streams = list(log.read_streams(log.last_position()))
+
+        assert [[r.version for r in s] for s in streams] == [list(range(1, 2502))] * 2
+        assert [s[0].stream_id for s in streams] == ["a", "b"]
+
     def test_last_position_is_the_newest_events(self, log: LogBackend) -> None:
         append(log, "u1", [initiated()])
         assert log.last_position() == 1
