@@ -29,8 +29,6 @@ open; ``locate`` gives (path, offset, length) for kernel copies.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import fcntl
 import functools
 import heapq
@@ -71,7 +69,7 @@ from chunkstore.blobs.packfile import (
     scan_pack,
 )
 from chunkstore.blobs.packindex import IndexRow, PackIndex, merge_committed
-from chunkstore.durable import fsync_directory, make_durable_dirs, write_all
+from chunkstore.durable import fsync_directory, make_durable_dirs, start_writeback, write_all
 from chunkstore.errors import CorruptBlob, full_disk_guard
 from chunkstore.groupcommit import GroupCommit
 
@@ -283,30 +281,6 @@ class _StreamLease(NamedTuple):
     pack: _WritablePack
     start: int
     record: int
-
-
-def _load_sync_file_range() -> Callable[[int, int, int], None] | None:
-    """``sync_file_range(fd, offset, n, SYNC_FILE_RANGE_WRITE)`` (Linux; Python's ``os``
-    lacks it), or None where libc has no such call."""
-    libc_name = ctypes.util.find_library("c")
-    if libc_name is None:
-        return None
-    try:
-        call = ctypes.CDLL(libc_name, use_errno=True).sync_file_range
-    except (OSError, AttributeError):
-        return None
-    call.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
-    call.restype = ctypes.c_int
-    sync_file_range_write = 2
-
-    def start_writeback(fd: int, offset: int, count: int) -> None:
-        # Only a hint that starts writeback early: fdatasync still makes it durable.
-        call(fd, offset, count, sync_file_range_write)
-
-    return start_writeback
-
-
-_start_writeback = _load_sync_file_range()
 
 
 class _IndexCommits:
@@ -701,8 +675,7 @@ class PackBlobStore:
             for batch in _write_batches(pieces):
                 _pwritev_all(held.pack.fd, batch, at)
                 at += sum(len(piece) for piece in batch)
-        if _start_writeback is not None:
-            _start_writeback(held.pack.fd, held.start + offset, at - held.start - offset)
+        start_writeback(held.pack.fd, held.start + offset, at - held.start - offset)
 
     def write_header(self, lease: _StreamLease, digest: str, size: int) -> None:
         with full_disk_guard("chunks"):
