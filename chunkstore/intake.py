@@ -270,7 +270,8 @@ class Intake:
         transactions) runs in a worker thread.
         """
         size, digest = await asyncio.to_thread(self.target, owner, upload_id, index, content_length)
-        intake = ChunkIntake(self.app.store.blobs.writer(digest), size, checksum)
+        writer = self.app.store.blobs.writer(digest, size=size)
+        intake = ChunkIntake(writer, size, checksum)
         try:
             async for piece in body:
                 intake.feed((piece,))

@@ -683,3 +683,104 @@ def test_a_migration_killed_midway_loses_nothing(tmp_path: Path) -> None:
     assert {row.digest for row in final.index.scan()} == set(stored)
     for digest, data in stored.items():
         assert read_blob(final, digest) == data
+
+
+# -- streaming writers (a blob of known size written as it arrives) --------------------------
+
+STREAMED = 3 * 1024 * 1024 + 17
+
+
+def _pack_bytes(blobs: PackBlobStore) -> bytes:
+    """The bytes of the store's packs, one after another."""
+    return b"".join(blobs.pack_path(info.name).read_bytes() for info in blobs.index.packs())
+
+
+def test_a_blob_of_known_size_reaches_its_pack_before_it_is_committed(tmp_path: Path) -> None:
+    blobs = pack_store(tmp_path / "data")
+    data = os.urandom(STREAMED)
+    writer = blobs.writer(size=len(data))
+    for start in range(0, len(data), 64 * 1024):
+        writer.write(data[start : start + 64 * 1024])
+
+    # The first MiB-runs are on disk (past the pack's end, not indexed) before commit.
+    wait_for(lambda: data[: 1024 * 1024] in _pack_bytes(blobs), "the first run on disk")
+    assert blobs.index.lookup(blake3_hex(data)) is None
+
+    (ref,) = blobs.commit_many([writer])
+
+    assert ref.created and ref.digest == blake3_hex(data) and read_blob(blobs, ref.digest) == data
+    (info,) = blobs.index.packs()
+    records = list(blobs.scan(info.name, verify=True))
+    assert [(r.digest, r.size, r.intact) for r in records] == [(ref.digest, len(data), True)]
+    assert info.committed == HEADER_SIZE + len(data)
+    blobs.close()
+
+
+def test_an_aborted_stream_leaves_no_record_and_the_next_blob_takes_its_place(
+    tmp_path: Path,
+) -> None:
+    blobs = pack_store(tmp_path / "data")
+    first = blobs.put(b"before")
+    aborted = blobs.writer(size=STREAMED)
+    aborted.write(os.urandom(2 * 1024 * 1024))
+    aborted.abort()
+    data = os.urandom(STREAMED)
+    writer = blobs.writer(size=len(data))
+    writer.write(data)
+
+    (ref,) = blobs.commit_many([writer])
+
+    (info,) = blobs.index.packs()
+    records = list(blobs.scan(info.name, verify=True))
+    assert [(r.digest, r.intact) for r in records] == [(first.digest, True), (ref.digest, True)]
+    assert read_blob(blobs, ref.digest) == data
+    blobs.close()
+    # Sealing cut the pack to what was committed: nothing of the aborted stream is left.
+    assert blobs.pack_path(info.name).stat().st_size == info.committed
+
+
+def test_a_streamed_duplicate_stores_nothing(tmp_path: Path) -> None:
+    blobs = pack_store(tmp_path / "data")
+    data = os.urandom(STREAMED)
+    stored = blobs.put(data)
+    writer = blobs.writer(size=len(data))
+    writer.write(data)
+
+    (ref,) = blobs.commit_many([writer])
+    later = blobs.put(b"after")
+
+    assert not ref.created and ref.digest == stored.digest
+    (info,) = blobs.index.packs()
+    assert [r.digest for r in blobs.scan(info.name, verify=True)] == [stored.digest, later.digest]
+    blobs.close()
+
+
+def test_a_stream_refuses_more_than_its_size(tmp_path: Path) -> None:
+    blobs = pack_store(tmp_path / "data")
+    writer = blobs.writer(size=STREAMED)
+    writer.write(b"x" * STREAMED)
+
+    with pytest.raises(ValueError, match="at most"):
+        writer.write(b"y")
+    writer.abort()
+    blobs.close()
+
+
+def test_concurrent_streams_each_get_a_pack_of_their_own_and_all_are_kept(
+    tmp_path: Path,
+) -> None:
+    blobs = pack_store(tmp_path / "data")
+    datas = [os.urandom(STREAMED) for _ in range(3)]
+    writers = [blobs.writer(size=len(data)) for data in datas]
+    # Interleaved as concurrent requests' pieces arrive: no stream writes into another's.
+    for start in range(0, STREAMED, 256 * 1024):
+        for writer, data in zip(writers, datas, strict=True):
+            writer.write(data[start : start + 256 * 1024])
+    refs = [blobs.commit_many([writer])[0] for writer in writers]
+
+    assert [read_blob(blobs, ref.digest) for ref in refs] == datas
+    packs = blobs.index.packs()
+    assert len(packs) == 3
+    for info in packs:
+        assert all(record.intact for record in blobs.scan(info.name, verify=True))
+    blobs.close()

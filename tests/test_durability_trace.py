@@ -195,6 +195,10 @@ def test_every_acknowledged_chunk_is_synced_before_its_answer(
             assert answer.status_code == 200, answer.text
             assert put_chunk(client, upload_id, 5, pieces[5]).status_code == 200
             assert complete(client, upload_id).status_code == 200
+            # A raw chunk of a MiB or more is written into its pack as its body arrives.
+            large = os.urandom(3 * MiB)
+            large_id = init_upload(client, large, len(large))["upload_id"]
+            assert put_chunk(client, large_id, 0, large).status_code == 200
 
             stream = os.urandom(3 * MiB)
             created = client.post("/files/", headers={**TUS, "Upload-Length": str(len(stream))})
@@ -220,6 +224,7 @@ def test_every_acknowledged_chunk_is_synced_before_its_answer(
         f" of them after pack writes; {len(durability.violations)} violations"
     )
     assert durability.violations == []
-    # The requests above wrote chunks: the raw PUTs, the batch, the manifest, the PATCHes.
-    assert durability.acknowledged_after_pack_writes >= 6
+    # The requests above wrote chunks: the raw PUTs (one streamed), the batch, the manifest,
+    # the PATCHes.
+    assert durability.acknowledged_after_pack_writes >= 7
     assert durability.created, "no pack file was created while traced"

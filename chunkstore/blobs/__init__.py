@@ -93,10 +93,14 @@ class BlobWriter(Protocol):
 
 
 class BlobStore(Protocol):
-    def writer(self, expected_digest: str | None = None, verified: bool = False) -> BlobWriter:
+    def writer(
+        self, expected_digest: str | None = None, verified: bool = False, size: int | None = None
+    ) -> BlobWriter:
         """A writer for new bytes. With ``expected_digest`` of a blob the store already
         has, the writer may only hash (the bytes must still be verified, not stored).
-        ``verified``: the caller has already checked the bytes hash to that digest."""
+        ``verified``: the caller has already checked the bytes hash to that digest.
+        ``size``: how many bytes will be written at most (a store may start writing
+        them to disk before they have all arrived; the writer refuses more)."""
         ...
 
     def commit_many(

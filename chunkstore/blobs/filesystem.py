@@ -156,7 +156,7 @@ class FileBlobStore:
         return self.objects_dir / digest[:2] / digest[2:4] / digest
 
     def writer(
-        self, expected_digest: str | None = None, verified: bool = False
+        self, expected_digest: str | None = None, verified: bool = False, size: int | None = None
     ) -> FileBlobWriter | VerifyingWriter:
         """``verified``: the caller has already checked that the bytes it will write
         hash to ``expected_digest`` (the batch path hashes frames as they arrive)."""

@@ -44,7 +44,7 @@ class MemoryBlobStore:
         self.quarantined: dict[str, tuple[str, bytes]] = {}
 
     def writer(
-        self, expected_digest: str | None = None, verified: bool = False
+        self, expected_digest: str | None = None, verified: bool = False, size: int | None = None
     ) -> MemoryBlobWriter:
         if expected_digest is not None and self.exists(expected_digest):
             # Hash (unless verified) to check the bytes, but keep nothing.

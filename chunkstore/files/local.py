@@ -30,6 +30,7 @@ from chunkstore.durable import (
     make_durable_dirs,
     publish,
     remove_durably,
+    start_writeback,
     write_all,
 )
 from chunkstore.errors import CorruptBlob, full_disk_guard
@@ -73,6 +74,8 @@ class LocalFilePart:
                     raise CorruptBlob(f"{os.path.basename(source.path)} ends inside a blob")
                 done += copied
                 end += copied
+            # The final file is fsynced once whole: its writeback starts as it is copied.
+            start_writeback(self._file.fileno(), end - done, done)
             self._file.seek(end)
 
     def _source_fd(self, path: str) -> int:
