@@ -4,6 +4,7 @@ an open chunk list, pages as they are cut, and resume after a run that died mid-
 from __future__ import annotations
 
 import os
+import ssl
 from pathlib import Path
 
 import pytest
@@ -12,8 +13,11 @@ from chunkstore.client import (
     PAGE_BYTES,
     FileChanged,
     RetryPolicy,
+    ServerApi,
     UploadClient,
+    plain_http_context,
     scan_file,
+    tls_context,
 )
 from chunkstore.events import ChunksDeclared, ChunkStored, UploadInitiated
 from chunkstore.testing import MakeServer, Server
@@ -189,3 +193,28 @@ def test_a_second_upload_of_the_same_bytes_sends_nothing(server: Server, tmp_pat
     assert stored_file(server, second.upload_id, "copy.bin") == path.read_bytes()
     events = recorded_events(server.data_dir, second.upload_id)
     assert all(event.reused for event in events if isinstance(event, ChunkStored))
+
+
+def test_an_empty_file_uploads_with_an_open_list_of_no_chunks(
+    server: Server, tmp_path: Path
+) -> None:
+    path = tmp_path / "empty.bin"
+    path.write_bytes(b"")
+
+    result = uploader(server, tmp_path).upload(path)
+
+    assert (result.status, result.bytes_total, result.bytes_sent) == ("completed", 0, 0)
+    assert result.sha256 == scan_file(path, "cdc").sha256
+    assert stored_file(server, result.upload_id, "empty.bin") == b""
+
+
+def test_a_plain_http_server_costs_no_ca_bundle_and_tls_there_would_fail_closed() -> None:
+    tls_context.cache_clear()
+
+    api = ServerApi("http://127.0.0.1:1", "token")
+    api.close()
+
+    assert tls_context.cache_info().currsize == 0  # the CA bundle was not loaded
+    context = plain_http_context()
+    assert (context.verify_mode, context.check_hostname) == (ssl.CERT_REQUIRED, True)
+    assert context.cert_store_stats()["x509_ca"] == 0  # trusts nothing
