@@ -1,16 +1,21 @@
 """Upload client: send a file's chunks that the server lacks, resume after a crash.
 
-One upload goes through four steps:
+One upload runs three things at once, then completes:
 
-1. **scan**: one streaming pass over the file gives the chunk list (offset, size,
-   BLAKE3) and the whole-file SHA-256; the file is never held in memory.
-2. **session**: a small state file remembers the upload id for this (server, token,
-   file version, chunker), so running the same command again after a crash or Ctrl-C
-   asks the server what is still missing instead of starting over.
-3. **transfer**: the chunks the server needs are grouped into batches of ~8 MiB; N
-   worker threads, each with its own connection, send them. A failed batch is retried
-   with backoff, and only the chunks the server still misses are resent.
-4. **complete**: the server assembles and validates the file; the state file goes.
+1. **scan**: a thread cuts the file into chunks (offset, size, BLAKE3) in one
+   streaming pass, and another computes the whole-file SHA-256; the file is never held
+   in memory.
+2. **declare**: the session leaves its chunk count open and takes the chunk list in
+   pages of ~16 MiB of chunks as they are cut. A small state file remembers the upload
+   id for this (server, token, file version, chunker), so running the same command
+   again after a crash or Ctrl-C declares the pages again (the server checks them
+   against those it has) and sends only what is still missing.
+3. **transfer**: the chunks each page needs are grouped into batches of ~8 MiB; N
+   worker threads, each with its own connection, send them while the scan goes on. A
+   failed batch is retried with backoff, and only the chunks the server still misses
+   are resent.
+4. **complete**: the server assembles and validates the file; its SHA-256 must be the
+   one the scan computed; the state file goes.
 
 The chunk (the dedup unit, ~64 KiB with CDC) is not the request (the transfer unit,
 ~8 MiB): a batch request carries many chunks as frames, ``>II`` (index, length) then
