@@ -49,6 +49,7 @@ STATUS_BY_ERROR: dict[type[errors.ChunkstoreError], int] = {
     errors.ChunkConflict: 409,
     errors.ChunkNotDeclared: 409,
     errors.DeclarationConflict: 409,
+    errors.ChunkListPastSize: 400,
     errors.UploadNotActive: 409,
     errors.UploadIncomplete: 409,
     errors.WrongUploadProtocol: 409,

@@ -32,6 +32,7 @@ from chunkstore.errors import (
     ChecksumMismatch,
     ChunkConflict,
     ChunkIndexOutOfRange,
+    ChunkListPastSize,
     ChunkNotDeclared,
     ChunkSizeMismatch,
     ChunkSwept,
@@ -133,6 +134,7 @@ def problem_type(slug: str) -> dict[str, Any]:
         QuotaExceeded,
         TooManySessions,
         ChunkSwept,
+        ChunkListPastSize,
         follows=[
             Follow("status", "GET", f"{UPLOAD}/status/{{upload_id}}", (("upload_id", NEW_ID),)),
             Follow(
@@ -160,6 +162,7 @@ def init_upload(request: AnyRequest, data: InitBody, service: UploadService) -> 
         total_chunks=data.total_chunks,
         chunks=chunks,
         chunk_count=data.chunk_count,
+        chunk_list_open=data.chunk_list_open,
     )
     state = service.init_upload(owner_of(request), init)
     return views.init_answer(state, service.settings.chunk_page_size)
@@ -179,6 +182,7 @@ def init_upload(request: AnyRequest, data: InitBody, service: UploadService) -> 
         TooLarge,
         ConcurrencyConflict,
         ChunkSwept,
+        ChunkListPastSize,
         limit=BodyKind.CHUNK_LIST,
     ),
 )

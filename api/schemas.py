@@ -51,6 +51,10 @@ class InitBody(msgspec.Struct, forbid_unknown_fields=True):
     #: Manifest mode in pages: how many chunks the file has. The rest of the list is
     #: declared with ``POST /api/v1/upload/{upload_id}/chunk-list``.
     chunk_count: Count | None = None
+    #: Manifest mode with the chunk count left open: ``chunks`` is the first page
+    #: (possibly empty) and pages follow with ``chunk-list`` as the client cuts them;
+    #: the list is complete once their sizes add up to ``total_size``.
+    chunk_list_open: bool = False
 
 
 class ChunkPage(msgspec.Struct, forbid_unknown_fields=True):

@@ -350,7 +350,9 @@ class TusController(Controller):
         with_body = has_body(request.scope)
         if with_body:
             require_offset_body(request)
-            checksum_of(request)  # an unknown algorithm is refused before anything exists
+        # A malformed or unknown Upload-Checksum is refused before anything exists, with a
+        # body or without one (then it checks nothing, but it is still a bad request).
+        checksum_of(request)
         owner = owner_of(request)
         state = await asyncio.to_thread(
             tus_uploads.create,

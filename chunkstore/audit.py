@@ -41,6 +41,7 @@ from chunkstore.chunktable import pack
 from chunkstore.errors import ConcurrencyConflict, CorruptBlob, UploadLocked
 from chunkstore.eventlog import EventLog, RecordedEvent
 from chunkstore.events import (
+    ChunksDeclared,
     ChunkStored,
     Event,
     ManifestWritten,
@@ -207,6 +208,8 @@ def _broken_rule(state: SessionState, event: Event) -> tuple[str, str] | None:
     match event:
         case ChunkStored():
             return _broken_chunk_rule(state, event)
+        case ChunksDeclared():
+            return _broken_page_rule(state, event)
         case TusTailStaged(size=size):
             if state.mode != "tus":
                 return "event-out-of-order", "a tus tail in an upload that is not a tus one"
@@ -262,6 +265,28 @@ def _broken_chunk_rule(state: SessionState, event: ChunkStored) -> tuple[str, st
     return None
 
 
+def _broken_page_rule(state: SessionState, event: ChunksDeclared) -> tuple[str, str] | None:
+    """A page of the chunk list: the next one, of a manifest-mode upload, within what
+    its init allowed (``total_chunks``, or ``total_size`` for an open list)."""
+    if state.status != Status.ACTIVE or state.mode != "manifest":
+        return "event-out-of-order", f"chunks declared in a {state.mode} upload, {state.status}"
+    if event.start != state.declared_chunks:
+        return (
+            "event-out-of-order",
+            f"a page at chunk {event.start} where the next is {state.declared_chunks}",
+        )
+    end = event.start + len(event.chunk_list)
+    size = state.declared_size + sum(size for _, size in event.chunk_list)
+    if size > state.total_size:
+        return "bytes-past-size", f"chunks declared up to {size} bytes, {state.total_size} declared"
+    if not state.chunk_list_open and end > state.total_chunks:
+        return (
+            "chunk-index-out-of-range",
+            f"chunks declared up to {end - 1} of an upload of {state.total_chunks} chunks",
+        )
+    return None
+
+
 def _past_size(state: SessionState, recorded: int) -> tuple[str, str] | None:
     """A tus upload's recorded bytes (chunks and staged tail) past its declared length."""
     if not state.stream.length_deferred and recorded > state.total_size:
@@ -272,7 +297,7 @@ def _past_size(state: SessionState, recorded: int) -> tuple[str, str] | None:
 def _missing(state: SessionState) -> bool:
     if state.mode == "tus":
         return state.stream.length_deferred or state.stream_offset != state.total_size
-    return state.received_count != state.total_chunks
+    return state.chunk_list_pending or state.received_count != state.total_chunks
 
 
 # -- reading the events ---------------------------------------------------------------

@@ -1,16 +1,21 @@
 """Upload client: send a file's chunks that the server lacks, resume after a crash.
 
-One upload goes through four steps:
+One upload runs three things at once, then completes:
 
-1. **scan**: one streaming pass over the file gives the chunk list (offset, size,
-   BLAKE3) and the whole-file SHA-256; the file is never held in memory.
-2. **session**: a small state file remembers the upload id for this (server, token,
-   file version, chunker), so running the same command again after a crash or Ctrl-C
-   asks the server what is still missing instead of starting over.
-3. **transfer**: the chunks the server needs are grouped into batches of ~8 MiB; N
-   worker threads, each with its own connection, send them. A failed batch is retried
-   with backoff, and only the chunks the server still misses are resent.
-4. **complete**: the server assembles and validates the file; the state file goes.
+1. **scan**: a thread cuts the file into chunks (offset, size, BLAKE3) in one
+   streaming pass, and another computes the whole-file SHA-256; the file is never held
+   in memory.
+2. **declare**: the session leaves its chunk count open and takes the chunk list in
+   pages of ~16 MiB of chunks as they are cut. A small state file remembers the upload
+   id for this (server, token, file version, chunker), so running the same command
+   again after a crash or Ctrl-C declares the pages again (the server checks them
+   against those it has) and sends only what is still missing.
+3. **transfer**: the chunks each page needs are grouped into batches of ~8 MiB; N
+   worker threads, each with its own connection, send them while the scan goes on. A
+   failed batch is retried with backoff, and only the chunks the server still misses
+   are resent.
+4. **complete**: the server assembles and validates the file; its SHA-256 must be the
+   one the scan computed; the state file goes.
 
 The chunk (the dedup unit, ~64 KiB with CDC) is not the request (the transfer unit,
 ~8 MiB): a batch request carries many chunks as frames, ``>II`` (index, length) then
@@ -29,7 +34,6 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -69,6 +73,12 @@ REQUEST_TIMEOUT = httpx.Timeout(60.0)
 BODY_PIECE = 1024 * 1024
 #: Read size of the scan's SHA-256 pass.
 SCAN_BLOCK = 4 * MiB
+#: Chunks the scan hands over at a time (one wake-up of the declaring thread each).
+SCAN_GROUP = 2 * MiB
+#: A page of the chunk list is declared once its chunks cover this many bytes (or it
+#: holds a page's number of chunks): sending starts after the first few MiB are cut,
+#: not after the whole file, and each declaration stays a small request.
+PAGE_BYTES = 16 * MiB
 COMPLETE_TIMEOUT = httpx.Timeout(60.0, read=3600.0)
 
 T = TypeVar("T")
@@ -244,6 +254,15 @@ def tls_context() -> ssl.SSLContext:
     return httpx.create_ssl_context()
 
 
+@functools.cache
+def plain_http_context() -> ssl.SSLContext:
+    """The context given to connections to an ``http://`` server, which never use TLS:
+    it trusts no certificate, so TLS there would fail closed, and it costs nothing to
+    build, where loading the CA bundle took 64 ms of every upload's start (more while
+    the scan thread competes for the interpreter)."""
+    return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+
+
 class ServerApi:
     """The upload endpoints over one httpx.Client.
 
@@ -256,7 +275,7 @@ class ServerApi:
             base_url=server,
             headers={"Authorization": f"Bearer {token}"},
             timeout=REQUEST_TIMEOUT,
-            verify=tls_context(),
+            verify=tls_context() if server.startswith("https://") else plain_http_context(),
         )
 
     def close(self) -> None:
@@ -347,30 +366,138 @@ class FileScan(msgspec.Struct, frozen=True):
 def scan_file(path: Path, chunker: ChunkerName, cdc_avg: int = CDC_AVG) -> FileScan:
     """Chunk list and whole-file SHA-256, streaming: memory stays flat. ``cdc_avg``: the
     FastCDC average (min a quarter of it, max four times it)."""
-    chunks: list[ChunkInfo] = []
-    with open(path, "rb") as stream, ThreadPoolExecutor(1) as side:
-        before = os.fstat(stream.fileno())
-        # SHA-256 reads the file a second time, beside the chunker: both release the GIL
-        # and the second read comes from the page cache, so the scan takes about as long
-        # as chunking alone (0.6 s against 1.0 s for 512 MiB, measured).
-        whole = side.submit(_sha256_of, path)
-        sizes = cdc_sizes(cdc_avg)
-        for offset, data in iter_chunks(stream, chunker, **sizes):
-            chunks.append(ChunkInfo(offset, len(data), blake3.blake3(data).hexdigest()))
-        sha256 = whole.result()  # before the second stat, so it covers both reads
-        after = os.fstat(stream.fileno())
-    size = sum(chunk.size for chunk in chunks)
-    if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns) or (
-        size != after.st_size
-    ):
-        raise FileChanged(f"{path} changed while it was being read; try again")
-    return FileScan(path, size, after.st_mtime_ns, sha256, chunks)
+    before = os.stat(path)
+    scanner = Scanner(path, before.st_size, chunker, cdc_avg).start()
+    try:
+        return scanner.finished(before)
+    finally:
+        scanner.stop()
 
 
-def _sha256_of(path: Path) -> str:
+class Scanner:
+    """Cuts a file into chunks in a thread while the upload goes on.
+
+    One thread cuts (FastCDC or fixed size) and hashes each chunk (BLAKE3), appending to
+    ``chunks`` as it goes; ``page`` waits for the next page of them. SHA-256 of the whole
+    file reads it a second time in another thread: both release the GIL and the second
+    read comes from the page cache, so the scan takes about as long as chunking alone.
+    """
+
+    def __init__(self, path: Path, size: int, chunker: ChunkerName, cdc_avg: int) -> None:
+        self.path = path
+        #: The file's size when the upload began: a chunk past it means the file grew.
+        self.size = size
+        self.chunker: ChunkerName = chunker
+        self.sizes = cdc_sizes(cdc_avg)
+        #: Every chunk cut so far, in order; only ever appended to, so threads may read
+        #: the indexes ``page`` handed out while the cutter appends.
+        self.chunks: list[ChunkInfo] = []
+        self.done = False
+        self.error: BaseException | None = None
+        self.sha256: str | None = None
+        self.cut = threading.Condition()
+        self.hashed = threading.Event()
+        self.stopped = threading.Event()
+
+    def start(self) -> Scanner:
+        # Daemon threads: Ctrl-C or an error ends the process without finishing the scan.
+        threading.Thread(target=self._cut, name="chunkstore-scan", daemon=True).start()
+        threading.Thread(target=self._hash, name="chunkstore-sha256", daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+    def _cut(self) -> None:
+        try:
+            with open(self.path, "rb") as stream:
+                cut: list[ChunkInfo] = []
+                cut_bytes = 0
+                for offset, data in iter_chunks(stream, self.chunker, **self.sizes):
+                    if self.stopped.is_set():
+                        return
+                    if offset + len(data) > self.size:
+                        raise FileChanged(f"{self.path} grew while it was being read; try again")
+                    cut.append(ChunkInfo(offset, len(data), blake3.blake3(data).hexdigest()))
+                    cut_bytes += len(data)
+                    if cut_bytes >= SCAN_GROUP:  # one wake-up per group, not per chunk
+                        self._publish(cut, False)
+                        cut, cut_bytes = [], 0
+                self._publish(cut, True)
+        except BaseException as error:  # handed to the waiting thread
+            with self.cut:
+                self.error, self.done = error, True
+                self.cut.notify_all()
+
+    def _publish(self, cut: list[ChunkInfo], done: bool) -> None:
+        with self.cut:
+            self.chunks.extend(cut)
+            self.done = done
+            self.cut.notify_all()
+
+    def _hash(self) -> None:
+        try:
+            self.sha256 = _sha256_of(self.path, self.stopped)
+        except BaseException as error:  # handed to the waiting thread
+            self.error = error
+        finally:
+            self.hashed.set()
+
+    def page(self, start: int, most: int, boundary: int | None = None) -> list[ChunkInfo]:
+        """The next page from index ``start``: at most ``most`` chunks covering about
+        ``PAGE_BYTES``, ending at index ``boundary`` when that is past ``start``. Waits
+        until they are cut; empty once every chunk is cut and ``start`` is the end."""
+        limit = most if boundary is None or boundary <= start else min(most, boundary - start)
+        with self.cut:
+            while True:
+                if self.error is not None:
+                    raise self.error
+                end = self._page_end(start, limit)
+                if end is not None or self.done:
+                    break
+                self.cut.wait()
+            return self.chunks[start : end if end is not None else start + limit]
+
+    def _page_end(self, start: int, limit: int) -> int | None:
+        """Where a page from ``start`` ends once enough is cut for it, else None."""
+        chunks = self.chunks
+        if len(chunks) - start >= limit:
+            return start + limit
+        if len(chunks) <= start:
+            return None
+        first = chunks[start].offset
+        if chunks[-1].offset + chunks[-1].size - first < PAGE_BYTES:
+            return None
+        for end in range(start, len(chunks)):
+            if chunks[end].offset + chunks[end].size - first >= PAGE_BYTES:
+                return end + 1
+        return None  # unreachable: the last chunk reaches PAGE_BYTES
+
+    def finished(self, before: os.stat_result) -> FileScan:
+        """The whole scan, once both threads are done; FileChanged if the file's size or
+        modification time moved since ``before`` or its chunks do not add up to it."""
+        with self.cut:
+            while not self.done:
+                self.cut.wait()
+        self.hashed.wait()
+        if self.error is not None:
+            raise self.error
+        assert self.sha256 is not None
+        after = os.stat(self.path)
+        size = sum(chunk.size for chunk in self.chunks)
+        if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns) or (
+            size != after.st_size
+        ):
+            raise FileChanged(f"{self.path} changed while it was being read; try again")
+        return FileScan(self.path, size, after.st_mtime_ns, self.sha256, self.chunks)
+
+
+def _sha256_of(path: Path, stopped: threading.Event | None = None) -> str:
     digest = hashlib.sha256()
     with open(path, "rb", buffering=0) as stream:
         while block := stream.read(SCAN_BLOCK):
+            if stopped is not None and stopped.is_set():
+                break
             digest.update(block)
     return digest.hexdigest()
 
@@ -434,9 +561,9 @@ class StateKey(msgspec.Struct, frozen=True):
 class UploadState(msgspec.Struct, frozen=True):
     key: StateKey
     upload_id: str
-    #: The whole file's SHA-256 at init: a file rewritten with the same size and mtime
-    #: has another hash, and must not resume a session declared with other digests.
-    sha256: str
+    #: Written by earlier versions, which hashed the whole file before init; a resumed
+    #: run now checks the chunks it declares again against those the server has.
+    sha256: str | None = None
 
 
 def default_state_dir() -> Path:
@@ -559,14 +686,15 @@ class Transfer:
     def __init__(
         self,
         upload_id: str,
-        scan: FileScan,
+        chunks: Sequence[ChunkInfo],
         reader: ChunkReader,
         counter: SentCounter,
         policy: RetryPolicy,
         open_api: Callable[[], ServerApi],
     ) -> None:
         self.upload_id = upload_id
-        self.chunks = scan.chunks
+        #: The file's chunks; it may still grow while batches of those cut are sent.
+        self.chunks = chunks
         self.reader = reader
         self.counter = counter
         self.policy = policy
@@ -574,43 +702,10 @@ class Transfer:
 
     def run(self, batches: list[list[int]], parallel: int) -> None:
         """Send every batch; the first fatal error stops the other workers."""
-        work: queue.SimpleQueue[list[int]] = queue.SimpleQueue()
+        sender = Sender(self, min(parallel, len(batches)))
         for batch in batches:
-            work.put(batch)
-        stop = threading.Event()
-        failures: list[BaseException] = []
-
-        def worker() -> None:
-            api = self.open_api()
-            try:
-                while not stop.is_set():
-                    try:
-                        batch = work.get_nowait()
-                    except queue.Empty:
-                        return
-                    self.send(api, batch)
-            except BaseException as error:  # handed to the caller's thread below
-                failures.append(error)
-                stop.set()
-            finally:
-                api.close()
-
-        # Daemon threads: on Ctrl-C the process exits without waiting for requests in
-        # flight; whole frames that reached the server are kept, the rest resent later.
-        threads = [
-            threading.Thread(target=worker, name=f"chunkstore-upload-{number}", daemon=True)
-            for number in range(max(1, min(parallel, len(batches))))
-        ]
-        for thread in threads:
-            thread.start()
-        try:
-            for thread in threads:
-                thread.join()
-        except BaseException:
-            stop.set()
-            raise
-        if failures:
-            raise failures[0]
+            sender.put(batch)
+        sender.finish()
 
     def send(self, api: ServerApi, batch: list[int]) -> None:
         """Send one batch until the server has all of it.
@@ -678,6 +773,102 @@ class Transfer:
             self.counter.add(counted)
 
 
+class Sender:
+    """N worker threads, each with its own connection, sending the batches ``put`` to
+    them as they come; the first fatal error stops the others and is raised to the
+    caller (by ``put``, ``check`` or ``finish``)."""
+
+    def __init__(self, transfer: Transfer, parallel: int) -> None:
+        self.transfer = transfer
+        self.work: queue.SimpleQueue[list[int] | None] = queue.SimpleQueue()
+        self.stop = threading.Event()
+        self.failures: list[BaseException] = []
+        # Daemon threads: on Ctrl-C the process exits without waiting for requests in
+        # flight; whole frames that reached the server are kept, the rest resent later.
+        self.threads = [
+            threading.Thread(target=self.worker, name=f"chunkstore-upload-{number}", daemon=True)
+            for number in range(max(1, parallel))
+        ]
+        for thread in self.threads:
+            thread.start()
+
+    def worker(self) -> None:
+        api: ServerApi | None = None
+        try:
+            while not self.stop.is_set():
+                batch = self.work.get()
+                if batch is None or self.stop.is_set():
+                    return
+                if api is None:
+                    api = self.transfer.open_api()
+                self.transfer.send(api, batch)
+        except BaseException as error:  # handed to the caller's thread
+            self.failures.append(error)
+            self.stop.set()
+        finally:
+            if api is not None:
+                api.close()
+
+    def check(self) -> None:
+        if self.failures:
+            raise self.failures[0]
+
+    def put(self, batch: list[int]) -> None:
+        self.check()
+        self.work.put(batch)
+
+    def finish(self) -> None:
+        """Wait until every batch put is sent (or a worker failed)."""
+        for _ in self.threads:
+            self.work.put(None)
+        try:
+            for thread in self.threads:
+                thread.join()
+        except BaseException:
+            self.stop.set()
+            raise
+        self.check()
+
+    def abandon(self) -> None:
+        """Stop the workers after the requests in flight; what is queued is not sent."""
+        self.stop.set()
+        for _ in self.threads:
+            self.work.put(None)
+
+
+class BatchPlanner:
+    """Groups the indexes to send, page after page, into batches of about
+    ``limit`` bytes for a Sender; the last, partial one goes with ``flush``."""
+
+    def __init__(self, sender: Sender, chunks: Sequence[ChunkInfo], limit: int) -> None:
+        self.sender = sender
+        self.chunks = chunks
+        self.limit = limit
+        self.pending: list[int] = []
+        self.pending_bytes = 0
+
+    def add(self, indexes: Iterable[int]) -> None:
+        for index in indexes:
+            self.pending.append(index)
+            self.pending_bytes += self.chunks[index].size
+        if self.pending_bytes >= self.limit:
+            *full, rest = plan_batches(self.pending, self.chunks, self.limit)
+            for batch in full:
+                self.sender.put(batch)
+            self.pending = rest
+            self.pending_bytes = sum(self.chunks[index].size for index in rest)
+        self.sender.check()
+
+    def flush(self) -> None:
+        if self.pending:
+            self.sender.put(self.pending)
+        self.pending, self.pending_bytes = [], 0
+
+
+class ListMismatch(Exception):
+    """A remembered upload's declared chunk list differs from the file's chunks."""
+
+
 # -- the client --------------------------------------------------------------------------
 
 
@@ -738,33 +929,47 @@ class UploadClient:
     ) -> UploadResult:
         """Upload one file, resuming an earlier interrupted run of the same upload.
 
-        ``mime_type`` defaults to declaring nothing: the server detects the type from
-        the content, and a guess from the extension could only cause a mismatch.
+        The file is cut in a thread while the chunks cut so far are declared and sent:
+        the scan overlaps the transfer instead of preceding it. ``mime_type`` defaults to
+        declaring nothing: the server detects the type from the content, and a guess
+        from the extension could only cause a mismatch.
         """
         file = Path(path).resolve()
         if not file.is_file():
             raise UsageError(f"{path}: not a regular file")
         try:
-            scan = scan_file(file, self.chunker, self.cdc_avg)
+            before = os.stat(file)
             reader = ChunkReader(file)
         except OSError as error:
             raise ClientError(f"cannot read {file}: {error.strerror or error}") from error
-        key = self.state_key(scan)
+        key = self.key_of(file, before.st_size, before.st_mtime_ns)
+        scanner = Scanner(file, before.st_size, self.chunker, self.cdc_avg).start()
         counter = SentCounter(self.progress)
+        if self.progress is not None:
+            self.progress.start(before.st_size, before.st_size)
         api = self.open_api()
         try:
-            upload_id, answer = self.resume(api, key, scan) or self.start(api, key, scan, mime_type)
+            upload_id, answer = self.send_while_scanning(
+                api, key, scanner, reader, counter, mime_type
+            )
+            scan = scanner.finished(before)
             completion = self.finish(api, upload_id, answer, scan, reader, counter)
+        except OSError as error:
+            raise ClientError(f"cannot read {file}: {error.strerror or error}") from error
         finally:
+            scanner.stop()
             reader.close()
             api.close()
             if self.progress is not None:
                 self.progress.finish()
         self.states.remove(key)
         if completion.get("sha256") != scan.sha256:
-            raise ClientError(
-                f"the server stored a file with SHA-256 {completion.get('sha256')},"
-                f" but {file} has {scan.sha256}"
+            # The chunks were hashed by one read and the whole file by another: they
+            # disagree only if the file changed between them.
+            raise FileChanged(
+                f"{file} changed during the upload: the server assembled a file with SHA-256"
+                f" {completion.get('sha256')} (upload {upload_id}), but {file} has"
+                f" {scan.sha256} now; run the command again to upload the new version"
             )
         return UploadResult(
             upload_id=upload_id,
@@ -776,12 +981,15 @@ class UploadClient:
         )
 
     def state_key(self, scan: FileScan) -> StateKey:
+        return self.key_of(scan.path, scan.size, scan.mtime_ns)
+
+    def key_of(self, path: Path, size: int, mtime_ns: int) -> StateKey:
         return StateKey(
             server=self.server,
             token_sha256=hashlib.sha256(self.token.encode()).hexdigest(),
-            path=str(scan.path),
-            size=scan.size,
-            mtime_ns=scan.mtime_ns,
+            path=str(path),
+            size=size,
+            mtime_ns=mtime_ns,
             # Another average cuts other chunks: another upload (the default keeps the
             # name older resume records have).
             chunker=self.chunker
@@ -789,12 +997,11 @@ class UploadClient:
             else f"cdc-{self.cdc_avg // KiB}k",
         )
 
-    def resume(
-        self, api: ServerApi, key: StateKey, scan: FileScan
-    ) -> tuple[str, dict[str, Any]] | None:
-        """The remembered upload and its status, if it can still be continued."""
+    def resume(self, api: ServerApi, key: StateKey) -> tuple[str, dict[str, Any]] | None:
+        """The remembered upload and its status, if it can still be continued. Whether
+        it is this file's is checked as its chunk list is declared again."""
         state = self.states.load(key)
-        if state is None or state.sha256 != scan.sha256:
+        if state is None:
             return None
         try:
             status = fetch_status(api, self.retry, state.upload_id)
@@ -809,15 +1016,26 @@ class UploadClient:
     def start(
         self, api: ServerApi, key: StateKey, scan: FileScan, mime_type: str
     ) -> tuple[str, dict[str, Any]]:
-        """A new upload session, remembered before any chunk is sent. Its chunk list
-        goes in the init request if it fits one page; the rest is declared in pages."""
+        """A new upload session for a scanned file, its first page declared at init."""
+        return self.open_session(api, key, scan.size, scan.chunks[:CHUNK_PAGE], mime_type)
+
+    def open_session(
+        self,
+        api: ServerApi,
+        key: StateKey,
+        size: int,
+        first_page: Sequence[ChunkInfo],
+        mime_type: str,
+    ) -> tuple[str, dict[str, Any]]:
+        """A new upload session with its chunk count left open, remembered before any
+        chunk is sent. ``first_page`` goes with the init if the server takes a page that
+        long; otherwise the init declares none and its answer says the page size."""
         body = {
-            "filename": scan.path.name,
-            "total_size": scan.size,
+            "filename": Path(key.path).name,
+            "total_size": size,
             "mime_type": mime_type,
-            "file_hash": scan.sha256,
-            "chunk_count": len(scan.chunks),
-            "chunks": declared(scan.chunks[:CHUNK_PAGE]),
+            "chunk_list_open": True,
+            "chunks": declared(first_page),
         }
         # A retried init whose first answer was lost leaves one unused session behind;
         # it expires on its own.
@@ -826,18 +1044,103 @@ class UploadClient:
         except ServerError as error:
             if error.status != 413 or not body["chunks"]:
                 raise
-            # The server takes smaller pages: start with none, its answer says its size.
             body["chunks"] = []
             answer = with_retries(self.retry, "starting the upload", lambda: api.init(body))
         upload_id = str(answer["upload_id"])
         try:
-            self.states.save(UploadState(key, upload_id, scan.sha256))
+            self.states.save(UploadState(key, upload_id))
         except OSError as error:
             raise ClientError(
                 f"cannot write the resume state in {self.states.directory}:"
                 f" {error.strerror or error}"
             ) from error
         return upload_id, answer
+
+    def send_while_scanning(
+        self,
+        api: ServerApi,
+        key: StateKey,
+        scanner: Scanner,
+        reader: ChunkReader,
+        counter: SentCounter,
+        mime_type: str,
+    ) -> tuple[str, dict[str, Any]]:
+        """Declare the chunk list page by page as the scanner cuts it, and send each
+        page's needed chunks meanwhile. Returns the upload and its status once every
+        chunk is declared and every batch sent.
+
+        A remembered upload is continued by declaring its pages again from the first:
+        the server takes a repeat of a declared page as a success and names what it
+        still needs, and refuses one that differs (the file is not what was declared,
+        though its size and time are): then a new upload starts.
+        """
+        remembered = self.resume(api, key)
+        if remembered is not None and remembered[1].get("status") in COMPLETING_STATUSES:
+            return remembered
+        while True:
+            if remembered is None:
+                first = scanner.page(0, CHUNK_PAGE)
+                upload_id, answer = self.open_session(api, key, key.size, first, mime_type)
+                start = int(answer["declared_chunks"])
+                page_size, declared_before = int(answer["chunk_page_size"]), 0
+            else:
+                upload_id, status = remembered
+                start, declared_before = 0, int(status.get("declared_chunks", 0))
+                page_size = int(self.declare_page(api, upload_id, 0, [])["chunk_page_size"])
+            transfer = Transfer(
+                upload_id, scanner.chunks, reader, counter, self.retry, self.open_api
+            )
+            sender = Sender(transfer, self.parallel)
+            planner = BatchPlanner(sender, scanner.chunks, self.batch_bytes)
+            try:
+                if remembered is None:
+                    planner.add(int(index) for index in answer["needed_chunks"])
+                self.declare_pages(
+                    api,
+                    upload_id,
+                    scanner,
+                    planner,
+                    start,
+                    min(page_size, CHUNK_PAGE),
+                    declared_before,
+                )
+                planner.flush()
+                sender.finish()
+            except ListMismatch:
+                sender.abandon()
+                remembered = None
+                continue
+            except BaseException:
+                sender.abandon()
+                raise
+            return upload_id, fetch_status(api, self.retry, upload_id)
+
+    def declare_pages(
+        self,
+        api: ServerApi,
+        upload_id: str,
+        scanner: Scanner,
+        planner: BatchPlanner,
+        start: int,
+        page_size: int,
+        declared_before: int,
+    ) -> None:
+        """Declare pages from index ``start`` as they are cut, each page's needed
+        chunks to ``planner``. Below ``declared_before`` (a remembered upload) pages end
+        where the server's list does, so each is a repeat it can compare."""
+        while page := scanner.page(start, page_size, declared_before):
+            try:
+                answer = self.declare_page(api, upload_id, start, page)
+            except ServerError as error:
+                if error.slug == "declaration-conflict" and start < declared_before:
+                    raise ListMismatch(error.detail) from error
+                if error.slug == "chunk-list-past-size":
+                    raise FileChanged(
+                        f"{scanner.path} grew during the upload; run the command again"
+                    ) from error
+                raise
+            planner.add(int(index) for index in answer["needed_chunks"])
+            start += len(page)
 
     def finish(
         self,
@@ -849,7 +1152,7 @@ class UploadClient:
         counter: SentCounter,
     ) -> dict[str, Any]:
         """Send what the server needs, then complete; resend if completion finds gaps."""
-        transfer = Transfer(upload_id, scan, reader, counter, self.retry, self.open_api)
+        transfer = Transfer(upload_id, scan.chunks, reader, counter, self.retry, self.open_api)
         for _ in range(COMPLETION_ROUNDS):
             if answer.get("status", "active") not in COMPLETING_STATUSES:
                 answer = self.declare_rest(api, upload_id, answer, scan.chunks)
@@ -902,8 +1205,5 @@ class UploadClient:
         return sorted(indexes)
 
     def send(self, transfer: Transfer, indexes: list[int], scan: FileScan) -> None:
-        if self.progress is not None:
-            to_send = sum(scan.chunks[index].size for index in indexes)
-            self.progress.start(scan.size, to_send)
         if indexes:
             transfer.run(plan_batches(indexes, scan.chunks, self.batch_bytes), self.parallel)

@@ -26,6 +26,7 @@ from chunkstore.errors import (
     ChecksumMismatch,
     ChunkConflict,
     ChunkIndexOutOfRange,
+    ChunkListPastSize,
     ChunkNotDeclared,
     ChunkSizeMismatch,
     ChunkTooLarge,
@@ -74,6 +75,9 @@ class InitRequest(msgspec.Struct, frozen=True, kw_only=True):
     #: Manifest mode, declared in pages: how many chunks the file has; ``chunks`` is
     #: then the first page (``decide_declare`` takes the next ones).
     chunk_count: int | None = None
+    #: Manifest mode, declared in pages whose number is left open: ``chunks`` is the
+    #: first page, and the list is complete once the sizes add up to ``total_size``.
+    chunk_list_open: bool = False
 
 
 #: Most chunks one session may have.
@@ -105,7 +109,12 @@ def decide_init(
             f"file of {request.total_size} bytes exceeds the limit of {settings.max_file_size}",
             limit=settings.max_file_size,
         )
-    if request.chunks is not None or request.chunk_count is not None:
+    if request.chunk_list_open:
+        mode = "manifest"
+        chunk_list = _checked_open_page(request, settings)
+        total_chunks = len(chunk_list)
+        chunk_size = max((size for _, size in chunk_list), default=0)
+    elif request.chunks is not None or request.chunk_count is not None:
         mode = "manifest"
         chunk_list = _checked_page(request.chunks or [], 0, settings)
         total_chunks = len(chunk_list) if request.chunk_count is None else request.chunk_count
@@ -157,6 +166,7 @@ def decide_init(
         mode=mode,
         file_hash=file_hash,
         chunk_list=chunk_list,
+        chunk_list_open=request.chunk_list_open,
     )
     reused: list[KnownEvent] = [
         ChunkStored(index=index, digest=digest, size=size, reused=True)
@@ -164,6 +174,33 @@ def decide_init(
         if digest in known_digests
     ]
     return [initiated, *reused]
+
+
+def _checked_open_page(request: InitRequest, settings: Settings) -> list[tuple[str, int]]:
+    """The first page of a chunk list whose count is left open."""
+    if request.chunk_count is not None or request.chunk_size is not None:
+        raise InvalidRequest(
+            "chunk_list_open leaves the number of chunks open and the client cuts them:"
+            " send neither chunk_count nor chunk_size with it"
+        )
+    if request.total_chunks is not None:
+        raise InvalidRequest("chunk_list_open leaves the number of chunks open: no total_chunks")
+    chunk_list = _checked_page(request.chunks or [], 0, settings)
+    _check_open_sizes(request.total_size, 0, chunk_list)
+    return chunk_list
+
+
+def _check_open_sizes(total_size: int, declared_size: int, page: Sequence[tuple[str, int]]) -> None:
+    """A page of an open chunk list may bring the declared sizes up to ``total_size``,
+    not past it."""
+    after = declared_size + sum(size for _, size in page)
+    if after > total_size:
+        raise ChunkListPastSize(
+            f"the page would bring the declared chunks to {after} bytes, past total_size"
+            f" {total_size} ({declared_size} are declared)",
+            declared_size=declared_size,
+            total_size=total_size,
+        )
 
 
 def check_open_sessions(open_sessions: int, settings: Settings) -> None:
@@ -288,15 +325,20 @@ def decide_declare(
         )
     if not chunk_list:
         return []
-    if end > state.total_chunks:
-        raise InvalidRequest(
-            f"the page would declare chunks up to {end - 1}, past the {state.total_chunks}"
-            " chunks declared at init"
+    if state.chunk_list_open:
+        _check_open_sizes(state.total_size, state.declared_size, chunk_list)
+        if end > MAX_CHUNKS:
+            raise TooLarge(f"at most {MAX_CHUNKS} chunks may be declared", limit=MAX_CHUNKS)
+    else:
+        if end > state.total_chunks:
+            raise InvalidRequest(
+                f"the page would declare chunks up to {end - 1}, past the {state.total_chunks}"
+                " chunks declared at init"
+            )
+        page_size = sum(size for _, size in chunk_list)
+        _check_declared_sizes(
+            state.total_size, state.total_chunks, end, state.declared_size + page_size, settings
         )
-    page_size = sum(size for _, size in chunk_list)
-    _check_declared_sizes(
-        state.total_size, state.total_chunks, end, state.declared_size + page_size, settings
-    )
     reused: list[KnownEvent] = [
         ChunkStored(index=index, digest=digest, size=size, reused=True)
         for index, (digest, size) in enumerate(chunk_list, start)
@@ -354,6 +396,13 @@ def check_chunk_target(
     length), refused before any byte of it is read when it cannot be right.
     """
     check_takes_chunks(state, now)
+    if state.total_chunks <= index < MAX_CHUNKS and state.chunk_list_pending:
+        # An open list: the index may be declared by a page still to come.
+        raise ChunkNotDeclared(
+            f"chunk {index} is not declared yet: declare the chunk list from chunk"
+            f" {state.declared_chunks} on first",
+            declared_chunks=state.declared_chunks,
+        )
     if not 0 <= index < state.total_chunks:
         raise ChunkIndexOutOfRange(
             f"chunk index {index} is outside 0..{state.total_chunks - 1}",
@@ -450,6 +499,12 @@ def check_completable(state: SessionState, now: datetime) -> None:
             f"tus upload {state.upload_id} is at offset {state.stream_offset}"
             f" of {'an undeclared length' if state.stream.length_deferred else state.total_size}",
             offset=state.stream_offset,
+        )
+    if state.chunk_list_pending:
+        raise UploadIncomplete(
+            f"the chunks declared so far add up to {state.declared_size} of {state.total_size}"
+            f" bytes; declare the rest of the chunk list from chunk {state.declared_chunks} on",
+            declared_chunks=state.declared_chunks,
         )
     if state.declared_chunks < state.total_chunks:
         raise UploadIncomplete(

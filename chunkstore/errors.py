@@ -139,6 +139,15 @@ class DeclarationConflict(ChunkstoreError):
     title = "Page does not fit the declared chunk list"
 
 
+class ChunkListPastSize(ChunkstoreError):
+    """The chunks declared would add up to more than the upload's ``total_size``
+    (``declared_size`` says how much is declared already). Nothing was recorded: declare
+    the file's own chunks, or start a new upload with the right size."""
+
+    slug = "chunk-list-past-size"
+    title = "Declared chunks pass the file's size"
+
+
 class UploadNotActive(ChunkstoreError):
     """The upload is no longer in a state that accepts this request (completed, failed, cancelled
     or assembling); ``status`` in the body says which. Ask for its status."""

@@ -30,6 +30,10 @@ class UploadInitiated(msgspec.Struct, frozen=True, tag=True):
     #: For mode "manifest": the declared chunk list as [digest, size] pairs; when it is
     #: shorter than ``total_chunks``, its first page (``ChunksDeclared`` adds the rest).
     chunk_list: list[tuple[str, int]] | None = None
+    #: For mode "manifest": the number of chunks was left open. ``total_chunks`` is
+    #: then the length of ``chunk_list`` and grows with each ``ChunksDeclared``; the
+    #: list is complete once the declared sizes add up to ``total_size``.
+    chunk_list_open: bool = False
 
 
 class ChunkStored(msgspec.Struct, frozen=True, tag=True):

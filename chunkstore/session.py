@@ -104,6 +104,9 @@ class SessionState:
     declared: ChunkList = field(default_factory=lambda: _NO_DECLARED)
     #: For mode "manifest": the sum of the declared sizes.
     declared_size: int = 0
+    #: For mode "manifest": the number of chunks was left open at init, so
+    #: ``total_chunks`` counts the chunks declared so far (see ``chunk_list_pending``).
+    chunk_list_open: bool = False
     #: (digest, size) of every index stored so far (``chunk``, ``stored_items``), and
     #: its presence map, in which answers find runs of stored indexes.
     stored: StoredChunks = field(default_factory=lambda: _NOTHING_STORED)
@@ -154,6 +157,12 @@ class SessionState:
         """The status as a client sees it: an active session past its TTL is expired
         even before ``gc`` records ``UploadExpired``."""
         return Status.EXPIRED if self.is_expired(now) else self.status
+
+    @property
+    def chunk_list_pending(self) -> bool:
+        """More pages of an open chunk list are still to come: the declared sizes do not
+        add up to ``total_size`` yet."""
+        return self.chunk_list_open and self.declared_size < self.total_size
 
     @property
     def declared_chunks(self) -> int:
@@ -307,6 +316,7 @@ class _Fold:
                     mode=event.mode,
                     created_at=event.created_at,
                     expires_at=event.expires_at,
+                    chunk_list_open=event.chunk_list_open,
                 )
                 self._declare_anew(event.chunk_list or ())
             case ChunksDeclared(chunk_list=page):
@@ -314,6 +324,8 @@ class _Fold:
                 # audit reports a page that starts elsewhere), so it goes at the end.
                 added, largest = self.declared.extend(page)
                 v["declared_size"] += added
+                if v["chunk_list_open"]:
+                    v["total_chunks"] = self.declared.view().count
                 if largest is not None:
                     v["chunk_size"] = max(v["chunk_size"], largest)
             case ChunkStored(index=index, digest=digest, size=size, reused=reused):

@@ -97,6 +97,9 @@ class InitAnswer(msgspec.Struct):
     declared_chunks: int
     #: Most chunks one request may declare.
     chunk_page_size: int
+    #: An open chunk list (``chunk_list_open`` at init) still takes pages: the declared
+    #: sizes do not add up to ``total_size`` yet; ``total_chunks`` counts those declared.
+    chunk_list_open: bool
     bytes_total: int
     bytes_received: int
     bytes_deduplicated: int
@@ -114,6 +117,8 @@ class ChunkPageAnswer(msgspec.Struct):
     #: Indexes still to send in the whole session.
     needed_count: int
     chunk_page_size: int
+    #: More pages are expected (see ``InitAnswer.chunk_list_open``).
+    chunk_list_open: bool
     bytes_total: int
     bytes_received: int
     bytes_deduplicated: int
@@ -164,6 +169,8 @@ class StatusAnswer(msgspec.Struct):
     next_from: int | None
     #: Chunks with a declared digest and size (manifest mode: the pages so far).
     declared_chunks: int
+    #: More pages are expected (see ``InitAnswer.chunk_list_open``).
+    chunk_list_open: bool
     bytes_total: int
     bytes_received: int
     bytes_deduplicated: int
@@ -201,6 +208,7 @@ def init_answer(state: SessionState, chunk_page_size: int) -> InitAnswer:
         next_from=listing.next_from,
         declared_chunks=state.declared_chunks,
         chunk_page_size=chunk_page_size,
+        chunk_list_open=state.chunk_list_pending,
         bytes_total=state.total_size,
         bytes_received=state.bytes_received,
         bytes_deduplicated=state.bytes_deduplicated,
@@ -220,6 +228,7 @@ def page_answer(
         needed_chunks=needed,
         needed_count=state.needed_count,
         chunk_page_size=chunk_page_size,
+        chunk_list_open=state.chunk_list_pending,
         bytes_total=state.total_size,
         bytes_received=state.bytes_received,
         bytes_deduplicated=state.bytes_deduplicated,
@@ -267,6 +276,7 @@ def state_summary(state: SessionState, now: datetime, start: int = 0) -> dict[st
         "total_chunks": state.total_chunks,
         **msgspec.structs.asdict(listing),
         "declared_chunks": state.declared_chunks,
+        "chunk_list_open": state.chunk_list_pending,
         "bytes_total": state.total_size,
         "bytes_received": state.bytes_received,
         "bytes_deduplicated": state.bytes_deduplicated,

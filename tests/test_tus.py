@@ -376,6 +376,16 @@ def test_an_unknown_checksum_algorithm_is_400(client: httpx.Client) -> None:
     assert offset_of(client, url) == 0
 
 
+def test_a_malformed_checksum_on_a_creation_without_body_is_400(client: httpx.Client) -> None:
+    answer = client.post(
+        "/files",
+        headers={**TUS, "Upload-Defer-Length": "1", "Upload-Checksum": "s!cd/Jf\tButOfp3"},
+    )
+
+    assert_problem(answer, 400)
+    assert "Location" not in answer.headers
+
+
 def test_a_patch_to_an_upload_started_through_the_json_api_is_refused_and_stores_nothing(
     server: Server, client: httpx.Client
 ) -> None:
