@@ -386,17 +386,11 @@ class Intake:
     ) -> Recorded:
         """Hand verified frames to blob writers, then record them with what ``staged``
         holds already (``record_arrivals``)."""
-        arrivals: list[tuple[int, ChunkIntake]] = []
-        try:
-            for frame in frames:
-                writer = self.app.store.blobs.writer(frame.digest, verified=True)
-                intake = ChunkIntake(writer, frame.size, None)
-                arrivals.append((frame.index, intake))
-                intake.feed(frame.pieces)
-        except BaseException:
-            for _, intake in arrivals:
-                intake.writer.abort()
-            raise
+        writers = self._frame_writers(frames)
+        arrivals = [
+            (frame.index, ChunkIntake(writer, frame.size, None))
+            for frame, writer in zip(frames, writers, strict=True)
+        ]
         return self.record_arrivals(owner, upload_id, arrivals, staged)
 
     def record_arrivals(
