@@ -25,8 +25,16 @@ from chunkstore.errors import ConcurrencyConflict, CorruptBlob, UploadNotActive,
 from chunkstore.events import KnownEvent, ManifestWritten, UploadCompleted
 from chunkstore.events import ValidationFailed as ValidationFailedEvent
 from chunkstore.files import CopyingFilePart, FilePart, manifest_location
-from chunkstore.manifest import LOCATE_BATCH, READ_SIZE, Assembled, Manifest, assemble, verify_file
-from chunkstore.session import SessionState, Status
+from chunkstore.manifest import (
+    LOCATE_BATCH,
+    READ_SIZE,
+    Assembled,
+    Manifest,
+    assemble,
+    store_manifest,
+    verify_file,
+)
+from chunkstore.session import OrderedChunks, SessionState, Status
 from chunkstore.validator import HEAD_BYTES, detect_mime, find_problem
 from chunkstore.views import Completion, completion_of
 
@@ -57,7 +65,7 @@ class Completer:
             return self._complete(state)
 
     def _complete(self, state: SessionState) -> Completion:
-        chunks = state.ordered_chunks()
+        chunks = state.ordered_view()
         part: FilePart | None = None
         try:
             try:
@@ -71,9 +79,9 @@ class Completer:
                     size=assembled.size,
                     blake3=assembled.blake3,
                     sha256=assembled.sha256,
-                    chunks=chunks,
+                    chunks=[],
                 )
-                ref = self.app.store.blobs.put(manifest.encode())
+                ref = store_manifest(self.app.store.blobs, manifest, chunks)
                 written = ManifestWritten(
                     ref.digest, assembled.size, assembled.blake3, assembled.sha256
                 )
@@ -104,7 +112,7 @@ class Completer:
                 part.abort()  # nothing once committed
 
     def _assemble(
-        self, state: SessionState, chunks: list[tuple[str, int]]
+        self, state: SessionState, chunks: OrderedChunks
     ) -> tuple[Assembled, FilePart | None]:
         """The one read of the chunks that checks them, and the part of the final file
         (None with materialization ``none``). With kernel copies on both sides, the part
@@ -129,7 +137,7 @@ class Completer:
             raise
 
     def _copy_and_verify(
-        self, part: CopyingFilePart, locations: BlobLocations, chunks: list[tuple[str, int]]
+        self, part: CopyingFilePart, locations: BlobLocations, chunks: OrderedChunks
     ) -> Assembled:
         """Kernel-copy the chunks into ``part`` in a thread while this one reads back and
         checks what has been copied so far: the copy and the hashing overlap (on a 2-core
@@ -155,7 +163,7 @@ class Completer:
         self,
         part: CopyingFilePart,
         locations: BlobLocations,
-        chunks: list[tuple[str, int]],
+        chunks: OrderedChunks,
         progress: _CopyProgress,
     ) -> None:
         try:

@@ -10,18 +10,21 @@ against its name while computing the whole-file hashes and writing the bytes out
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import BinaryIO, Protocol, cast
 
 import blake3
 import msgspec
 
-from chunkstore.blobs import BlobLocation, BlobLocations, BlobStore
+from chunkstore.blobs import BlobLocation, BlobLocations, BlobRef, BlobStore, put_stream
 from chunkstore.errors import CorruptBlob
 
 READ_SIZE = 1024 * 1024
+#: Chunks a manifest's encoding takes at a time (``Manifest.pieces``).
+ENCODE_PAGE = 4096
 
 
 class Manifest(msgspec.Struct, frozen=True, kw_only=True):
@@ -37,9 +40,33 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True):
     def encode(self) -> bytes:
         return msgspec.json.encode(self)
 
+    def pieces(self, chunks: Iterable[tuple[str, int]]) -> Iterator[bytes]:
+        """The encoding of this manifest with ``chunks`` in place of its own, a page of
+        chunks at a time: the same bytes as ``encode`` (so the same digest), without
+        the whole list or its encoding in memory."""
+        head = msgspec.json.encode(msgspec.structs.replace(self, chunks=[]))
+        assert head.endswith(b"[]}")  # the chunks are the last field
+        yield head[:-2]
+        separator = b""
+        remaining = iter(chunks)
+        while page := list(itertools.islice(remaining, ENCODE_PAGE)):
+            yield separator + msgspec.json.encode(page)[1:-1]
+            separator = b","
+        yield b"]}"
+
     @classmethod
     def decode(cls, data: bytes) -> Manifest:
         return msgspec.json.decode(data, type=cls)
+
+
+def store_manifest(
+    blobs: BlobStore, manifest: Manifest, chunks: Sequence[tuple[str, int]]
+) -> BlobRef:
+    """Store ``manifest`` with ``chunks`` as its chunk list (durable on return), encoded
+    a page at a time: once to learn its size, so a store can stream it to disk as it
+    is encoded again, and once more as it is written."""
+    size = sum(len(piece) for piece in manifest.pieces(chunks))
+    return put_stream(blobs, manifest.pieces(chunks), size)
 
 
 class Assembled(msgspec.Struct, frozen=True):

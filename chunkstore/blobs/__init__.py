@@ -280,9 +280,10 @@ class PackedBlobs(Protocol):
         ...
 
 
-def put_stream(blobs: BlobStore, pieces: Iterable[bytes]) -> BlobRef:
-    """Store the concatenation of ``pieces`` through a writer (durable on return)."""
-    writer = blobs.writer()
+def put_stream(blobs: BlobStore, pieces: Iterable[bytes], size: int | None = None) -> BlobRef:
+    """Store the concatenation of ``pieces`` through a writer (durable on return);
+    ``size``, if known, lets the store write them to disk as they come."""
+    writer = blobs.writer(size=size)
     try:
         for piece in pieces:
             writer.write(piece)
